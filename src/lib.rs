@@ -1,0 +1,15 @@
+//! asfda: adapt a 3D medical segmentation model to a new site with few annotations.
+//!
+//! Data flows one way: [`volume`] (voxels + geometry, NIfTI I/O) -> model runtime ([`runtime`]).
+//! The C ABI in [`ffi`] is a thin layer over this Rust API.
+
+pub mod error;
+pub mod ffi;
+pub mod model;
+pub mod runtime;
+pub mod volume;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// The crate version, also exported as `asfda_version()` and `ASFDA_VERSION_*` macros.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
