@@ -1,0 +1,96 @@
+//! A loaded ONNX model with one f32 image input, run on the device chosen at load time.
+//!
+//! The session is behind a mutex because ORT's `Session::run` takes `&mut self` in ort 2.0;
+//! a `Model` can therefore be shared between threads (calls are serialised).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::runtime::{Device, Runtime, RuntimeOptions};
+use crate::volume::Volume;
+
+/// An ONNX model ready to run.
+pub struct Model {
+    session: Mutex<Session>,
+    input_name: String,
+    output_names: Vec<String>,
+    device: Device,
+}
+
+impl Model {
+    /// Loads ONNX Runtime per `options` (if not yet loaded) and the model at `path`.
+    pub fn load(path: &Path, options: &RuntimeOptions) -> Result<Model> {
+        let runtime = Runtime::load(options.library_path.as_deref())?;
+        let (session, device) = runtime.session_from_file(path, options.device, options.threads)?;
+        let input_name = match session.inputs() {
+            [one] => one.name().to_string(),
+            inputs => {
+                return Err(Error::new(
+                    ErrorKind::Model,
+                    format!("model '{}' has {} inputs; asfda expects exactly one image input", path.display(), inputs.len()),
+                ))
+            }
+        };
+        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        Ok(Model { session: Mutex::new(session), input_name, output_names, device })
+    }
+
+    /// The device the session actually runs on (`Auto` resolved).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    /// Runs the model on one input tensor (e.g. N x C x D x H x W) and returns every output as an
+    /// owned f32 array, in the model's output order.
+    pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
+        let tensor = TensorRef::from_array_view(input)?;
+        let mut session = self.session.lock().map_err(|_| Error::internal("model session lock poisoned by an earlier panic"))?;
+        let outputs = session.run(ort::inputs![self.input_name.as_str() => tensor])?;
+        self.output_names
+            .iter()
+            .map(|name| {
+                let view = outputs[name.as_str()].try_extract_array::<f32>()?;
+                Ok(view.to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Model {
+    /// Runs the model on a whole volume and returns its first output as a volume on the same grid.
+    ///
+    /// Tensor layout: a volume's voxels are stored x fastest (NIfTI order), which read in C order
+    /// is `[C, Z, Y, X]`; the model sees `[1, C, Z, Y, X]` without any copy or transposition.
+    pub fn run_volume(&self, volume: &Volume) -> Result<Volume> {
+        let [nx, ny, nz] = volume.dims();
+        let shape = IxDyn(&[1, volume.channels(), nz, ny, nx]);
+        let input = ArrayViewD::from_shape(shape, volume.data()).map_err(|e| Error::internal(format!("volume layout: {e}")))?;
+        let first = self.run(input)?.into_iter().next().ok_or_else(|| Error::new(ErrorKind::Model, "model has no outputs"))?;
+        match *first.shape() {
+            [1, channels, z, y, x] if [x, y, z] == [nx, ny, nz] => {
+                let data = first.as_standard_layout().iter().copied().collect();
+                Volume::new(data, volume.dims(), channels, volume.affine())
+            }
+            ref other => Err(Error::new(
+                ErrorKind::Model,
+                format!(
+                    "model output '{}' has shape {other:?}; expected [1, C, {nz}, {ny}, {nx}] to map it back onto the volume grid",
+                    self.output_names[0]
+                ),
+            )),
+        }
+    }
+}
