@@ -1,0 +1,39 @@
+//! Generates the C header with cbindgen into OUT_DIR. The committed `include/asfda.h` is the
+//! copy consumers use; `tests/header_drift.rs` fails when it differs from this fresh generation.
+//! Set ASFDA_UPDATE_HEADER=1 (or run `make header`) to rewrite the committed copy.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("asfda.h");
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-env-changed=ASFDA_UPDATE_HEADER");
+
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
+    config.after_includes = Some(version_macros());
+    cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen could not generate the C header")
+        .write_to_file(&out);
+
+    if env::var_os("ASFDA_UPDATE_HEADER").is_some_and(|v| v == "1") {
+        std::fs::copy(&out, crate_dir.join("include").join("asfda.h")).expect("cannot write include/asfda.h");
+    }
+}
+
+/// Version macros so C code can check at compile time what asfda_version() reports at run time.
+fn version_macros() -> String {
+    let v = |k: &str| env::var(k).expect("set by cargo");
+    format!(
+        "\n#define ASFDA_VERSION \"{}\"\n#define ASFDA_VERSION_MAJOR {}\n#define ASFDA_VERSION_MINOR {}\n#define ASFDA_VERSION_PATCH {}\n",
+        v("CARGO_PKG_VERSION"),
+        v("CARGO_PKG_VERSION_MAJOR"),
+        v("CARGO_PKG_VERSION_MINOR"),
+        v("CARGO_PKG_VERSION_PATCH")
+    )
+}

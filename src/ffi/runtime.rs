@@ -1,0 +1,117 @@
+//! C ABI for ONNX Runtime loading, runtime info and plain model runs.
+
+use std::ffi::c_char;
+
+use super::{c_path, c_str, check_out, copy_to_buffer, guard, non_null, write_out, AsfdaStatus};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::runtime::{Device, Runtime, RuntimeOptions};
+use crate::volume::Volume;
+
+/// Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
+#[repr(C)]
+pub struct AsfdaRuntimeOptions {
+    /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
+    /// ORT_DYLIB_PATH, next to the asfda library, the project cache).
+    pub library_path: *const c_char,
+    /// "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
+    pub device: *const c_char,
+    /// Intra-op CPU threads; 0 lets ONNX Runtime choose.
+    pub threads: u32,
+}
+
+/// An ONNX model loaded into an ONNX Runtime session. Thread-safe: runs are serialised.
+pub struct AsfdaModel(Model);
+
+fn runtime_options(options: *const AsfdaRuntimeOptions) -> Result<RuntimeOptions> {
+    // SAFETY: a non-NULL options pointer must point to an initialised struct (header contract).
+    let Some(o) = (unsafe { options.as_ref() }) else { return Ok(RuntimeOptions::default()) };
+    let library_path = if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
+    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, "options->device")?.parse()? };
+    Ok(RuntimeOptions { library_path, device, threads: o.threads as usize })
+}
+
+/// Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).
+/// Fails with ASFDA_STATUS_RUNTIME_UNAVAILABLE naming every place searched.
+#[no_mangle]
+pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus {
+    guard(|| {
+        let path = if library_path.is_null() { None } else { Some(c_path(library_path, "library_path")?) };
+        Runtime::load(path.as_deref()).map(|_| ())
+    })
+}
+
+/// Writes runtime facts as JSON (asfda and ORT versions, library path and how it was found,
+/// available execution providers) into `buf` (`capacity` bytes, NUL-terminated, truncated if
+/// short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
+/// default resolution order if it is not loaded yet.
+#[no_mangle]
+pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_needed, "out_needed")?;
+        let runtime = Runtime::load(None)?;
+        let json = serde_json::to_string(runtime.info()).map_err(|e| Error::internal(e.to_string()))?;
+        write_out(out_needed, copy_to_buffer(&json, buf, capacity));
+        Ok(())
+    })
+}
+
+/// Loads an ONNX model with one image input. `options` may be NULL (CPU, default resolution).
+#[no_mangle]
+pub extern "C" fn asfda_model_load(
+    model_path: *const c_char,
+    options: *const AsfdaRuntimeOptions,
+    out_model: *mut *mut AsfdaModel,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_model, "out_model")?;
+        let path = c_path(model_path, "model_path")?;
+        let model = Model::load(&path, &runtime_options(options)?)?;
+        write_out(out_model, Box::into_raw(Box::new(AsfdaModel(model))));
+        Ok(())
+    })
+}
+
+/// Frees a model; NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
+    if !model.is_null() {
+        // SAFETY: `model` came from asfda_model_load and is freed once (caller contract).
+        let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(model) }));
+    }
+}
+
+/// Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
+/// `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
+#[no_mangle]
+pub extern "C" fn asfda_model_device(
+    model: *const AsfdaModel,
+    buf: *mut c_char,
+    capacity: usize,
+    out_needed: *mut usize,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_needed, "out_needed")?;
+        let model = non_null(model, "model")?;
+        write_out(out_needed, copy_to_buffer(&model.0.device().to_string(), buf, capacity));
+        Ok(())
+    })
+}
+
+/// Runs the model on a whole volume (tensor [1, C, Z, Y, X]) and returns its first output as a
+/// new volume on the same grid. Free the result with asfda_volume_free.
+#[no_mangle]
+pub extern "C" fn asfda_model_run_volume(
+    model: *const AsfdaModel,
+    input: *const super::volume::AsfdaVolume,
+    out_volume: *mut *mut super::volume::AsfdaVolume,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_volume, "out_volume")?;
+        let model = non_null(model, "model")?;
+        let input: &Volume = &non_null(input, "input")?.0;
+        let output = model.0.run_volume(input)?;
+        write_out(out_volume, super::volume::into_handle(output));
+        Ok(())
+    })
+}

@@ -1,0 +1,268 @@
+//! C ABI for volumes: NIfTI load/save, import from a caller buffer, accessors, reorientation.
+
+use std::ffi::c_char;
+
+use super::{c_path, check_out, guard, non_null, write_out, AsfdaStatus};
+use crate::error::{Error, Result};
+use crate::volume::{self, Convention, DataType, NonFinitePolicy, OutputType, ReadOptions, Volume};
+
+/// A 3D image with channels: f32 voxels (x fastest, then y, z, channel) and a voxel-to-world
+/// affine. Immutable once made, so it may be read from several threads at once.
+pub struct AsfdaVolume(pub(crate) Volume);
+
+pub(crate) fn into_handle(volume: Volume) -> *mut AsfdaVolume {
+    Box::into_raw(Box::new(AsfdaVolume(volume)))
+}
+
+/// Voxel datatype of a caller buffer (values equal the NIfTI datatype codes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsfdaDataType {
+    ASFDA_DTYPE_U8 = 2,
+    ASFDA_DTYPE_I16 = 4,
+    ASFDA_DTYPE_I32 = 8,
+    ASFDA_DTYPE_F32 = 16,
+    ASFDA_DTYPE_F64 = 64,
+    ASFDA_DTYPE_I8 = 256,
+    ASFDA_DTYPE_U16 = 512,
+    ASFDA_DTYPE_U32 = 768,
+    ASFDA_DTYPE_I64 = 1024,
+    ASFDA_DTYPE_U64 = 1280,
+}
+
+/// World-coordinate convention of an affine. 3D Slicer uses RAS; ITK and DICOM software use LPS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsfdaConvention {
+    ASFDA_RAS = 0,
+    ASFDA_LPS = 1,
+}
+
+/// Voxel type of a written NIfTI file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsfdaOutputType {
+    /// Label map, values rounded, 0..=255.
+    ASFDA_OUTPUT_U8 = 0,
+    /// Label map, values rounded, 0..=65535.
+    ASFDA_OUTPUT_U16 = 1,
+    /// Float volume.
+    ASFDA_OUTPUT_F32 = 2,
+}
+
+/// What to do with NaN/Inf voxels when reading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsfdaNonFinite {
+    /// Fail with ASFDA_STATUS_INVALID_DATA saying how many voxels are not finite (default).
+    ASFDA_NONFINITE_ERROR = 0,
+    /// Replace them with `replace_value`.
+    ASFDA_NONFINITE_REPLACE = 1,
+    /// Keep them as they are.
+    ASFDA_NONFINITE_KEEP = 2,
+}
+
+/// Options for asfda_volume_load. Fill with asfda_read_options_default().
+#[repr(C)]
+pub struct AsfdaReadOptions {
+    /// Refuse files with more voxels (all channels) than this, before allocating. 0 = default.
+    pub max_voxels: u64,
+    /// An AsfdaNonFinite value.
+    pub nonfinite: i32,
+    /// Replacement for NaN/Inf voxels when nonfinite is ASFDA_NONFINITE_REPLACE.
+    pub replace_value: f32,
+}
+
+/// The default read options (voxel limit 2^31, NaN/Inf is an error).
+#[no_mangle]
+pub extern "C" fn asfda_read_options_default() -> AsfdaReadOptions {
+    AsfdaReadOptions {
+        max_voxels: ReadOptions::default().max_voxels,
+        nonfinite: AsfdaNonFinite::ASFDA_NONFINITE_ERROR as i32,
+        replace_value: 0.0,
+    }
+}
+
+fn read_options(options: *const AsfdaReadOptions) -> Result<ReadOptions> {
+    let defaults = ReadOptions::default();
+    // SAFETY: a non-NULL options pointer must point to an initialised struct (header contract).
+    let Some(o) = (unsafe { options.as_ref() }) else { return Ok(defaults) };
+    let nonfinite = match o.nonfinite {
+        0 => NonFinitePolicy::Error,
+        1 => NonFinitePolicy::Replace(o.replace_value),
+        2 => NonFinitePolicy::Keep,
+        other => return Err(Error::invalid_argument(format!("options->nonfinite = {other} is not an AsfdaNonFinite value (0, 1 or 2)"))),
+    };
+    let max_voxels = if o.max_voxels == 0 { defaults.max_voxels } else { o.max_voxels };
+    Ok(ReadOptions { max_voxels, nonfinite })
+}
+
+fn data_type(code: i32) -> Result<DataType> {
+    i16::try_from(code)
+        .ok()
+        .and_then(|c| DataType::from_nifti_code(c).ok())
+        .ok_or_else(|| Error::invalid_argument(format!("dtype = {code} is not an AsfdaDataType value")))
+}
+
+fn convention(code: i32) -> Result<Convention> {
+    match code {
+        0 => Ok(Convention::Ras),
+        1 => Ok(Convention::Lps),
+        other => Err(Error::invalid_argument(format!("convention = {other} is not ASFDA_RAS (0) or ASFDA_LPS (1)"))),
+    }
+}
+
+fn output_type(code: i32) -> Result<OutputType> {
+    match code {
+        0 => Ok(OutputType::U8),
+        1 => Ok(OutputType::U16),
+        2 => Ok(OutputType::F32),
+        other => Err(Error::invalid_argument(format!("output type = {other} is not an AsfdaOutputType value (0, 1 or 2)"))),
+    }
+}
+
+/// Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz). `options` may be NULL (defaults).
+#[no_mangle]
+pub extern "C" fn asfda_volume_load(
+    path: *const c_char,
+    options: *const AsfdaReadOptions,
+    out_volume: *mut *mut AsfdaVolume,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_volume, "out_volume")?;
+        let path = c_path(path, "path")?;
+        let volume = volume::read_nifti(&path, &read_options(options)?)?;
+        write_out(out_volume, into_handle(volume));
+        Ok(())
+    })
+}
+
+/// Imports a caller's voxel buffer (x fastest, then y, z, channel; native byte order).
+/// `dims` holds 3 sizes; `spacing` (3 values, mm) may be NULL, otherwise it must agree with the
+/// affine; `affine` is 16 doubles, row-major, voxel index -> world mm in `convention`.
+#[no_mangle]
+pub extern "C" fn asfda_volume_from_buffer(
+    data: *const u8,
+    data_len: usize,
+    dtype: i32,
+    dims: *const usize,
+    channels: usize,
+    spacing: *const f64,
+    affine: *const f64,
+    convention: i32,
+    out_volume: *mut *mut AsfdaVolume,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_volume, "out_volume")?;
+        let dtype = data_type(dtype)?;
+        let convention = self::convention(convention)?;
+        let dims = *non_null(dims.cast::<[usize; 3]>(), "dims")?;
+        let affine_flat = *non_null(affine.cast::<[f64; 16]>(), "affine")?;
+        let spacing = if spacing.is_null() { None } else { Some(*non_null(spacing.cast::<[f64; 3]>(), "spacing")?) };
+        if data.is_null() {
+            return Err(Error::invalid_argument("argument 'data' is NULL"));
+        }
+        // SAFETY: the caller provides `data_len` readable bytes at `data` (header contract).
+        let bytes = unsafe { std::slice::from_raw_parts(data, data_len) };
+        let affine = std::array::from_fn(|r| std::array::from_fn(|c| affine_flat[r * 4 + c]));
+        let volume = Volume::from_buffer(bytes, dtype, dims, channels, spacing, affine, convention)?;
+        write_out(out_volume, into_handle(volume));
+        Ok(())
+    })
+}
+
+/// Writes a volume to `path` (.nii or .nii.gz) atomically: a temp file in the same folder, then
+/// a rename, so an existing file is never left half-written.
+#[no_mangle]
+pub extern "C" fn asfda_volume_save(volume: *const AsfdaVolume, path: *const c_char, output_type: i32) -> AsfdaStatus {
+    guard(|| {
+        let volume = &non_null(volume, "volume")?.0;
+        let path = c_path(path, "path")?;
+        volume::write_nifti(volume, &path, self::output_type(output_type)?)
+    })
+}
+
+/// Frees a volume; NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn asfda_volume_free(volume: *mut AsfdaVolume) {
+    if !volume.is_null() {
+        // SAFETY: `volume` came from asfda and is freed once (caller contract).
+        let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(volume) }));
+    }
+}
+
+/// Spatial sizes (x, y, z) into `out_dims[3]` and the channel count into `*out_channels`.
+#[no_mangle]
+pub extern "C" fn asfda_volume_dims(volume: *const AsfdaVolume, out_dims: *mut usize, out_channels: *mut usize) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_dims, "out_dims")?;
+        check_out(out_channels, "out_channels")?;
+        let volume = &non_null(volume, "volume")?.0;
+        write_out(out_dims.cast::<[usize; 3]>(), volume.dims());
+        write_out(out_channels, volume.channels());
+        Ok(())
+    })
+}
+
+/// Voxel spacing in mm (x, y, z) into `out_spacing[3]`.
+#[no_mangle]
+pub extern "C" fn asfda_volume_spacing(volume: *const AsfdaVolume, out_spacing: *mut f64) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_spacing, "out_spacing")?;
+        let volume = &non_null(volume, "volume")?.0;
+        write_out(out_spacing.cast::<[f64; 3]>(), volume.spacing());
+        Ok(())
+    })
+}
+
+/// The voxel-to-world affine (16 doubles, row-major) in the requested convention.
+#[no_mangle]
+pub extern "C" fn asfda_volume_affine(volume: *const AsfdaVolume, convention: i32, out_affine: *mut f64) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_affine, "out_affine")?;
+        let convention = self::convention(convention)?;
+        let volume = &non_null(volume, "volume")?.0;
+        let m = volume.affine_in(convention);
+        write_out(out_affine.cast::<[f64; 16]>(), std::array::from_fn(|i| m[i / 4][i % 4]));
+        Ok(())
+    })
+}
+
+/// A read-only pointer to the voxels (f32, x fastest, then y, z, channel) and their count.
+/// The pointer is valid until the volume is freed.
+#[no_mangle]
+pub extern "C" fn asfda_volume_data(volume: *const AsfdaVolume, out_data: *mut *const f32, out_len: *mut usize) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_data, "out_data")?;
+        check_out(out_len, "out_len")?;
+        let volume = &non_null(volume, "volume")?.0;
+        write_out(out_data, volume.data().as_ptr());
+        write_out(out_len, volume.data().len());
+        Ok(())
+    })
+}
+
+/// Reorients to the closest canonical RAS orientation (as nibabel's as_closest_canonical) and
+/// returns a new volume. Free it with asfda_volume_free.
+#[no_mangle]
+pub extern "C" fn asfda_volume_to_canonical(volume: *const AsfdaVolume, out_volume: *mut *mut AsfdaVolume) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_volume, "out_volume")?;
+        let volume = &non_null(volume, "volume")?.0;
+        let (canonical, _orientation) = volume.to_canonical();
+        write_out(out_volume, into_handle(canonical));
+        Ok(())
+    })
+}
+
+/// Checks that a label map (or any second volume) lies on the same voxel grid as an image:
+/// same dims and affine. Returns ASFDA_STATUS_GEOMETRY_MISMATCH with both geometries in the
+/// message otherwise.
+#[no_mangle]
+pub extern "C" fn asfda_volume_check_same_grid(image: *const AsfdaVolume, label: *const AsfdaVolume) -> AsfdaStatus {
+    guard(|| {
+        let image = &non_null(image, "image")?.0;
+        let label = &non_null(label, "label")?.0;
+        image.check_same_grid(label, "label map")
+    })
+}
