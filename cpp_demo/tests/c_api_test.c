@@ -1,0 +1,231 @@
+/* C11 consumer of the asfda C ABI: loads a real NIfTI, runs the tiny model, and checks that every
+ * error path returns the right status, a message, and leaves out-parameters untouched.
+ * usage: c_api_test IMAGE.nii MODEL.onnx WORK_DIR */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "asfda.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                 \
+    do {                                                                            \
+        if (!(cond)) {                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                             \
+        }                                                                           \
+    } while (0)
+
+/* A call must fail with `expected`, leave a message mentioning `needle`, and not touch *out. */
+static void expect_status(AsfdaStatus got, AsfdaStatus expected, const char *needle, int line) {
+    const char *msg = asfda_last_error_message();
+    if (got != expected || msg == NULL || strstr(msg, needle) == NULL) {
+        fprintf(stderr, "line %d: expected %s containing '%s', got %s: '%s'\n", line, asfda_status_name((int)expected),
+                needle, asfda_status_name((int)got), msg ? msg : "(null)");
+        failures++;
+    }
+}
+#define EXPECT(call, status, needle) expect_status((call), (status), (needle), __LINE__)
+
+static void write_file(const char *path, const void *bytes, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(bytes, 1, n, f) != n) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(2);
+    }
+    fclose(f);
+}
+
+static void test_load_real_volume(const char *image) {
+    AsfdaVolume *vol = NULL;
+    CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);
+    CHECK(strcmp(asfda_last_error_message(), "") == 0);
+    size_t dims[3] = {0, 0, 0}, channels = 0;
+    CHECK(asfda_volume_dims(vol, dims, &channels) == ASFDA_STATUS_OK);
+    CHECK(dims[0] == 33 && dims[1] == 41 && dims[2] == 25 && channels == 1);
+    double spacing[3];
+    CHECK(asfda_volume_spacing(vol, spacing) == ASFDA_STATUS_OK);
+    CHECK(fabs(spacing[0] - 2.0) < 1e-6 && fabs(spacing[1] - 2.0) < 1e-6 && fabs(spacing[2] - 2.0) < 1e-6);
+    double ras[16], lps[16];
+    CHECK(asfda_volume_affine(vol, ASFDA_RAS, ras) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_affine(vol, ASFDA_LPS, lps) == ASFDA_STATUS_OK);
+    CHECK(ras[0] < 0 && lps[0] > 0 && fabs(ras[0] + lps[0]) < 1e-12); /* LAS file: x runs left */
+    const float *data = NULL;
+    size_t len = 0;
+    CHECK(asfda_volume_data(vol, &data, &len) == ASFDA_STATUS_OK);
+    CHECK(len == 33 * 41 * 25 && data != NULL);
+    double sum = 0;
+    for (size_t i = 0; i < len; i++) sum += data[i];
+    CHECK(sum > 0);
+
+    AsfdaVolume *canon = NULL;
+    CHECK(asfda_volume_to_canonical(vol, &canon) == ASFDA_STATUS_OK);
+    double cras[16];
+    CHECK(asfda_volume_affine(canon, ASFDA_RAS, cras) == ASFDA_STATUS_OK);
+    CHECK(cras[0] > 0); /* now x runs right */
+    asfda_volume_free(canon);
+    asfda_volume_free(vol);
+}
+
+static void test_load_errors(const char *image, const char *work) {
+    AsfdaVolume *sentinel = (AsfdaVolume *)&failures; /* must survive every failed call */
+    AsfdaVolume *out = sentinel;
+    char path[4096];
+
+    EXPECT(asfda_volume_load(NULL, NULL, &out), ASFDA_STATUS_INVALID_ARGUMENT, "path");
+    EXPECT(asfda_volume_load(image, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_volume");
+    EXPECT(asfda_volume_load("/no/such/file.nii", NULL, &out), ASFDA_STATUS_IO, "/no/such/file.nii");
+
+    snprintf(path, sizeof path, "%s/garbage.nii", work);
+    char garbage[600];
+    memset(garbage, 'x', sizeof garbage);
+    write_file(path, garbage, sizeof garbage);
+    EXPECT(asfda_volume_load(path, NULL, &out), ASFDA_STATUS_FORMAT, "garbage.nii");
+
+    snprintf(path, sizeof path, "%s/corrupt.nii.gz", work);
+    unsigned char gz[64] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3};
+    memset(gz + 10, 0xff, sizeof gz - 10);
+    write_file(path, gz, sizeof gz);
+    EXPECT(asfda_volume_load(path, NULL, &out), ASFDA_STATUS_FORMAT, "corrupt.nii.gz");
+
+    /* The real file cut short: header intact, voxels missing. */
+    FILE *f = fopen(image, "rb");
+    static unsigned char head[2000];
+    size_t n = f ? fread(head, 1, sizeof head, f) : 0;
+    if (f) fclose(f);
+    CHECK(n == sizeof head);
+    snprintf(path, sizeof path, "%s/truncated.nii", work);
+    write_file(path, head, n);
+    EXPECT(asfda_volume_load(path, NULL, &out), ASFDA_STATUS_FORMAT, "truncated.nii");
+
+    AsfdaReadOptions opts = asfda_read_options_default();
+    opts.max_voxels = 1000;
+    EXPECT(asfda_volume_load(image, &opts, &out), ASFDA_STATUS_TOO_LARGE, "1000");
+    opts = asfda_read_options_default();
+    opts.nonfinite = 42;
+    EXPECT(asfda_volume_load(image, &opts, &out), ASFDA_STATUS_INVALID_ARGUMENT, "nonfinite");
+
+    CHECK(out == sentinel);
+    asfda_volume_free(NULL); /* no-op */
+}
+
+static void test_from_buffer(void) {
+    float voxels[2 * 3 * 4];
+    for (int i = 0; i < 24; i++) voxels[i] = (float)i;
+    size_t dims[3] = {2, 3, 4};
+    double affine[16] = {2, 0, 0, 10, 0, 2, 0, 20, 0, 0, 3, 30, 0, 0, 0, 1};
+    double spacing[3] = {2, 2, 3};
+    AsfdaVolume *sentinel = (AsfdaVolume *)&failures;
+    AsfdaVolume *out = sentinel;
+
+    CHECK(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, spacing, affine,
+                                   ASFDA_LPS, &out) == ASFDA_STATUS_OK);
+    double ras[16];
+    CHECK(asfda_volume_affine(out, ASFDA_RAS, ras) == ASFDA_STATUS_OK);
+    CHECK(ras[0] == -2 && ras[3] == -10 && ras[5] == -2 && ras[7] == -20 && ras[10] == 3); /* LPS -> RAS */
+    asfda_volume_free(out);
+    out = sentinel;
+
+    EXPECT(asfda_volume_from_buffer(NULL, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, ASFDA_RAS, &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "data");
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels - 4, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                    ASFDA_RAS, &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "92");
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, 3, dims, 1, NULL, affine, ASFDA_RAS, &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "dtype");
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, 7,
+                                    &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "convention");
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, NULL, 1, NULL, affine,
+                                    ASFDA_RAS, &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "dims");
+    double singular[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, singular,
+                                    ASFDA_RAS, &out),
+           ASFDA_STATUS_INVALID_DATA, "affine");
+    double wrong_spacing[3] = {1, 1, 1};
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, wrong_spacing,
+                                    affine, ASFDA_RAS, &out),
+           ASFDA_STATUS_GEOMETRY_MISMATCH, "spacing");
+    CHECK(out == sentinel);
+}
+
+static void test_save_and_model(const char *image, const char *model_path, const char *work) {
+    AsfdaVolume *vol = NULL;
+    CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/roundtrip.nii.gz", work);
+    CHECK(asfda_volume_save(vol, path, ASFDA_OUTPUT_F32) == ASFDA_STATUS_OK);
+    EXPECT(asfda_volume_save(vol, path, 9), ASFDA_STATUS_INVALID_ARGUMENT, "output type");
+    EXPECT(asfda_volume_save(NULL, path, ASFDA_OUTPUT_F32), ASFDA_STATUS_INVALID_ARGUMENT, "volume");
+    AsfdaVolume *back = NULL;
+    CHECK(asfda_volume_load(path, NULL, &back) == ASFDA_STATUS_OK);
+    const float *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    CHECK(asfda_volume_data(vol, &a, &na) == ASFDA_STATUS_OK && asfda_volume_data(back, &b, &nb) == ASFDA_STATUS_OK);
+    CHECK(na == nb && memcmp(a, b, na * sizeof(float)) == 0);
+    CHECK(asfda_volume_check_same_grid(vol, back) == ASFDA_STATUS_OK);
+    asfda_volume_free(back);
+
+    /* A label map on another grid (the canonical, x-flipped one) is refused. */
+    AsfdaVolume *other = NULL;
+    CHECK(asfda_volume_to_canonical(vol, &other) == ASFDA_STATUS_OK);
+    EXPECT(asfda_volume_check_same_grid(vol, other), ASFDA_STATUS_GEOMETRY_MISMATCH, "label map");
+    EXPECT(asfda_volume_check_same_grid(vol, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "label");
+    asfda_volume_free(other);
+
+    size_t needed = 0;
+    CHECK(asfda_runtime_info_json(NULL, 0, &needed) == ASFDA_STATUS_OK && needed > 10);
+    char *json = malloc(needed);
+    CHECK(json && asfda_runtime_info_json(json, needed, &needed) == ASFDA_STATUS_OK);
+    CHECK(json && strstr(json, "\"ort_version\":\"1.31.1\"") != NULL);
+    free(json);
+
+    AsfdaRuntimeOptions opts = {0};
+    opts.device = "cpu";
+    AsfdaModel *model = NULL;
+    CHECK(asfda_model_load(model_path, &opts, &model) == ASFDA_STATUS_OK);
+    char device[32];
+    CHECK(asfda_model_device(model, device, sizeof device, &needed) == ASFDA_STATUS_OK && strcmp(device, "cpu") == 0);
+    AsfdaVolume *probs = NULL;
+    CHECK(asfda_model_run_volume(model, vol, &probs) == ASFDA_STATUS_OK);
+    size_t dims[3], channels = 0;
+    CHECK(asfda_volume_dims(probs, dims, &channels) == ASFDA_STATUS_OK && channels == 2 && dims[0] == 33);
+    const float *p = NULL;
+    size_t np = 0;
+    CHECK(asfda_volume_data(probs, &p, &np) == ASFDA_STATUS_OK && np == 2 * na);
+    for (size_t i = 0; p && i < na; i += 97) CHECK(fabsf(p[i] + p[i + na] - 1.0f) < 1e-5f); /* softmax */
+    asfda_volume_free(probs);
+
+    opts.device = "tpu";
+    AsfdaModel *none = NULL;
+    EXPECT(asfda_model_load(model_path, &opts, &none), ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
+    opts.device = "cpu";
+    EXPECT(asfda_model_load("/no/model.onnx", &opts, &none), ASFDA_STATUS_IO, "/no/model.onnx");
+    snprintf(path, sizeof path, "%s/garbage.nii", work); /* not an ONNX model */
+    EXPECT(asfda_model_load(path, &opts, &none), ASFDA_STATUS_MODEL, "garbage.nii");
+    CHECK(none == NULL);
+    asfda_model_free(model);
+    asfda_model_free(NULL);
+    asfda_volume_free(vol);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s IMAGE.nii MODEL.onnx WORK_DIR\n", argv[0]);
+        return 2;
+    }
+    CHECK(strcmp(asfda_version(), ASFDA_VERSION) == 0);
+    test_load_real_volume(argv[1]);
+    test_load_errors(argv[1], argv[3]);
+    test_from_buffer();
+    test_save_and_model(argv[1], argv[2], argv[3]);
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("c_api_test: all checks passed\n");
+    return 0;
+}
