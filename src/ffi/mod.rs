@@ -10,6 +10,9 @@
 //! - handles come in `_new`/`_load` + `_free` pairs; `_free(NULL)` does nothing.
 
 #![allow(non_camel_case_types)] // C-style names are the ABI.
+// Exported functions take raw pointers from C, which cannot see a Rust `unsafe` marker; the
+// pointer contracts are documented in the header and NULL is always checked.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
