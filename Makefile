@@ -11,7 +11,7 @@ ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv build demo test test-rust test-python test-c test-gpu header clean-cache
+.PHONY: all ort ort-gpu venv build data demo test test-rust test-python test-c test-gpu header clean-cache
 
 all: build
 
@@ -36,6 +36,12 @@ $(VENV)/.stamp: scripts/requirements-test.txt
 build:
 	cargo build --release
 
+## Synthetic subjects and sites from the real ICBM152 anatomy (deterministic; ~2 min).
+DATA := .cache/data/synthetic-v1
+data: $(DATA)/manifest.json
+$(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/synth.py bindings/python/asfda_tools/anatomy.py
+	$(VPY) scripts/make_data.py --out $(DATA)
+
 ## The main job on the shipped defaults.
 demo: ort build
 	target/release/asfda demo
@@ -51,7 +57,7 @@ test-rust:
 
 test-python:
 	ASFDA_LIBRARY=$(CURDIR)/target/debug/libasfda.so ASFDA_CLI=$(CURDIR)/target/debug/asfda \
-	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python
+	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python bindings/python/tests/test_synth.py
 
 test-c:
 	$(VENV)/bin/cmake -S cpp_demo -B $(CMAKE_BUILD) -DASFDA_LIB_DIR=$(CURDIR)/target/debug -DCMAKE_BUILD_TYPE=Debug > /dev/null
