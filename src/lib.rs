@@ -4,9 +4,12 @@
 //! The C ABI in [`ffi`] is a thin layer over this Rust API.
 
 pub mod error;
+pub mod bundle;
 pub mod ffi;
+pub mod finetune;
 pub mod model;
 pub mod runtime;
+pub mod tensors;
 pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};

@@ -25,8 +25,21 @@ pub struct Model {
 impl Model {
     /// Loads ONNX Runtime per `options` (if not yet loaded) and the model at `path`.
     pub fn load(path: &Path, options: &RuntimeOptions) -> Result<Model> {
+        Self::load_with_weights(path, options, &[])
+    }
+
+    /// Like [`Model::load`], but replaces the named initializers (weights) of the graph with
+    /// `weights`, e.g. fine-tuned parameters, without touching the file on disk.
+    pub fn load_with_weights(path: &Path, options: &RuntimeOptions, weights: &[(&str, &ArrayD<f32>)]) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
-        let (session, device) = runtime.session_from_file(path, options.device, options.threads)?;
+        let (session, device) = runtime.session_from_file_with(path, options.device, options.threads, |mut builder| {
+            for (name, array) in weights {
+                // ORT keeps a pointer to the value, so it must own its memory (a copy).
+                let value = ort::value::Tensor::from_array((*array).clone())?.into_dyn();
+                builder = builder.with_initializer(*name, value).map_err(|e| -> ort::Error { e.into() })?;
+            }
+            Ok(builder)
+        })?;
         let input_name = match session.inputs() {
             [one] => one.name().to_string(),
             inputs => {

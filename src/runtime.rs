@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use once_cell::sync::OnceCell;
 use ort::ep::ExecutionProvider;
+use ort::session::builder::SessionBuilder;
 use ort::session::Session;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -193,7 +194,7 @@ impl Runtime {
 
     /// Starts a session builder for `device` with `threads` intra-op threads.
     /// Returns the builder and the device actually used (`Auto` resolved).
-    pub fn session_builder(&self, device: Device, threads: usize) -> Result<(ort::session::builder::SessionBuilder, Device)> {
+    pub fn session_builder(&self, device: Device, threads: usize) -> Result<(SessionBuilder, Device)> {
         let mut builder = Session::builder(&self.env)?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(ort::Error::from)?;
@@ -213,7 +214,7 @@ impl Runtime {
         Ok((builder, used))
     }
 
-    fn register_cuda(&self, builder: &mut ort::session::builder::SessionBuilder, id: u32) -> Result<()> {
+    fn register_cuda(&self, builder: &mut SessionBuilder, id: u32) -> Result<()> {
         let unavailable = |why: String| {
             Error::new(
                 ErrorKind::DeviceUnavailable,
@@ -235,10 +236,23 @@ impl Runtime {
 
     /// Loads an ONNX model file into a session on `device`.
     pub fn session_from_file(&self, model: &Path, device: Device, threads: usize) -> Result<(Session, Device)> {
+        self.session_from_file_with(model, device, threads, Ok)
+    }
+
+    /// Like [`Runtime::session_from_file`], with `configure` applied to the builder before the
+    /// model is loaded (e.g. to override initializers).
+    pub fn session_from_file_with(
+        &self,
+        model: &Path,
+        device: Device,
+        threads: usize,
+        configure: impl FnOnce(SessionBuilder) -> ort::Result<SessionBuilder>,
+    ) -> Result<(Session, Device)> {
         if !model.is_file() {
             return Err(Error::new(ErrorKind::Io, format!("model file '{}' does not exist", model.display())));
         }
-        let (mut builder, used) = self.session_builder(device, threads)?;
+        let (builder, used) = self.session_builder(device, threads)?;
+        let mut builder = configure(builder)?;
         let session = builder
             .commit_from_file(model)
             .map_err(|e| Error::new(ErrorKind::Model, format!("cannot load model '{}': {e}", model.display())))?;

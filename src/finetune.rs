@@ -1,0 +1,164 @@
+//! Fine-tuning: runs a bundle's standard-op train-step graph (DiceCE forward + backward + AdamW)
+//! in an ordinary ONNX Runtime session, feeding each step's updated parameters and moments back
+//! as the next step's inputs. See shared/design/fine-tuning.md for why training is a graph.
+
+use std::borrow::Cow;
+
+use ndarray::{ArrayD, ArrayViewD};
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+
+use crate::bundle::{Bundle, TrainingSpec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::runtime::{Device, Runtime, RuntimeOptions};
+use crate::tensors::TensorFile;
+
+/// One training batch: images [N, C, Z, Y, X], labels [N, Z, Y, X] (class indices, or the
+/// bundle's ignore label) and a loss weight per sample (pseudo-labelled samples get less).
+pub struct Batch<'a> {
+    pub image: ArrayViewD<'a, f32>,
+    pub labels: ArrayViewD<'a, i64>,
+    pub loss_weight: &'a [f32],
+}
+
+/// The loss of one step (computed before that step's update) and the step's number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub loss: f32,
+    pub loss_ce: f32,
+    pub loss_dice: f32,
+    /// 1-based number of the step just taken.
+    pub step: i64,
+}
+
+/// One named state tensor of the optimiser: a parameter or a moment.
+struct StateTensor {
+    /// Train-step input name (`param.<name>`, `m.<name>`, `v.<name>`).
+    input: String,
+    /// Output carrying its update (`new.<input>`), if trainable.
+    output: Option<String>,
+    value: ArrayD<f32>,
+}
+
+/// Parameters, AdamW moments and step count, driven through the train-step graph.
+pub struct Trainer {
+    session: Session,
+    spec: TrainingSpec,
+    classes: usize,
+    state: Vec<StateTensor>,
+    step: i64,
+    device: Device,
+}
+
+impl Trainer {
+    /// Loads the train-step graph and the bundle's checkpoint.
+    pub fn new(bundle: &Bundle, options: &RuntimeOptions) -> Result<Trainer> {
+        let spec = bundle.training()?.clone();
+        let runtime = Runtime::load(options.library_path.as_deref())?;
+        let (session, device) = runtime.session_from_file(&bundle.path(&spec.train_step), options.device, options.threads)?;
+        let checkpoint = TensorFile::open(&bundle.path(&spec.checkpoint))?;
+        let state = load_state(&spec, &checkpoint)?;
+        let step = checkpoint.i64(&spec.io.step_checkpoint_key)?.first().copied().unwrap_or(0);
+        Ok(Trainer { session, spec, classes: bundle.manifest().classes.len(), state, step, device })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Steps taken so far (the checkpoint's count included).
+    pub fn steps_taken(&self) -> i64 {
+        self.step
+    }
+
+    /// Current parameters as (inference-graph initializer name, value), to run the model with
+    /// the fine-tuned weights.
+    pub fn weights(&self) -> Vec<(&str, &ArrayD<f32>)> {
+        self.spec
+            .parameters
+            .iter()
+            .filter_map(|p| {
+                let input = self.spec.io.param(&p.name);
+                self.state.iter().find(|s| s.input == input).map(|s| (p.initializer.as_str(), &s.value))
+            })
+            .collect()
+    }
+
+    /// One AdamW step on `batch` with learning rate `lr` and decoupled weight decay.
+    pub fn step(&mut self, batch: &Batch<'_>, lr: f32, weight_decay: f32) -> Result<StepReport> {
+        self.check_batch(batch)?;
+        let io = &self.spec.io;
+        let step_number = self.step + 1;
+        let scalars = [(lr, &io.lr), (step_number as f32, &io.step), (weight_decay, &io.weight_decay)];
+        let scalar_arrays: Vec<ArrayD<f32>> = scalars.iter().map(|(v, _)| ndarray::arr0(*v).into_dyn()).collect();
+        let weights = ArrayViewD::from_shape(ndarray::IxDyn(&[batch.loss_weight.len()]), batch.loss_weight)
+            .map_err(|e| Error::internal(e.to_string()))?;
+
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            (io.image.as_str().into(), TensorRef::from_array_view(batch.image.view())?.into()),
+            (io.labels.as_str().into(), TensorRef::from_array_view(batch.labels.view())?.into()),
+            (io.loss_weight.as_str().into(), TensorRef::from_array_view(weights)?.into()),
+        ];
+        for ((_, name), array) in scalars.iter().zip(&scalar_arrays) {
+            inputs.push((name.as_str().into(), TensorRef::from_array_view(array.view())?.into()));
+        }
+        for s in &self.state {
+            inputs.push((s.input.as_str().into(), TensorRef::from_array_view(s.value.view())?.into()));
+        }
+        let outputs = self.session.run(inputs)?;
+        let scalar = |name: &str| -> Result<f32> {
+            Ok(*outputs[name].try_extract_array::<f32>()?.iter().next().ok_or_else(|| Error::new(ErrorKind::Model, format!("output '{name}' is empty")))?)
+        };
+        let report = StepReport { loss: scalar(&io.loss)?, loss_ce: scalar(&io.loss_ce)?, loss_dice: scalar(&io.loss_dice)?, step: step_number };
+        if !report.loss.is_finite() {
+            // Keep the previous state: a NaN step must not poison the weights.
+            return Err(Error::new(ErrorKind::InvalidData, format!("step {step_number} produced a non-finite loss ({}); state left unchanged (lower the learning rate?)", report.loss)));
+        }
+        let updates: Vec<(usize, ArrayD<f32>)> = self
+            .state
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.output.as_ref().map(|o| (i, o)))
+            .map(|(i, o)| Ok((i, outputs[o.as_str()].try_extract_array::<f32>()?.to_owned())))
+            .collect::<Result<_>>()?;
+        drop(outputs);
+        for (i, value) in updates {
+            self.state[i].value = value;
+        }
+        self.step = step_number;
+        Ok(report)
+    }
+
+    /// Shapes must agree with each other and the model; labels must be classes or the ignore label.
+    fn check_batch(&self, batch: &Batch<'_>) -> Result<()> {
+        let (img, lab) = (batch.image.shape(), batch.labels.shape());
+        let n = batch.loss_weight.len();
+        if img.len() != 5 || lab.len() != 4 || img[0] != n || lab[0] != n || img[2..] != lab[1..] {
+            return Err(Error::invalid_argument(format!(
+                "batch shapes disagree: image {img:?} must be [N, C, Z, Y, X], labels {lab:?} [N, Z, Y, X], loss weights {n}"
+            )));
+        }
+        let ignore = self.spec.loss.ignore_label;
+        if let Some(bad) = batch.labels.iter().find(|&&l| l != ignore && !(0..self.classes as i64).contains(&l)) {
+            return Err(Error::invalid_argument(format!(
+                "label value {bad} is neither a class (0..{}) nor the ignore label {ignore}",
+                self.classes - 1
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn load_state(spec: &TrainingSpec, checkpoint: &TensorFile) -> Result<Vec<StateTensor>> {
+    let io = &spec.io;
+    let mut state = Vec::new();
+    for p in &spec.parameters {
+        let inputs = if p.trainable { vec![io.param(&p.name), io.m(&p.name), io.v(&p.name)] } else { vec![io.param(&p.name)] };
+        for input in inputs {
+            let value = checkpoint.f32(&input)?;
+            let output = p.trainable.then(|| io.new(&input));
+            state.push(StateTensor { input, output, value });
+        }
+    }
+    Ok(state)
+}
