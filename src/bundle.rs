@@ -149,7 +149,7 @@ impl TrainIo {
         format!("{}{name}", self.v_prefix)
     }
     /// The output that carries the updated value of state input `input` (e.g. `new.param.w`).
-    pub fn new(&self, input: &str) -> String {
+    pub fn updated(&self, input: &str) -> String {
         format!("{}{input}", self.new_prefix)
     }
 }
@@ -321,7 +321,7 @@ impl Bundle {
                 expect_names(&mut p, "train-step input", &inputs, [s]);
                 checkpoint.expect_shape(&mut p, s, &param.shape);
                 if param.trainable {
-                    expect_names(&mut p, "train-step output", &outputs, [&io.new(s)]);
+                    expect_names(&mut p, "train-step output", &outputs, [&io.updated(s)]);
                 }
             }
         }

@@ -156,7 +156,7 @@ fn load_state(spec: &TrainingSpec, checkpoint: &TensorFile) -> Result<Vec<StateT
         let inputs = if p.trainable { vec![io.param(&p.name), io.m(&p.name), io.v(&p.name)] } else { vec![io.param(&p.name)] };
         for input in inputs {
             let value = checkpoint.f32(&input)?;
-            let output = p.trainable.then(|| io.new(&input));
+            let output = p.trainable.then(|| io.updated(&input));
             state.push(StateTensor { input, output, value });
         }
     }
