@@ -11,7 +11,7 @@ ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv build data demo test test-rust test-python test-c test-gpu header clean-cache
+.PHONY: all ort ort-gpu venv venv-torch build data model demo test test-rust test-python test-tools test-c test-gpu header clean-cache
 
 all: build
 
@@ -33,8 +33,21 @@ $(VENV)/.stamp: scripts/requirements-test.txt
 	$(VPY) -m pip install --quiet --no-deps $(NILEARN)
 	touch $@
 
+## Tool-time virtualenv with PyTorch (bundle generator, demo-model training): ~5 GB, cached.
+VENV_TORCH := .venv-torch
+venv-torch: $(VENV_TORCH)/.stamp
+$(VENV_TORCH)/.stamp: scripts/requirements-torch.txt
+	$(PYTHON) -m venv $(VENV_TORCH)
+	$(VENV_TORCH)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_TORCH)/bin/python -m pip install --quiet -r scripts/requirements-torch.txt
+	touch $@
+
 build:
 	cargo build --release
+
+## Retrain the committed demo Med-VFM from the source site only (~25 min on 2 cores).
+model: data venv-torch
+	$(VENV_TORCH)/bin/python scripts/train_demo_model.py --data $(DATA) --out models/demo_brain_unet
 
 ## Synthetic subjects and sites from the real ICBM152 anatomy (deterministic; ~2 min).
 DATA := .cache/data/synthetic-v1
@@ -48,9 +61,9 @@ demo: ort build
 
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks
 ## against nibabel and onnxruntime, and the C/C++ tests under ctest.
-test: ort venv
+test: ort venv venv-torch
 	cargo build
-	$(MAKE) test-rust test-python test-c
+	$(MAKE) test-rust test-python test-tools test-c
 
 test-rust:
 	cargo test
@@ -58,6 +71,11 @@ test-rust:
 test-python:
 	ASFDA_LIBRARY=$(CURDIR)/target/debug/libasfda.so ASFDA_CLI=$(CURDIR)/target/debug/asfda \
 	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python bindings/python/tests/test_synth.py
+
+## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
+test-tools:
+	PYTHONPATH=$(CURDIR)/bindings/python $(VENV_TORCH)/bin/python -m pytest -q \
+	  bindings/python/tests/test_trainstep.py bindings/python/tests/test_export.py
 
 test-c:
 	$(VENV)/bin/cmake -S cpp_demo -B $(CMAKE_BUILD) -DASFDA_LIB_DIR=$(CURDIR)/target/debug -DCMAKE_BUILD_TYPE=Debug > /dev/null
@@ -73,4 +91,4 @@ header:
 	ASFDA_UPDATE_HEADER=1 cargo build
 
 clean-cache:
-	rm -rf .cache $(VENV) $(CMAKE_BUILD)
+	rm -rf .cache $(VENV) $(VENV_TORCH) $(CMAKE_BUILD)
