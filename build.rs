@@ -8,15 +8,18 @@ use std::path::PathBuf;
 fn main() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("asfda.h");
-    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-changed=Cargo.toml"); // the version macros
     println!("cargo:rerun-if-env-changed=ASFDA_UPDATE_HEADER");
 
     let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml is valid");
     config.after_includes = Some(version_macros());
+    // Only the C ABI layer (src/ffi/mod.rs and the modules it declares) is parsed: public Rust
+    // items elsewhere never leak into the header.
     cbindgen::Builder::new()
-        .with_crate(&crate_dir)
         .with_config(config)
+        .with_src(crate_dir.join("src").join("ffi").join("mod.rs"))
         .generate()
         .expect("cbindgen could not generate the C header")
         .write_to_file(&out);
