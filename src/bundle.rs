@@ -253,14 +253,21 @@ impl Bundle {
             p.push(format!("classes: need background and at least one class, got {:?}", m.classes));
         }
         if m.foreground_classes.is_empty() || m.foreground_classes.iter().any(|&c| c == 0 || c >= m.classes.len()) {
-            p.push(format!("foreground_classes {:?} must be class indices in 1..{}", m.foreground_classes, m.classes.len()));
+            p.push(format!(
+                "foreground_classes {:?} must be class indices in 1..{}",
+                m.foreground_classes,
+                m.classes.len()
+            ));
         }
         let i = &m.input;
         if i.channels == 0 {
             p.push("input.channels is 0".into());
         }
         if i.size_divisible_by == 0 || i.patch_size.iter().any(|&s| s == 0 || s % i.size_divisible_by.max(1) != 0) {
-            p.push(format!("input.patch_size {:?} is not a positive multiple of size_divisible_by {}", i.patch_size, i.size_divisible_by));
+            p.push(format!(
+                "input.patch_size {:?} is not a positive multiple of size_divisible_by {}",
+                i.patch_size, i.size_divisible_by
+            ));
         }
         if i.spacing_mm.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             p.push(format!("input.spacing_mm {:?} must be positive", i.spacing_mm));
@@ -273,7 +280,10 @@ impl Bundle {
         }
         if let Some(t) = &m.training {
             if t.loss.kind != "dice_ce" || t.optimizer.kind != "adamw" {
-                p.push(format!("training: loss '{}' / optimizer '{}' unsupported (dice_ce / adamw)", t.loss.kind, t.optimizer.kind));
+                p.push(format!(
+                    "training: loss '{}' / optimizer '{}' unsupported (dice_ce / adamw)",
+                    t.loss.kind, t.optimizer.kind
+                ));
             }
             if (0..m.classes.len() as i64).contains(&t.loss.ignore_label) {
                 p.push(format!("training.loss.ignore_label {} is a class index", t.loss.ignore_label));
@@ -296,7 +306,9 @@ impl Bundle {
         if let Some(s) = &m.source_knowledge {
             let file = TensorFile::open(&self.path(&s.file))?;
             let c = m.inference.feature_channels;
-            for (name, shape) in [(&s.tensors.mean, vec![c]), (&s.tensors.var, vec![c]), (&s.tensors.anchors, vec![s.k, c])] {
+            for (name, shape) in
+                [(&s.tensors.mean, vec![c]), (&s.tensors.var, vec![c]), (&s.tensors.anchors, vec![s.k, c])]
+            {
                 file.expect_shape(&mut p, name, &shape);
             }
         }
@@ -360,11 +372,15 @@ fn graph_io(runtime: &Runtime, path: &Path) -> Result<(Vec<String>, Vec<String>)
     Ok((names(session.inputs()), names(session.outputs())))
 }
 
-fn expect_names<'a>(problems: &mut Vec<String>, what: &str, present: &[String], wanted: impl IntoIterator<Item = &'a String>) {
+fn expect_names<'a>(
+    problems: &mut Vec<String>,
+    what: &str,
+    present: &[String],
+    wanted: impl IntoIterator<Item = &'a String>,
+) {
     for name in wanted {
         if !present.iter().any(|p| p == name) {
             problems.push(format!("{what} '{name}' named in the manifest is not in the graph"));
         }
     }
 }
-

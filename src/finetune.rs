@@ -55,7 +55,8 @@ impl Trainer {
     pub fn new(bundle: &Bundle, options: &RuntimeOptions) -> Result<Trainer> {
         let spec = bundle.training()?.clone();
         let runtime = Runtime::load(options.library_path.as_deref())?;
-        let (session, device) = runtime.session_from_file(&bundle.path(&spec.train_step), options.device, options.threads)?;
+        let (session, device) =
+            runtime.session_from_file(&bundle.path(&spec.train_step), options.device, options.threads)?;
         let checkpoint = TensorFile::open(&bundle.path(&spec.checkpoint))?;
         let state = load_state(&spec, &checkpoint)?;
         let step = checkpoint.i64(&spec.io.step_checkpoint_key)?.first().copied().unwrap_or(0);
@@ -107,9 +108,18 @@ impl Trainer {
         }
         let outputs = self.session.run(inputs)?;
         let scalar = |name: &str| -> Result<f32> {
-            Ok(*outputs[name].try_extract_array::<f32>()?.iter().next().ok_or_else(|| Error::new(ErrorKind::Model, format!("output '{name}' is empty")))?)
+            Ok(*outputs[name]
+                .try_extract_array::<f32>()?
+                .iter()
+                .next()
+                .ok_or_else(|| Error::new(ErrorKind::Model, format!("output '{name}' is empty")))?)
         };
-        let report = StepReport { loss: scalar(&io.loss)?, loss_ce: scalar(&io.loss_ce)?, loss_dice: scalar(&io.loss_dice)?, step: step_number };
+        let report = StepReport {
+            loss: scalar(&io.loss)?,
+            loss_ce: scalar(&io.loss_ce)?,
+            loss_dice: scalar(&io.loss_dice)?,
+            step: step_number,
+        };
         if !report.loss.is_finite() {
             // Keep the previous state: a NaN step must not poison the weights.
             return Err(Error::new(ErrorKind::InvalidData, format!("step {step_number} produced a non-finite loss ({}); state left unchanged (lower the learning rate?)", report.loss)));
@@ -153,7 +163,8 @@ fn load_state(spec: &TrainingSpec, checkpoint: &TensorFile) -> Result<Vec<StateT
     let io = &spec.io;
     let mut state = Vec::new();
     for p in &spec.parameters {
-        let inputs = if p.trainable { vec![io.param(&p.name), io.m(&p.name), io.v(&p.name)] } else { vec![io.param(&p.name)] };
+        let inputs =
+            if p.trainable { vec![io.param(&p.name), io.m(&p.name), io.v(&p.name)] } else { vec![io.param(&p.name)] };
         for input in inputs {
             let value = checkpoint.f32(&input)?;
             let output = p.trainable.then(|| io.updated(&input));

@@ -3,8 +3,8 @@
 //! Data flows one way: [`volume`] (voxels + geometry, NIfTI I/O) -> model runtime ([`runtime`]).
 //! The C ABI in [`ffi`] is a thin layer over this Rust API.
 
-pub mod error;
 pub mod bundle;
+pub mod error;
 pub mod ffi;
 pub mod finetune;
 pub mod model;

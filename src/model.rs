@@ -32,20 +32,25 @@ impl Model {
     /// `weights`, e.g. fine-tuned parameters, without touching the file on disk.
     pub fn load_with_weights(path: &Path, options: &RuntimeOptions, weights: &[(&str, &ArrayD<f32>)]) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
-        let (session, device) = runtime.session_from_file_with(path, options.device, options.threads, |mut builder| {
-            for (name, array) in weights {
-                // ORT keeps a pointer to the value, so it must own its memory (a copy).
-                let value = ort::value::Tensor::from_array((*array).clone())?.into_dyn();
-                builder = builder.with_initializer(*name, value).map_err(|e| -> ort::Error { e.into() })?;
-            }
-            Ok(builder)
-        })?;
+        let (session, device) =
+            runtime.session_from_file_with(path, options.device, options.threads, |mut builder| {
+                for (name, array) in weights {
+                    // ORT keeps a pointer to the value, so it must own its memory (a copy).
+                    let value = ort::value::Tensor::from_array((*array).clone())?.into_dyn();
+                    builder = builder.with_initializer(*name, value).map_err(|e| -> ort::Error { e.into() })?;
+                }
+                Ok(builder)
+            })?;
         let input_name = match session.inputs() {
             [one] => one.name().to_string(),
             inputs => {
                 return Err(Error::new(
                     ErrorKind::Model,
-                    format!("model '{}' has {} inputs; asfda expects exactly one image input", path.display(), inputs.len()),
+                    format!(
+                        "model '{}' has {} inputs; asfda expects exactly one image input",
+                        path.display(),
+                        inputs.len()
+                    ),
                 ))
             }
         };
@@ -70,7 +75,8 @@ impl Model {
     /// owned f32 array, in the model's output order.
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
         let tensor = TensorRef::from_array_view(input)?;
-        let mut session = self.session.lock().map_err(|_| Error::internal("model session lock poisoned by an earlier panic"))?;
+        let mut session =
+            self.session.lock().map_err(|_| Error::internal("model session lock poisoned by an earlier panic"))?;
         let outputs = session.run(ort::inputs![self.input_name.as_str() => tensor])?;
         self.output_names
             .iter()
@@ -90,8 +96,10 @@ impl Model {
     pub fn run_volume(&self, volume: &Volume) -> Result<Volume> {
         let [nx, ny, nz] = volume.dims();
         let shape = IxDyn(&[1, volume.channels(), nz, ny, nx]);
-        let input = ArrayViewD::from_shape(shape, volume.data()).map_err(|e| Error::internal(format!("volume layout: {e}")))?;
-        let first = self.run(input)?.into_iter().next().ok_or_else(|| Error::new(ErrorKind::Model, "model has no outputs"))?;
+        let input =
+            ArrayViewD::from_shape(shape, volume.data()).map_err(|e| Error::internal(format!("volume layout: {e}")))?;
+        let first =
+            self.run(input)?.into_iter().next().ok_or_else(|| Error::new(ErrorKind::Model, "model has no outputs"))?;
         match *first.shape() {
             [1, channels, z, y, x] if [x, y, z] == [nx, ny, nz] => {
                 let data = first.as_standard_layout().iter().copied().collect();

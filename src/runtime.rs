@@ -54,15 +54,13 @@ impl FromStr for Device {
             "cpu" => Ok(Device::Cpu),
             "auto" => Ok(Device::Auto),
             "cuda" => Ok(Device::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|id| id.parse::<u32>().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
+            other => {
+                other.strip_prefix("cuda:").and_then(|id| id.parse::<u32>().ok()).map(Device::Cuda).ok_or_else(|| {
                     Error::invalid_argument(format!(
                         "unknown device '{s}': use 'cpu', 'auto', 'cuda' or 'cuda:<id>' (e.g. 'cuda:0')"
                     ))
-                }),
+                })
+            }
         }
     }
 }
@@ -154,10 +152,7 @@ impl Runtime {
     fn open(path: PathBuf, source: LibrarySource) -> Result<Runtime> {
         let ort_version = library_version(&path)?;
         let builder = ort::init_from(&path).map_err(|e| {
-            Error::new(
-                ErrorKind::RuntimeUnavailable,
-                format!("cannot use ONNX Runtime at '{}': {e}", path.display()),
-            )
+            Error::new(ErrorKind::RuntimeUnavailable, format!("cannot use ONNX Runtime at '{}': {e}", path.display()))
         })?;
         let env = builder.with_name("asfda").build()?;
         let providers = available_providers()?;
@@ -227,7 +222,8 @@ impl Runtime {
                 self.info.library_path.display()
             )));
         }
-        let device_id = i32::try_from(id).map_err(|_| Error::invalid_argument(format!("CUDA device id {id} is too large")))?;
+        let device_id =
+            i32::try_from(id).map_err(|_| Error::invalid_argument(format!("CUDA device id {id} is too large")))?;
         ort::ep::CUDA::default()
             .with_device_id(device_id)
             .register(builder)
@@ -325,10 +321,7 @@ fn find_ort_in(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(ORT_FILE_PREFIX))
+            p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ORT_FILE_PREFIX))
         })
         .collect();
     found.sort();
@@ -355,7 +348,8 @@ fn library_version(path: &Path) -> Result<String> {
     let bad = |why: String| {
         Error::new(ErrorKind::RuntimeUnavailable, format!("cannot load ONNX Runtime from '{}': {why}", path.display()))
     };
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| bad("path contains a NUL byte".into()))?;
+    let c_path =
+        CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| bad("path contains a NUL byte".into()))?;
     // SAFETY: dlopen/dlsym/dlclose with valid C strings; the handle is closed on every path.
     unsafe {
         let handle = libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
@@ -403,9 +397,8 @@ fn available_providers() -> Result<Vec<String>> {
             (api.ReleaseStatus)(status.0);
             return Err(Error::internal("ONNX Runtime could not list its execution providers"));
         }
-        let names = (0..count.max(0) as usize)
-            .map(|i| CStr::from_ptr(*list.add(i)).to_string_lossy().into_owned())
-            .collect();
+        let names =
+            (0..count.max(0) as usize).map(|i| CStr::from_ptr(*list.add(i)).to_string_lossy().into_owned()).collect();
         let _ = (api.ReleaseAvailableProviders)(list, count);
         Ok(names)
     }

@@ -57,13 +57,17 @@ impl TensorFile {
         if got == want {
             Ok(())
         } else {
-            Err(Error::invalid_data(format!("'{}': tensor '{name}' is {got:?}, expected {want:?}", self.path.display())))
+            Err(Error::invalid_data(format!(
+                "'{}': tensor '{name}' is {got:?}, expected {want:?}",
+                self.path.display()
+            )))
         }
     }
 
     /// Records a problem unless tensor `name` exists with `shape`.
     pub fn expect_shape(&self, problems: &mut Vec<String>, name: &str, shape: &[usize]) {
-        let file = self.path.file_name().map_or_else(|| self.path.display().to_string(), |f| f.to_string_lossy().into_owned());
+        let file =
+            self.path.file_name().map_or_else(|| self.path.display().to_string(), |f| f.to_string_lossy().into_owned());
         match self.shape(name) {
             Ok(s) if s == shape => {}
             Ok(s) => problems.push(format!("tensor '{name}' in {file} has shape {s:?}, the manifest says {shape:?}")),

@@ -1,9 +1,7 @@
 //! NIfTI reading/writing, geometry and reorientation on real files (shipped with nibabel and
 //! nilearn in the test virtualenv) and on files corrupted byte by byte.
 
-use asfda::volume::{
-    read_nifti, write_nifti, Convention, DataType, NonFinitePolicy, OutputType, ReadOptions, Volume,
-};
+use asfda::volume::{read_nifti, write_nifti, Convention, DataType, NonFinitePolicy, OutputType, ReadOptions, Volume};
 use asfda::{Error, ErrorKind};
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -51,17 +49,11 @@ fn read(path: &Path) -> asfda::Result<Volume> {
 }
 
 fn read_keep(path: &Path) -> Volume {
-    read_nifti(path, &ReadOptions { nonfinite: NonFinitePolicy::Keep, ..Default::default() })
-        .unwrap()
+    read_nifti(path, &ReadOptions { nonfinite: NonFinitePolicy::Keep, ..Default::default() }).unwrap()
 }
 
 /// Asserts the error kind, a key phrase, and that the message names the file.
-fn assert_error(
-    result: asfda::Result<Volume>,
-    kind: ErrorKind,
-    phrase: &str,
-    path: &Path,
-) -> Error {
+fn assert_error(result: asfda::Result<Volume>, kind: ErrorKind, phrase: &str, path: &Path) -> Error {
     let e = result.expect_err("expected an error");
     assert_eq!(e.kind(), kind, "wrong kind for: {e}");
     assert!(e.message().contains(phrase), "message lacks {phrase:?}: {e}");
@@ -81,12 +73,7 @@ fn bits(data: &[f32]) -> Vec<u32> {
 /// A small oblique, left-handed (LAS-like) volume: 5 x 4 x 3 voxels, `channels` channels.
 fn sample_volume(channels: usize, values: impl Fn(usize) -> f32) -> Volume {
     let n = 5 * 4 * 3 * channels;
-    let affine = [
-        [-1.5, 0.0, 0.0, 30.25],
-        [0.0, 1.9, -0.35, -20.5],
-        [0.0, 0.32, 2.2, 7.125],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
+    let affine = [[-1.5, 0.0, 0.0, 30.25], [0.0, 1.9, -0.35, -20.5], [0.0, 0.32, 2.2, 7.125], [0.0, 0.0, 0.0, 1.0]];
     Volume::new((0..n).map(values).collect(), [5, 4, 3], channels, affine).unwrap()
 }
 
@@ -157,15 +144,7 @@ fn real_files() -> Vec<Expected> {
         canonical_00_03: c,
     };
     vec![
-        e(
-            nibabel_file("anatomical.nii"),
-            [33, 41, 25],
-            1,
-            284166082.0,
-            2971.0,
-            (-2.0, 32.0),
-            (2.0, -32.0),
-        ),
+        e(nibabel_file("anatomical.nii"), [33, 41, 25], 1, 284166082.0, 2971.0, (-2.0, 32.0), (2.0, -32.0)),
         e(
             nibabel_file("example4d.nii.gz"),
             [128, 96, 24],
@@ -221,15 +200,7 @@ fn real_files() -> Vec<Expected> {
             (1.0, 0.0),
         ),
         e(nibabel_file("standard.nii.gz"), [4, 5, 7], 1, 7650.0, 255.0, (1.0, 0.0), (1.0, 0.0)),
-        e(
-            nilearn_file("image_10426.nii.gz"),
-            [53, 63, 46],
-            1,
-            3460.168992704268,
-            0.0,
-            (-3.0, 78.0),
-            (3.0, -78.0),
-        ),
+        e(nilearn_file("image_10426.nii.gz"), [53, 63, 46], 1, 3460.168992704268, 0.0, (-3.0, 78.0), (3.0, -78.0)),
         e(
             nilearn_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"),
             [197, 233, 189],
@@ -268,16 +239,9 @@ fn reads_every_real_file_like_nibabel() {
         assert_eq!((v.dims(), v.channels()), (f.dims, f.channels), "{name}");
         assert_eq!(v.data().len(), v.voxel_count() * v.channels());
         let sum: f64 = v.data().iter().filter(|x| !x.is_nan()).map(|&x| f64::from(x)).sum();
-        assert!(
-            (sum - f.sum).abs() <= 1e-9 * f.sum.abs().max(1.0),
-            "{name}: sum {sum} vs {}",
-            f.sum
-        );
+        assert!((sum - f.sum).abs() <= 1e-9 * f.sum.abs().max(1.0), "{name}: sum {sum} vs {}", f.sum);
         let last = *v.data().last().unwrap();
-        assert!(
-            f64::from(last) == f.last || (last.is_nan() && f.last.is_nan()),
-            "{name}: last voxel {last}"
-        );
+        assert!(f64::from(last) == f.last || (last.is_nan() && f.last.is_nan()), "{name}: last voxel {last}");
         assert_eq!((v.affine()[0][0], v.affine()[0][3]), f.affine_00_03, "{name}");
         let (c, o) = v.to_canonical();
         assert_eq!((c.affine()[0][0], c.affine()[0][3]), f.canonical_00_03, "{name}");
@@ -305,25 +269,16 @@ fn big_endian_scaled_and_extended_files() {
 #[test]
 fn nonfinite_policy() {
     let path = nibabel_file("resampled_anat_moved.nii");
-    let e = assert_error(
-        read(&path),
-        ErrorKind::InvalidData,
-        "153 voxel value(s) are NaN or infinite",
-        &path,
-    );
+    let e = assert_error(read(&path), ErrorKind::InvalidData, "153 voxel value(s) are NaN or infinite", &path);
     assert!(e.message().contains("NonFinitePolicy::Replace"), "{e}");
-    let replaced = read_nifti(
-        &path,
-        &ReadOptions { nonfinite: NonFinitePolicy::Replace(-1.0), ..Default::default() },
-    )
-    .unwrap();
+    let replaced =
+        read_nifti(&path, &ReadOptions { nonfinite: NonFinitePolicy::Replace(-1.0), ..Default::default() }).unwrap();
     assert_eq!(replaced.nonfinite_count(), 0);
     assert_eq!(replaced.data().iter().filter(|&&x| x == -1.0).count(), 153);
     let mut kept = read_keep(&path);
     assert_eq!(kept.nonfinite_count(), 153);
     assert_eq!(kept.replace_nonfinite(0.0), 153);
-    let bad_option =
-        ReadOptions { nonfinite: NonFinitePolicy::Replace(f32::NAN), ..Default::default() };
+    let bad_option = ReadOptions { nonfinite: NonFinitePolicy::Replace(f32::NAN), ..Default::default() };
     assert_eq!(read_nifti(&path, &bad_option).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }
 
@@ -348,12 +303,7 @@ fn write_read_round_trips() {
                 let back = read(&path).unwrap();
                 assert_eq!((back.dims(), back.channels()), (v.dims(), v.channels()));
                 assert_eq!(bits(back.data()), bits(v.data()), "{}", path.display());
-                assert!(
-                    affine_close(back.affine(), v.affine(), 1e-4),
-                    "{:?} vs {:?}",
-                    back.affine(),
-                    v.affine()
-                );
+                assert!(affine_close(back.affine(), v.affine(), 1e-4), "{:?} vs {:?}", back.affine(), v.affine());
                 assert!(back.same_grid(&v));
             }
         }
@@ -387,10 +337,8 @@ fn write_rounds_and_preserves_real_geometry() {
 #[test]
 fn writes_nifti2_when_a_dim_exceeds_i16() {
     let dir = tempfile::tempdir().unwrap();
-    let affine =
-        [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
-    let v = Volume::new((0..40_000).map(|i| (i % 200) as f32).collect(), [40_000, 1, 1], 1, affine)
-        .unwrap();
+    let affine = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    let v = Volume::new((0..40_000).map(|i| (i % 200) as f32).collect(), [40_000, 1, 1], 1, affine).unwrap();
     let path = dir.path().join("long.nii");
     write_nifti(&v, &path, OutputType::U8).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -409,10 +357,7 @@ fn write_errors() {
     assert!(e.message().contains("voxel 7 has value 256"), "{e}");
     assert!(!path.exists());
     let negative = sample_volume(1, |i| -(i as f32));
-    assert_eq!(
-        write_nifti(&negative, &path, OutputType::U16).unwrap_err().kind(),
-        ErrorKind::InvalidArgument
-    );
+    assert_eq!(write_nifti(&negative, &path, OutputType::U16).unwrap_err().kind(), ErrorKind::InvalidArgument);
     let e = write_nifti(&v, &dir.path().join("labels.nrrd"), OutputType::F32).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     let e = write_nifti(&v, &dir.path().join("missing/labels.nii"), OutputType::F32).unwrap_err();
@@ -441,12 +386,7 @@ fn refuses_missing_short_and_foreign_files() {
     let nii = fresh_nii(dir.path());
     let cut_header = dir.path().join("cut_header.nii");
     std::fs::write(&cut_header, &nii[..200]).unwrap();
-    assert_error(
-        read(&cut_header),
-        ErrorKind::Format,
-        "too short for a NIfTI-1 header",
-        &cut_header,
-    );
+    assert_error(read(&cut_header), ErrorKind::Format, "too short for a NIfTI-1 header", &cut_header);
 
     let bad_magic = patched(dir.path(), "bad_magic.nii", &nii, &[(MAGIC, b"xyz\0".to_vec())]);
     assert_error(read(&bad_magic), ErrorKind::Format, "not a NIfTI file", &bad_magic);
@@ -482,22 +422,12 @@ fn refuses_truncated_and_corrupt_data() {
     bad_crc[at] ^= 0xff;
     let bad_crc_path = dir.path().join("bad_crc.nii.gz");
     std::fs::write(&bad_crc_path, bad_crc).unwrap();
-    assert_error(
-        read(&bad_crc_path),
-        ErrorKind::Format,
-        "corrupt or truncated gzip stream",
-        &bad_crc_path,
-    );
+    assert_error(read(&bad_crc_path), ErrorKind::Format, "corrupt or truncated gzip stream", &bad_crc_path);
 
     // A gzip stream whose content is too short for the header's dims.
     let short_content = dir.path().join("short_content.nii.gz");
     std::fs::write(&short_content, gzip(&nii[..nii.len() - 4])).unwrap();
-    assert_error(
-        read(&short_content),
-        ErrorKind::Format,
-        "116 bytes of the 120 bytes",
-        &short_content,
-    );
+    assert_error(read(&short_content), ErrorKind::Format, "116 bytes of the 120 bytes", &short_content);
 
     let vox_offset = patched(dir.path(), "vox_offset.nii", &nii, &[(VOX_OFFSET, f32s(&[100.0]))]);
     assert_error(read(&vox_offset), ErrorKind::Format, "vox_offset = 100", &vox_offset);
@@ -509,16 +439,10 @@ fn refuses_truncated_and_corrupt_data() {
 fn refuses_unsupported_datatypes() {
     let dir = tempfile::tempdir().unwrap();
     let nii = fresh_nii(dir.path());
-    for (code, name) in [
-        (32, "complex64"),
-        (128, "RGB24"),
-        (1536, "float128"),
-        (1, "binary"),
-        (2304, "RGBA32"),
-        (1792, "complex128"),
-    ] {
-        let path =
-            patched(dir.path(), &format!("type{code}.nii"), &nii, &[(DATATYPE, i16s(&[code]))]);
+    for (code, name) in
+        [(32, "complex64"), (128, "RGB24"), (1536, "float128"), (1, "binary"), (2304, "RGBA32"), (1792, "complex128")]
+    {
+        let path = patched(dir.path(), &format!("type{code}.nii"), &nii, &[(DATATYPE, i16s(&[code]))]);
         let e = assert_error(read(&path), ErrorKind::Unsupported, name, &path);
         assert!(e.message().contains(&code.to_string()), "{e}");
     }
@@ -541,12 +465,8 @@ fn refuses_bad_dims_before_allocating() {
     let huge = patched(dir.path(), "huge.nii", &nii, &[(DIM, i16s(&[3, 32767, 32767, 32767]))]);
     let e = assert_error(read(&huge), ErrorKind::TooLarge, "35181150961663 voxels", &huge);
     assert!(e.message().contains("2147483648") && e.message().contains("max_voxels"), "{e}");
-    let seven = patched(
-        dir.path(),
-        "seven.nii",
-        &nii,
-        &[(DIM, i16s(&[7, 32767, 32767, 32767, 32767, 32767, 32767, 32767]))],
-    );
+    let seven =
+        patched(dir.path(), "seven.nii", &nii, &[(DIM, i16s(&[7, 32767, 32767, 32767, 32767, 32767, 32767, 32767]))]);
     assert_error(read(&seven), ErrorKind::TooLarge, "more than 2^64", &seven);
     // Within the limit but longer than the file: refused on the file size.
     let long = patched(dir.path(), "long.nii", &nii, &[(DIM, i16s(&[3, 1000, 1000, 100]))]);
@@ -565,15 +485,8 @@ fn refuses_bad_geometry() {
     let nii = fresh_nii(dir.path());
     let no_sform = (SFORM_CODE, i16s(&[0]));
     // The qform uses pixdim[1..3].
-    for (value, phrase) in
-        [(0.0, "pixdim[2] = 0"), (-1.0, "pixdim[2] = -1"), (f32::NAN, "pixdim[2] = NaN")]
-    {
-        let path = patched(
-            dir.path(),
-            "pixdim.nii",
-            &nii,
-            &[no_sform.clone(), (PIXDIM + 8, f32s(&[value]))],
-        );
+    for (value, phrase) in [(0.0, "pixdim[2] = 0"), (-1.0, "pixdim[2] = -1"), (f32::NAN, "pixdim[2] = NaN")] {
+        let path = patched(dir.path(), "pixdim.nii", &nii, &[no_sform.clone(), (PIXDIM + 8, f32s(&[value]))]);
         assert_error(read(&path), ErrorKind::InvalidData, phrase, &path);
     }
     let zero_column = patched(
@@ -582,31 +495,16 @@ fn refuses_bad_geometry() {
         &nii,
         &[(SROW_X, f32s(&[0.0])), (SROW_X + 16, f32s(&[0.0])), (SROW_X + 32, f32s(&[0.0]))],
     );
-    assert_error(
-        read(&zero_column),
-        ErrorKind::InvalidData,
-        "zero spacing along voxel axis 0",
-        &zero_column,
-    );
+    assert_error(read(&zero_column), ErrorKind::InvalidData, "zero spacing along voxel axis 0", &zero_column);
     // Voxel axes 1 and 2 made parallel.
-    let singular = patched(
-        dir.path(),
-        "singular.nii",
-        &nii,
-        &[(SROW_X + 24, f32s(&[1.9])), (SROW_X + 40, f32s(&[0.32]))],
-    );
+    let singular =
+        patched(dir.path(), "singular.nii", &nii, &[(SROW_X + 24, f32s(&[1.9])), (SROW_X + 40, f32s(&[0.32]))]);
     let e = assert_error(read(&singular), ErrorKind::InvalidData, "singular", &singular);
     assert!(e.message().contains("sform"), "{e}");
     let nan = patched(dir.path(), "nan_srow.nii", &nii, &[(SROW_X + 12, f32s(&[f32::NAN]))]);
     assert_error(read(&nan), ErrorKind::InvalidData, "NaN", &nan);
-    let unit_quaternion =
-        patched(dir.path(), "quaternion.nii", &nii, &[no_sform, (256, f32s(&[0.9, 0.9, 0.0]))]);
-    assert_error(
-        read(&unit_quaternion),
-        ErrorKind::InvalidData,
-        "not a unit quaternion",
-        &unit_quaternion,
-    );
+    let unit_quaternion = patched(dir.path(), "quaternion.nii", &nii, &[no_sform, (256, f32s(&[0.9, 0.9, 0.0]))]);
+    assert_error(read(&unit_quaternion), ErrorKind::InvalidData, "not a unit quaternion", &unit_quaternion);
 }
 
 #[test]
@@ -621,14 +519,8 @@ fn applies_scaling_and_fallback_geometry() {
     assert_eq!(bits(read(&unscaled).unwrap().data()), bits(original.data()));
 
     // No sform and no qform: nibabel's base affine, diag(-pixdim1, pixdim2, pixdim3) centred.
-    let base = patched(
-        dir.path(),
-        "base.nii",
-        &nii,
-        &[(252, i16s(&[0, 0])), (PIXDIM, f32s(&[1.0, 2.0, 3.0, 4.0]))],
-    );
-    let expected =
-        [[-2.0, 0.0, 0.0, 4.0], [0.0, 3.0, 0.0, -4.5], [0.0, 0.0, 4.0, -4.0], [0.0, 0.0, 0.0, 1.0]];
+    let base = patched(dir.path(), "base.nii", &nii, &[(252, i16s(&[0, 0])), (PIXDIM, f32s(&[1.0, 2.0, 3.0, 4.0]))]);
+    let expected = [[-2.0, 0.0, 0.0, 4.0], [0.0, 3.0, 0.0, -4.5], [0.0, 0.0, 4.0, -4.0], [0.0, 0.0, 0.0, 1.0]];
     assert_eq!(read(&base).unwrap().affine(), expected);
 }
 
@@ -655,85 +547,36 @@ fn buffer_of(dtype: DataType, values: &[f64]) -> Vec<u8> {
 
 #[test]
 fn from_buffer_every_type_and_convention() {
-    let lps = [
-        [0.8, 0.0, 0.0, -10.0],
-        [0.0, 0.8, 0.0, 20.0],
-        [0.0, 0.0, 2.5, 30.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ];
-    let all = [
-        DataType::U8,
-        DataType::I8,
-        DataType::U16,
-        DataType::I16,
-        DataType::U32,
-        DataType::I32,
-        DataType::U64,
-        DataType::I64,
-        DataType::F32,
-        DataType::F64,
-    ];
-    for dtype in all {
+    let lps = [[0.8, 0.0, 0.0, -10.0], [0.0, 0.8, 0.0, 20.0], [0.0, 0.0, 2.5, 30.0], [0.0, 0.0, 0.0, 1.0]];
+    for dtype in DataType::ALL {
         let signed = !matches!(dtype, DataType::U8 | DataType::U16 | DataType::U32 | DataType::U64);
-        let values: Vec<f64> =
-            (0..24).map(|i| if signed && i % 2 == 1 { -(i as f64) } else { i as f64 }).collect();
+        let values: Vec<f64> = (0..24).map(|i| if signed && i % 2 == 1 { -(i as f64) } else { i as f64 }).collect();
         let bytes = buffer_of(dtype, &values);
         assert_eq!(bytes.len(), 24 * dtype.size_bytes());
-        let v = Volume::from_buffer(
-            &bytes,
-            dtype,
-            [2, 3, 2],
-            2,
-            Some([0.8, 0.8, 2.5]),
-            lps,
-            Convention::Lps,
-        )
-        .unwrap();
-        assert_eq!(
-            v.data(),
-            values.iter().map(|&x| x as f32).collect::<Vec<_>>().as_slice(),
-            "{dtype:?}"
-        );
+        let v = Volume::from_buffer(&bytes, dtype, [2, 3, 2], 2, Some([0.8, 0.8, 2.5]), lps, Convention::Lps).unwrap();
+        assert_eq!(v.data(), values.iter().map(|&x| x as f32).collect::<Vec<_>>().as_slice(), "{dtype:?}");
         assert_eq!(v.channel(1)[0], values[12] as f32);
         assert_eq!(v.affine()[0], [-0.8, 0.0, 0.0, 10.0]);
         assert_eq!(v.affine()[1], [0.0, -0.8, 0.0, -20.0]);
         assert_eq!(v.affine()[2], lps[2]);
         assert_eq!(v.affine_in(Convention::Lps), lps);
-        let ras =
-            Volume::from_buffer(&bytes, dtype, [2, 3, 2], 2, None, lps, Convention::Ras).unwrap();
+        let ras = Volume::from_buffer(&bytes, dtype, [2, 3, 2], 2, None, lps, Convention::Ras).unwrap();
         assert_eq!(ras.affine(), lps);
         assert!(!ras.same_grid(&v));
-        assert_eq!(
-            ras.check_same_grid(&v, "image vs label").unwrap_err().kind(),
-            ErrorKind::GeometryMismatch
-        );
-        let e = Volume::from_buffer(&bytes[1..], dtype, [2, 3, 2], 2, None, lps, Convention::Ras)
-            .unwrap_err();
+        assert_eq!(ras.check_same_grid(&v, "image vs label").unwrap_err().kind(), ErrorKind::GeometryMismatch);
+        let e = Volume::from_buffer(&bytes[1..], dtype, [2, 3, 2], 2, None, lps, Convention::Ras).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{dtype:?}");
     }
     // Canonical of the LPS-declared volume flips x and y (LPS -> RAS voxel order).
     let bytes = buffer_of(DataType::U8, &(0..12).map(f64::from).collect::<Vec<_>>());
-    let v = Volume::from_buffer(&bytes, DataType::U8, [2, 3, 2], 1, None, lps, Convention::Lps)
-        .unwrap();
+    let v = Volume::from_buffer(&bytes, DataType::U8, [2, 3, 2], 1, None, lps, Convention::Lps).unwrap();
     let (c, o) = v.to_canonical();
     assert_eq!(c.data()[0], 5.0);
-    assert!(affine_close(
-        c.affine(),
-        [[0.8, 0.0, 0.0, 9.2], [0.0, 0.8, 0.0, -21.6], lps[2], lps[3]],
-        1e-12
-    ));
+    assert!(affine_close(c.affine(), [[0.8, 0.0, 0.0, 9.2], [0.0, 0.8, 0.0, -21.6], lps[2], lps[3]], 1e-12));
     let back = o.undo(&c).unwrap();
     assert_eq!(back.data(), v.data());
     assert!(affine_close(back.affine(), v.affine(), 1e-12));
-    let e = Volume::from_buffer(
-        &bytes,
-        DataType::U8,
-        [2, 3, 2],
-        1,
-        Some([1.0, 1.0, 1.0]),
-        lps,
-        Convention::Lps,
-    )
-    .unwrap_err();
+    let e = Volume::from_buffer(&bytes, DataType::U8, [2, 3, 2], 1, Some([1.0, 1.0, 1.0]), lps, Convention::Lps)
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::GeometryMismatch);
 }

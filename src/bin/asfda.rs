@@ -88,12 +88,16 @@ impl Flags {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
-        self.get(name).map(PathBuf::from).ok_or_else(|| Error::invalid_argument(format!("--{name} is required\n{USAGE}")))
+        self.get(name)
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::invalid_argument(format!("--{name} is required\n{USAGE}")))
     }
 
     fn runtime_options(&self) -> Result<RuntimeOptions> {
         let threads = match self.get("threads") {
-            Some(t) => t.parse().map_err(|_| Error::invalid_argument(format!("--threads '{t}' is not a whole number")))?,
+            Some(t) => {
+                t.parse().map_err(|_| Error::invalid_argument(format!("--threads '{t}' is not a whole number")))?
+            }
             None => 0,
         };
         Ok(RuntimeOptions {
@@ -114,7 +118,10 @@ fn info(flags: &Flags) -> Result<()> {
         println!("ONNX Runtime   {}", info.ort_version);
         println!("library        {} (found via {:?})", info.library_path.display(), info.library_source);
         println!("providers      {}", info.providers.join(", "));
-        println!("CUDA provider  {}", if info.cuda_provider_library { "present" } else { "absent (run `make ort-gpu`)" });
+        println!(
+            "CUDA provider  {}",
+            if info.cuda_provider_library { "present" } else { "absent (run `make ort-gpu`)" }
+        );
     }
     Ok(())
 }

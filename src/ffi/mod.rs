@@ -9,7 +9,8 @@
 //! - no panic crosses the boundary: each exported function runs inside `catch_unwind`;
 //! - handles come in `_new`/`_load` + `_free` pairs; `_free(NULL)` does nothing.
 
-#![allow(non_camel_case_types)] // C-style names are the ABI.
+#![allow(non_camel_case_types)]
+// C-style names are the ABI.
 // Exported functions take raw pointers from C, which cannot see a Rust `unsafe` marker; the
 // pointer contracts are documented in the header and NULL is always checked.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
@@ -179,9 +180,7 @@ pub extern "C" fn asfda_last_error_message() -> *const c_char {
 /// NUL-terminated when capacity > 0) and returns the size needed including the NUL.
 #[no_mangle]
 pub extern "C" fn asfda_last_error_copy(buf: *mut c_char, capacity: usize) -> usize {
-    guard_value(0, || {
-        LAST_ERROR.with(|slot| copy_to_buffer(&slot.borrow().to_string_lossy(), buf, capacity))
-    })
+    guard_value(0, || LAST_ERROR.with(|slot| copy_to_buffer(&slot.borrow().to_string_lossy(), buf, capacity)))
 }
 
 /// A short English name of a status code, e.g. "ASFDA_STATUS_IO"; "unknown status" for
@@ -204,9 +203,7 @@ pub extern "C" fn asfda_status_name(status: i32) -> *const c_char {
         (ASFDA_STATUS_CANCELLED, c"ASFDA_STATUS_CANCELLED"),
         (ASFDA_STATUS_INTERNAL, c"ASFDA_STATUS_INTERNAL"),
     ];
-    all.iter()
-        .find(|(s, _)| *s as i32 == status)
-        .map_or(c"unknown status".as_ptr(), |(_, name)| name.as_ptr())
+    all.iter().find(|(s, _)| *s as i32 == status).map_or(c"unknown status".as_ptr(), |(_, name)| name.as_ptr())
 }
 
 /// The asfda version, e.g. "0.1.0" (static string; never free it).

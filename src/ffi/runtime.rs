@@ -26,7 +26,8 @@ pub struct AsfdaModel(Model);
 fn runtime_options(options: *const AsfdaRuntimeOptions) -> Result<RuntimeOptions> {
     // SAFETY: a non-NULL options pointer must point to an initialised struct (header contract).
     let Some(o) = (unsafe { options.as_ref() }) else { return Ok(RuntimeOptions::default()) };
-    let library_path = if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
+    let library_path =
+        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
     let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, "options->device")?.parse()? };
     Ok(RuntimeOptions { library_path, device, threads: o.threads as usize })
 }

@@ -91,7 +91,11 @@ fn read_options(options: *const AsfdaReadOptions) -> Result<ReadOptions> {
         0 => NonFinitePolicy::Error,
         1 => NonFinitePolicy::Replace(o.replace_value),
         2 => NonFinitePolicy::Keep,
-        other => return Err(Error::invalid_argument(format!("options->nonfinite = {other} is not an AsfdaNonFinite value (0, 1 or 2)"))),
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "options->nonfinite = {other} is not an AsfdaNonFinite value (0, 1 or 2)"
+            )))
+        }
     };
     let max_voxels = if o.max_voxels == 0 { defaults.max_voxels } else { o.max_voxels };
     Ok(ReadOptions { max_voxels, nonfinite })
@@ -117,7 +121,9 @@ fn output_type(code: i32) -> Result<OutputType> {
         0 => Ok(OutputType::U8),
         1 => Ok(OutputType::U16),
         2 => Ok(OutputType::F32),
-        other => Err(Error::invalid_argument(format!("output type = {other} is not an AsfdaOutputType value (0, 1 or 2)"))),
+        other => {
+            Err(Error::invalid_argument(format!("output type = {other} is not an AsfdaOutputType value (0, 1 or 2)")))
+        }
     }
 }
 
@@ -193,7 +199,11 @@ pub extern "C" fn asfda_volume_free(volume: *mut AsfdaVolume) {
 
 /// Spatial sizes (x, y, z) into `out_dims[3]` and the channel count into `*out_channels`.
 #[no_mangle]
-pub extern "C" fn asfda_volume_dims(volume: *const AsfdaVolume, out_dims: *mut usize, out_channels: *mut usize) -> AsfdaStatus {
+pub extern "C" fn asfda_volume_dims(
+    volume: *const AsfdaVolume,
+    out_dims: *mut usize,
+    out_channels: *mut usize,
+) -> AsfdaStatus {
     guard(|| {
         check_out(out_dims, "out_dims")?;
         check_out(out_channels, "out_channels")?;
@@ -217,7 +227,11 @@ pub extern "C" fn asfda_volume_spacing(volume: *const AsfdaVolume, out_spacing: 
 
 /// The voxel-to-world affine (16 doubles, row-major) in the requested convention.
 #[no_mangle]
-pub extern "C" fn asfda_volume_affine(volume: *const AsfdaVolume, convention: i32, out_affine: *mut f64) -> AsfdaStatus {
+pub extern "C" fn asfda_volume_affine(
+    volume: *const AsfdaVolume,
+    convention: i32,
+    out_affine: *mut f64,
+) -> AsfdaStatus {
     guard(|| {
         check_out(out_affine, "out_affine")?;
         let convention = self::convention(convention)?;
@@ -231,7 +245,11 @@ pub extern "C" fn asfda_volume_affine(volume: *const AsfdaVolume, convention: i3
 /// A read-only pointer to the voxels (f32, x fastest, then y, z, channel) and their count.
 /// The pointer is valid until the volume is freed.
 #[no_mangle]
-pub extern "C" fn asfda_volume_data(volume: *const AsfdaVolume, out_data: *mut *const f32, out_len: *mut usize) -> AsfdaStatus {
+pub extern "C" fn asfda_volume_data(
+    volume: *const AsfdaVolume,
+    out_data: *mut *const f32,
+    out_len: *mut usize,
+) -> AsfdaStatus {
     guard(|| {
         check_out(out_data, "out_data")?;
         check_out(out_len, "out_len")?;
@@ -245,7 +263,10 @@ pub extern "C" fn asfda_volume_data(volume: *const AsfdaVolume, out_data: *mut *
 /// Reorients to the closest canonical RAS orientation (as nibabel's as_closest_canonical) and
 /// returns a new volume. Free it with asfda_volume_free.
 #[no_mangle]
-pub extern "C" fn asfda_volume_to_canonical(volume: *const AsfdaVolume, out_volume: *mut *mut AsfdaVolume) -> AsfdaStatus {
+pub extern "C" fn asfda_volume_to_canonical(
+    volume: *const AsfdaVolume,
+    out_volume: *mut *mut AsfdaVolume,
+) -> AsfdaStatus {
     guard(|| {
         check_out(out_volume, "out_volume")?;
         let volume = &non_null(volume, "volume")?.0;

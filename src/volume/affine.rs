@@ -35,15 +35,10 @@ pub(super) fn linear_part(a: &Affine) -> Matrix3<f64> {
 /// Checks the `Volume` invariants on an affine; `InvalidData` says which one failed.
 pub(super) fn validate(a: &Affine) -> Result<()> {
     if a.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(Error::invalid_data(format!(
-            "the affine {a:?} contains NaN or infinite values"
-        )));
+        return Err(Error::invalid_data(format!("the affine {a:?} contains NaN or infinite values")));
     }
     if a[3] != [0.0, 0.0, 0.0, 1.0] {
-        return Err(Error::invalid_data(format!(
-            "the affine's bottom row is {:?}, must be [0, 0, 0, 1]",
-            a[3]
-        )));
+        return Err(Error::invalid_data(format!("the affine's bottom row is {:?}, must be [0, 0, 0, 1]", a[3])));
     }
     let spacing = spacing(a);
     if let Some(axis) = spacing.iter().position(|s| *s <= 0.0) {
@@ -53,9 +48,7 @@ pub(super) fn validate(a: &Affine) -> Result<()> {
     }
     let normalized_det = linear_part(a).determinant() / spacing.iter().product::<f64>();
     if normalized_det.abs() < MIN_NORMALIZED_DET {
-        return Err(Error::invalid_data(format!(
-            "the affine {a:?} is singular (its voxel axes are coplanar)"
-        )));
+        return Err(Error::invalid_data(format!("the affine {a:?} is singular (its voxel axes are coplanar)")));
     }
     Ok(())
 }
@@ -76,11 +69,7 @@ pub(super) fn quaternion_to_matrix([w, x, y, z]: [f64; 4]) -> [[f64; 3]; 3] {
     let (wx, wy, wz) = (w * xs, w * ys, w * zs);
     let (xx, xy, xz) = (x * xs, x * ys, x * zs);
     let (yy, yz, zz) = (y * ys, y * zs, z * zs);
-    [
-        [1.0 - (yy + zz), xy - wz, xz + wy],
-        [xy + wz, 1.0 - (xx + zz), yz - wx],
-        [xz - wy, yz + wx, 1.0 - (xx + yy)],
-    ]
+    [[1.0 - (yy + zz), xy - wz, xz + wy], [xy + wz, 1.0 - (xx + zz), yz - wx], [xz - wy, yz + wx, 1.0 - (xx + yy)]]
 }
 
 /// The NIfTI qform parameters of an affine (nibabel `set_qform` with `strip_shears=True`).
@@ -111,12 +100,7 @@ pub(super) fn qform_params(a: &Affine) -> QformParams {
     let q = UnitQuaternion::from_rotation_matrix(&Rotation3::from_matrix_unchecked(polar));
     // w >= 0 is implicit in NIfTI; q and -q are the same rotation.
     let sign = if q.w < 0.0 { -1.0 } else { 1.0 };
-    QformParams {
-        qfac,
-        zooms,
-        quatern: [sign * q.i, sign * q.j, sign * q.k],
-        offset: [a[0][3], a[1][3], a[2][3]],
-    }
+    QformParams { qfac, zooms, quatern: [sign * q.i, sign * q.j, sign * q.k], offset: [a[0][3], a[1][3], a[2][3]] }
 }
 
 #[cfg(test)]
@@ -157,12 +141,7 @@ mod tests {
 
     #[test]
     fn qform_permuted_right_handed() {
-        let a = [
-            [0.0, 0.0, 2.0, 1.0],
-            [3.0, 0.0, 0.0, 2.0],
-            [0.0, 1.5, 0.0, 3.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[0.0, 0.0, 2.0, 1.0], [3.0, 0.0, 0.0, 2.0], [0.0, 1.5, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
         let p = qform_params(&a);
         assert_eq!(p.qfac, 1.0);
         assert_eq!(qform_affine(&p).map(|r| r.map(|v| (v * 1e9).round() / 1e9)), a);
@@ -170,12 +149,7 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_affines() {
-        let mut a = [
-            [1.0, 0.0, 0.0, 0.0],
-            [0.0, 1.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let mut a = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         assert!(validate(&a).is_ok());
         a[2][2] = 0.0;
         assert!(validate(&a).unwrap_err().message().contains("zero spacing along voxel axis 2"));
@@ -188,23 +162,13 @@ mod tests {
         a[0][1] = 1.0;
         a[1][0] = 1.0;
         assert!(validate(&a).unwrap_err().message().contains("singular"));
-        a = [
-            [f64::NAN, 0.0, 0.0, 0.0],
-            [0.0, 1.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        a = [[f64::NAN, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         assert!(validate(&a).unwrap_err().message().contains("NaN"));
     }
 
     #[test]
     fn lps_conversion_negates_x_and_y_rows() {
-        let a = [
-            [1.0, 2.0, 3.0, 4.0],
-            [5.0, 6.0, 7.0, 8.0],
-            [9.0, 10.0, 11.0, 12.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 10.0, 11.0, 12.0], [0.0, 0.0, 0.0, 1.0]];
         let l = convert(&a, Convention::Lps);
         assert_eq!(l[0], [-1.0, -2.0, -3.0, -4.0]);
         assert_eq!(l[1], [-5.0, -6.0, -7.0, -8.0]);

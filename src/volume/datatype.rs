@@ -17,18 +17,21 @@ pub enum DataType {
     F64,
 }
 
-const ALL: [DataType; 10] = [
-    DataType::U8,
-    DataType::I8,
-    DataType::U16,
-    DataType::I16,
-    DataType::U32,
-    DataType::I32,
-    DataType::U64,
-    DataType::I64,
-    DataType::F32,
-    DataType::F64,
-];
+impl DataType {
+    /// Every supported datatype.
+    pub const ALL: [DataType; 10] = [
+        DataType::U8,
+        DataType::I8,
+        DataType::U16,
+        DataType::I16,
+        DataType::U32,
+        DataType::I32,
+        DataType::U64,
+        DataType::I64,
+        DataType::F32,
+        DataType::F64,
+    ];
+}
 
 /// Reads one `$t` from an `[u8; N]` in the given byte order, widened to f64.
 macro_rules! widen {
@@ -65,7 +68,7 @@ impl DataType {
 
     /// The type for a NIfTI `datatype` code; `Unsupported` names any other code and its type.
     pub fn from_nifti_code(code: i16) -> Result<DataType> {
-        ALL.into_iter().find(|d| d.nifti_code() == code).ok_or_else(|| {
+        Self::ALL.into_iter().find(|d| d.nifti_code() == code).ok_or_else(|| {
             Error::unsupported(format!(
                 "NIfTI datatype {code} ({}) is not supported; asfda reads real scalar voxels: \
                  uint8, int8, uint16, int16, uint32, int32, uint64, int64, float32, float64",
@@ -78,13 +81,7 @@ impl DataType {
     /// `scale` is given. The arithmetic is done in f64, then rounded once to f32, which is what
     /// nibabel's `get_fdata()` followed by a cast to float32 gives. A trailing partial element
     /// (only possible in a truncated file, which is an error anyway) is ignored.
-    pub(super) fn decode_into(
-        self,
-        bytes: &[u8],
-        big_endian: bool,
-        scale: Option<(f64, f64)>,
-        out: &mut Vec<f32>,
-    ) {
+    pub(super) fn decode_into(self, bytes: &[u8], big_endian: bool, scale: Option<(f64, f64)>, out: &mut Vec<f32>) {
         let be = big_endian;
         match self {
             DataType::U8 => decode::<1>(bytes, scale, out, |b: [u8; 1]| f64::from(b[0])),
@@ -101,12 +98,7 @@ impl DataType {
     }
 }
 
-fn decode<const N: usize>(
-    bytes: &[u8],
-    scale: Option<(f64, f64)>,
-    out: &mut Vec<f32>,
-    widen: impl Fn([u8; N]) -> f64,
-) {
+fn decode<const N: usize>(bytes: &[u8], scale: Option<(f64, f64)>, out: &mut Vec<f32>, widen: impl Fn([u8; N]) -> f64) {
     let values = bytes.chunks_exact(N).map(|chunk| {
         let mut b = [0u8; N];
         b.copy_from_slice(chunk);
@@ -140,17 +132,12 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for d in ALL {
+        for d in DataType::ALL {
             assert_eq!(DataType::from_nifti_code(d.nifti_code()).unwrap(), d);
         }
-        for (code, name) in [
-            (32, "complex64"),
-            (128, "RGB24"),
-            (1536, "float128"),
-            (1, "binary"),
-            (2304, "RGBA32"),
-            (7, "not a"),
-        ] {
+        for (code, name) in
+            [(32, "complex64"), (128, "RGB24"), (1536, "float128"), (1, "binary"), (2304, "RGBA32"), (7, "not a")]
+        {
             let e = DataType::from_nifti_code(code).unwrap_err();
             assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported);
             assert!(e.message().contains(name) && e.message().contains(&code.to_string()), "{e}");

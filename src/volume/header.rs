@@ -108,11 +108,7 @@ impl Encoding {
     pub fn detect(first4: [u8; 4]) -> Result<Encoding> {
         for layout in [&NIFTI1, &NIFTI2] {
             for big_endian in [false, true] {
-                let size = if big_endian {
-                    i32::from_be_bytes(first4)
-                } else {
-                    i32::from_le_bytes(first4)
-                };
+                let size = if big_endian { i32::from_be_bytes(first4) } else { i32::from_le_bytes(first4) };
                 if usize::try_from(size) == Ok(layout.size) {
                     return Ok(Encoding { layout, big_endian });
                 }
@@ -193,20 +189,14 @@ impl Header {
             dim: std::array::from_fn(|i| f.int(l.dim + i * l.int, l.int)),
             datatype: f.int(l.datatype, 2) as i16,
             pixdim: std::array::from_fn(|i| f.float(l.pixdim + i * l.float, l.float)),
-            vox_offset: if l.int == 8 {
-                f.int(l.vox_offset, 8) as f64
-            } else {
-                f.float(l.vox_offset, 4)
-            },
+            vox_offset: if l.int == 8 { f.int(l.vox_offset, 8) as f64 } else { f.float(l.vox_offset, 4) },
             scl_slope: f.float(l.scl_slope, l.float),
             scl_inter: f.float(l.scl_inter, l.float),
             qform_code: f.int(l.qform_code, l.code),
             sform_code: f.int(l.sform_code, l.code),
             quatern: std::array::from_fn(|i| f.float(l.quatern + i * l.float, l.float)),
             qoffset: std::array::from_fn(|i| f.float(l.quatern + (3 + i) * l.float, l.float)),
-            srow: std::array::from_fn(|r| {
-                std::array::from_fn(|c| f.float(l.srow + (4 * r + c) * l.float, l.float))
-            }),
+            srow: std::array::from_fn(|r| std::array::from_fn(|c| f.float(l.srow + (4 * r + c) * l.float, l.float))),
         })
     }
 
@@ -215,21 +205,19 @@ impl Header {
     pub fn shape(&self, max_elements: u64) -> Result<Shape> {
         let ndim = self.dim[0];
         if !(1..=7).contains(&ndim) {
-            return Err(Error::invalid_data(format!(
-                "dim[0] = {ndim}, the number of dimensions, must be 1..7"
-            )));
+            return Err(Error::invalid_data(format!("dim[0] = {ndim}, the number of dimensions, must be 1..7")));
         }
         let mut sizes = [1u64; 8];
         for (i, size) in sizes.iter_mut().enumerate().skip(1).take(ndim as usize) {
-            *size = u64::try_from(self.dim[i]).ok().filter(|&d| d >= 1).ok_or_else(|| {
-                Error::invalid_data(format!("dim[{i}] = {} must be >= 1", self.dim[i]))
-            })?;
+            *size = u64::try_from(self.dim[i])
+                .ok()
+                .filter(|&d| d >= 1)
+                .ok_or_else(|| Error::invalid_data(format!("dim[{i}] = {} must be >= 1", self.dim[i])))?;
         }
         let elements = match sizes[1..].iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)) {
             Some(n) if n <= max_elements => n,
             too_many => {
-                let count =
-                    too_many.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+                let count = too_many.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
                 return Err(Error::new(
                     ErrorKind::TooLarge,
                     format!(
@@ -241,9 +229,7 @@ impl Header {
             }
         };
         let to_usize = |v: u64| {
-            usize::try_from(v).map_err(|_| {
-                Error::new(ErrorKind::TooLarge, format!("{v} voxels do not fit in memory"))
-            })
+            usize::try_from(v).map_err(|_| Error::new(ErrorKind::TooLarge, format!("{v} voxels do not fit in memory")))
         };
         Ok(Shape {
             dims: [to_usize(sizes[1])?, to_usize(sizes[2])?, to_usize(sizes[3])?],
@@ -276,9 +262,7 @@ impl Header {
             return Ok(None);
         }
         if !inter.is_finite() {
-            return Err(Error::invalid_data(format!(
-                "scl_slope = {slope} is valid but scl_inter = {inter} is not"
-            )));
+            return Err(Error::invalid_data(format!("scl_slope = {slope} is valid but scl_inter = {inter} is not")));
         }
         Ok(if (slope, inter) == (1.0, 0.0) { None } else { Some((slope, inter)) })
     }
@@ -308,8 +292,7 @@ impl Header {
         let [b, c, d] = self.quatern;
         let w2 = 1.0 - (b * b + c * c + d * d);
         // The stored b, c, d are rounded to the header's float precision, so |w2| that small is 0.
-        let eps =
-            if self.encoding.layout.float == 4 { f64::from(f32::EPSILON) } else { f64::EPSILON };
+        let eps = if self.encoding.layout.float == 4 { f64::from(f32::EPSILON) } else { f64::EPSILON };
         let w = if w2.abs() < 3.0 * eps {
             0.0
         } else if w2 < 0.0 || !w2.is_finite() {
@@ -323,9 +306,7 @@ impl Header {
         let r = affine::quaternion_to_matrix([w, b, c, d]);
         let mut zooms = self.zooms(3, "qform")?;
         zooms[2] *= if self.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-        let row = |i: usize| {
-            [r[i][0] * zooms[0], r[i][1] * zooms[1], r[i][2] * zooms[2], self.qoffset[i]]
-        };
+        let row = |i: usize| [r[i][0] * zooms[0], r[i][1] * zooms[1], r[i][2] * zooms[2], self.qoffset[i]];
         Ok([row(0), row(1), row(2), [0.0, 0.0, 0.0, 1.0]])
     }
 
@@ -334,8 +315,7 @@ impl Header {
     fn base_affine(&self) -> Result<Affine> {
         let ndim = usize::try_from(self.dim[0]).unwrap_or(0).min(3);
         let zooms = self.zooms(ndim, "fallback")?;
-        let shape: [f64; 3] =
-            std::array::from_fn(|i| if i < ndim { self.dim[i + 1] as f64 } else { 1.0 });
+        let shape: [f64; 3] = std::array::from_fn(|i| if i < ndim { self.dim[i + 1] as f64 } else { 1.0 });
         let diag = [-zooms[0], zooms[1], zooms[2]];
         let row = |i: usize| {
             let mut r = [0.0; 4];
@@ -363,13 +343,7 @@ impl Header {
     }
 
     /// The header asfda writes for a volume: both sform and qform encode `affine`, unscaled data in mm.
-    pub fn for_volume(
-        shape: Shape,
-        datatype: DataType,
-        affine: &Affine,
-        sform_code: i64,
-        qform_code: i64,
-    ) -> Header {
+    pub fn for_volume(shape: Shape, datatype: DataType, affine: &Affine, sform_code: i64, qform_code: i64) -> Header {
         let encoding = Encoding::for_writing(shape.dims, shape.channels);
         let QformParams { qfac, zooms, quatern, offset } = affine::qform_params(affine);
         let [nx, ny, nz] = shape.dims.map(|d| d as i64);
@@ -403,8 +377,7 @@ impl Header {
             f.int(l.dim + i * l.int, l.int, *d);
         }
         f.int(l.datatype, 2, i64::from(self.datatype));
-        let bitpix =
-            DataType::from_nifti_code(self.datatype).map_or(0, |t| 8 * t.size_bytes() as i64);
+        let bitpix = DataType::from_nifti_code(self.datatype).map_or(0, |t| 8 * t.size_bytes() as i64);
         f.int(l.bitpix, 2, bitpix);
         for (i, p) in self.pixdim.iter().enumerate() {
             f.float(l.pixdim + i * l.float, l.float, *p);
@@ -533,29 +506,15 @@ mod tests {
 
     fn header_for(dims: [usize; 3], channels: usize) -> Header {
         let shape = Shape { dims, channels, elements: dims.iter().product::<usize>() * channels };
-        let affine = [
-            [-2.0, 0.0, 0.0, 10.0],
-            [0.0, 0.0, 3.0, -5.0],
-            [0.0, 1.5, 0.0, 7.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let affine = [[-2.0, 0.0, 0.0, 10.0], [0.0, 0.0, 3.0, -5.0], [0.0, 1.5, 0.0, 7.0], [0.0, 0.0, 0.0, 1.0]];
         Header::for_volume(shape, DataType::I16, &affine, 2, 1)
     }
 
     #[test]
     fn detects_versions_and_byte_orders() {
-        assert_eq!(
-            Encoding::detect(348i32.to_le_bytes()).unwrap(),
-            Encoding { layout: &NIFTI1, big_endian: false }
-        );
-        assert_eq!(
-            Encoding::detect(348i32.to_be_bytes()).unwrap(),
-            Encoding { layout: &NIFTI1, big_endian: true }
-        );
-        assert_eq!(
-            Encoding::detect(540i32.to_be_bytes()).unwrap(),
-            Encoding { layout: &NIFTI2, big_endian: true }
-        );
+        assert_eq!(Encoding::detect(348i32.to_le_bytes()).unwrap(), Encoding { layout: &NIFTI1, big_endian: false });
+        assert_eq!(Encoding::detect(348i32.to_be_bytes()).unwrap(), Encoding { layout: &NIFTI1, big_endian: true });
+        assert_eq!(Encoding::detect(540i32.to_be_bytes()).unwrap(), Encoding { layout: &NIFTI2, big_endian: true });
         let e = Encoding::detect(*b"\x1f\x8b\x08\x00").unwrap_err();
         assert!(e.message().starts_with("not a NIfTI file"));
     }
@@ -567,11 +526,8 @@ mod tests {
             assert_eq!(h.encoding.layout, version);
             let bytes = h.encode();
             assert_eq!(bytes.len(), version.size + 4);
-            let parsed = Header::parse(
-                Encoding::detect([bytes[0], bytes[1], bytes[2], bytes[3]]).unwrap(),
-                &bytes,
-            )
-            .unwrap();
+            let parsed =
+                Header::parse(Encoding::detect([bytes[0], bytes[1], bytes[2], bytes[3]]).unwrap(), &bytes).unwrap();
             assert_eq!(
                 parsed.shape(u64::MAX).unwrap(),
                 Shape { dims, channels: 3, elements: dims.iter().product::<usize>() * 3 }
@@ -611,15 +567,7 @@ mod tests {
         (h.sform_code, h.qform_code) = (0, 0);
         h.pixdim[1..4].copy_from_slice(&[2.0, 3.0, 4.0]);
         let a = h.affine().unwrap();
-        assert_eq!(
-            a,
-            [
-                [-2.0, 0.0, 0.0, 2.0],
-                [0.0, 3.0, 0.0, -4.5],
-                [0.0, 0.0, 4.0, -8.0],
-                [0.0, 0.0, 0.0, 1.0]
-            ]
-        );
+        assert_eq!(a, [[-2.0, 0.0, 0.0, 2.0], [0.0, 3.0, 0.0, -4.5], [0.0, 0.0, 4.0, -8.0], [0.0, 0.0, 0.0, 1.0]]);
         h.pixdim[2] = 0.0;
         assert!(h.affine().unwrap_err().message().contains("pixdim[2] = 0"));
     }

@@ -59,12 +59,7 @@ impl Volume {
     ///
     /// Errors: `InvalidArgument` for a zero dim/channel count or a data length that does not match;
     /// `InvalidData` for an unusable affine (non-finite, not affine, zero spacing, singular).
-    pub fn new(
-        data: Vec<f32>,
-        dims: [usize; 3],
-        channels: usize,
-        affine_ras: [[f64; 4]; 4],
-    ) -> Result<Volume> {
+    pub fn new(data: Vec<f32>, dims: [usize; 3], channels: usize, affine_ras: [[f64; 4]; 4]) -> Result<Volume> {
         let expected = element_count(dims, channels)?;
         if data.len() != expected {
             return Err(Error::invalid_argument(format!(
@@ -92,9 +87,9 @@ impl Volume {
         convention: Convention,
     ) -> Result<Volume> {
         let count = element_count(dims, channels)?;
-        let expected = count.checked_mul(dtype.size_bytes()).ok_or_else(|| {
-            Error::new(ErrorKind::TooLarge, format!("dims {dims:?} x {channels} channels overflow"))
-        })?;
+        let expected = count
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| Error::new(ErrorKind::TooLarge, format!("dims {dims:?} x {channels} channels overflow")))?;
         if bytes.len() != expected {
             return Err(Error::invalid_argument(format!(
                 "buffer has {} bytes but dims {dims:?} x {channels} channel(s) of {dtype:?} ({} bytes each) need {expected}",
@@ -236,21 +231,16 @@ impl std::fmt::Debug for Volume {
 /// nx*ny*nz*channels, refusing zero or overflowing sizes.
 fn element_count(dims: [usize; 3], channels: usize) -> Result<usize> {
     if dims.contains(&0) || channels == 0 {
-        return Err(Error::invalid_argument(format!(
-            "dims {dims:?} and channel count {channels} must all be >= 1"
-        )));
+        return Err(Error::invalid_argument(format!("dims {dims:?} and channel count {channels} must all be >= 1")));
     }
-    dims.iter().try_fold(channels, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::new(ErrorKind::TooLarge, format!("dims {dims:?} x {channels} channels overflow"))
-    })
+    dims.iter()
+        .try_fold(channels, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::new(ErrorKind::TooLarge, format!("dims {dims:?} x {channels} channels overflow")))
 }
 
 /// The caller's spacing must agree with the affine's column norms (1e-3 relative).
 fn check_spacing(given: [f64; 3], from_affine: [f64; 3]) -> Result<()> {
-    let matches = given
-        .iter()
-        .zip(&from_affine)
-        .all(|(g, a)| g.is_finite() && *g > 0.0 && (g - a).abs() <= 1e-3 * a);
+    let matches = given.iter().zip(&from_affine).all(|(g, a)| g.is_finite() && *g > 0.0 && (g - a).abs() <= 1e-3 * a);
     if matches {
         return Ok(());
     }
@@ -284,9 +274,7 @@ mod tests {
 
     #[test]
     fn channels_and_nonfinite() {
-        let mut v =
-            Volume::new(vec![1.0, f32::NAN, 3.0, f32::INFINITY], [2, 1, 1], 2, diag([1.0; 3]))
-                .unwrap();
+        let mut v = Volume::new(vec![1.0, f32::NAN, 3.0, f32::INFINITY], [2, 1, 1], 2, diag([1.0; 3])).unwrap();
         assert_eq!(v.channel(1), &[3.0, f32::INFINITY]);
         assert_eq!(v.nonfinite_count(), 2);
         assert_eq!(v.replace_nonfinite(0.0), 2);
@@ -321,16 +309,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::GeometryMismatch);
-        let e = Volume::from_buffer(
-            &bytes[1..],
-            DataType::U16,
-            [2, 2, 1],
-            1,
-            None,
-            diag([1.0; 3]),
-            Convention::Ras,
-        )
-        .unwrap_err();
+        let e = Volume::from_buffer(&bytes[1..], DataType::U16, [2, 2, 1], 1, None, diag([1.0; 3]), Convention::Ras)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 

@@ -75,9 +75,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
     if let NonFinitePolicy::Replace(value) = opts.nonfinite {
         if !value.is_finite() {
-            return Err(Error::invalid_argument(format!(
-                "NonFinitePolicy::Replace({value}) must use a finite value"
-            )));
+            return Err(Error::invalid_argument(format!("NonFinitePolicy::Replace({value}) must use a finite value")));
         }
     }
     if is_pair_file(path) {
@@ -91,26 +89,22 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
 }
 
 fn is_pair_file(path: &Path) -> bool {
-    let name =
-        path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     [".hdr", ".img", ".hdr.gz", ".img.gz"].iter().any(|ext| name.ends_with(ext))
 }
 
 /// Reads from an open file, uncompressed or gzip (recognised by its magic bytes, not the name).
 fn read_file(file: File, opts: &ReadOptions) -> Result<Volume> {
-    let file_len =
-        file.metadata().map_err(|e| Error::new(ErrorKind::Io, format!("cannot stat: {e}")))?.len();
+    let file_len = file.metadata().map_err(|e| Error::new(ErrorKind::Io, format!("cannot stat: {e}")))?.len();
     let mut reader = BufReader::new(file);
-    let start =
-        reader.fill_buf().map_err(|e| Error::new(ErrorKind::Io, format!("cannot read: {e}")))?;
+    let start = reader.fill_buf().map_err(|e| Error::new(ErrorKind::Io, format!("cannot read: {e}")))?;
     if !start.starts_with(&GZIP_MAGIC) {
         return read_stream(&mut Source { reader, gzip: false }, Some(file_len), opts);
     }
     let mut source = Source { reader: MultiGzDecoder::new(reader), gzip: true };
     let volume = read_stream(&mut source, None, opts)?;
     // Decompress the rest: the gzip CRC and length are only checked at the end of the stream.
-    io::copy(&mut source.reader, &mut io::sink())
-        .map_err(|e| source.error("after the voxel data", &e))?;
+    io::copy(&mut source.reader, &mut io::sink()).map_err(|e| source.error("after the voxel data", &e))?;
     Ok(volume)
 }
 
@@ -145,11 +139,7 @@ impl<R: Read> Source<R> {
 }
 
 /// Header, checks, then voxels. `file_len` is known for uncompressed files only.
-fn read_stream<R: Read>(
-    source: &mut Source<R>,
-    file_len: Option<u64>,
-    opts: &ReadOptions,
-) -> Result<Volume> {
+fn read_stream<R: Read>(source: &mut Source<R>, file_len: Option<u64>, opts: &ReadOptions) -> Result<Volume> {
     let header = read_header(source)?;
     let shape = header.shape(opts.max_voxels)?;
     let dtype = header.data_type()?;
@@ -217,11 +207,7 @@ fn read_voxels<R: Read>(
         .elements
         .checked_mul(dtype.size_bytes())
         .ok_or_else(|| Error::new(ErrorKind::TooLarge, "the voxel data does not fit in memory"))?;
-    let mut data = Vec::with_capacity(if preallocate {
-        shape.elements
-    } else {
-        shape.elements.min(CHUNK_BYTES)
-    });
+    let mut data = Vec::with_capacity(if preallocate { shape.elements } else { shape.elements.min(CHUNK_BYTES) });
     let mut chunk = vec![0u8; CHUNK_BYTES.min(total)];
     let mut done = 0;
     while done < total {
@@ -278,11 +264,9 @@ fn apply_nonfinite_policy(volume: &mut Volume, policy: NonFinitePolicy) -> Resul
 /// else `InvalidArgument` naming the first bad value; nothing is written then.
 pub fn write_nifti(volume: &Volume, path: &Path, dtype: OutputType) -> Result<()> {
     let gzip = output_is_gzip(path)?;
-    check_representable(volume.data(), dtype)
-        .map_err(|e| e.context(format!("cannot write '{}'", path.display())))?;
+    check_representable(volume.data(), dtype).map_err(|e| e.context(format!("cannot write '{}'", path.display())))?;
     let (sform, qform) = output_codes(volume.codes);
-    let shape =
-        Shape { dims: volume.dims(), channels: volume.channels(), elements: volume.data().len() };
+    let shape = Shape { dims: volume.dims(), channels: volume.channels(), elements: volume.data().len() };
     let header = Header::for_volume(shape, stored_type(dtype), &volume.affine(), sform, qform);
     write_atomically(path, gzip, |out| {
         out.write_all(&header.encode())?;
@@ -291,8 +275,7 @@ pub fn write_nifti(volume: &Volume, path: &Path, dtype: OutputType) -> Result<()
 }
 
 fn output_is_gzip(path: &Path) -> Result<bool> {
-    let name =
-        path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     if name.ends_with(".nii.gz") {
         Ok(true)
     } else if name.ends_with(".nii") {
@@ -334,10 +317,7 @@ fn output_codes(codes: Option<XformCodes>) -> (i64, i64) {
     let valid = |c: i64| (1..=XFORM_MAX).contains(&c).then_some(c);
     match codes {
         None => (XFORM_ALIGNED, XFORM_ALIGNED),
-        Some(c) => (
-            valid(c.sform).or(valid(c.qform)).unwrap_or(XFORM_ALIGNED),
-            valid(c.qform).unwrap_or(0),
-        ),
+        Some(c) => (valid(c.sform).or(valid(c.qform)).unwrap_or(XFORM_ALIGNED), valid(c.qform).unwrap_or(0)),
     }
 }
 
@@ -349,9 +329,7 @@ fn write_voxels(out: &mut dyn Write, data: &[f32], dtype: OutputType) -> io::Res
         buf.clear();
         match dtype {
             OutputType::U8 => buf.extend(values.iter().map(|v| v.round() as u8)),
-            OutputType::U16 => {
-                buf.extend(values.iter().flat_map(|v| (v.round() as u16).to_le_bytes()))
-            }
+            OutputType::U16 => buf.extend(values.iter().flat_map(|v| (v.round() as u16).to_le_bytes())),
             OutputType::F32 => buf.extend(values.iter().flat_map(|v| v.to_le_bytes())),
         }
         out.write_all(&buf)?;
@@ -361,11 +339,7 @@ fn write_voxels(out: &mut dyn Write, data: &[f32], dtype: OutputType) -> io::Res
 
 /// Runs `write` into a temporary file next to `path` (gzip-compressed if asked), syncs it, then
 /// renames it over `path`; the temporary file is removed on any failure.
-fn write_atomically(
-    path: &Path,
-    gzip: bool,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<()> {
+fn write_atomically(path: &Path, gzip: bool, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
     let tmp = temporary_path(path);
     let written = File::options().write(true).create_new(true).open(&tmp).and_then(|file| {
         let mut out = BufWriter::new(file);
@@ -425,9 +399,6 @@ mod tests {
         assert!(!is_pair_file(Path::new("b.nii.gz")));
         assert!(output_is_gzip(Path::new("x.NII.GZ")).unwrap());
         assert!(!output_is_gzip(Path::new("x.nii")).unwrap());
-        assert_eq!(
-            output_is_gzip(Path::new("x.nrrd")).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
+        assert_eq!(output_is_gzip(Path::new("x.nrrd")).unwrap_err().kind(), ErrorKind::InvalidArgument);
     }
 }

@@ -49,11 +49,7 @@ impl Orientation {
         if v.dims() != self.dims {
             return Err(Error::new(
                 ErrorKind::GeometryMismatch,
-                format!(
-                    "the orientation is for dims {:?} but the volume has dims {:?}",
-                    self.dims,
-                    v.dims()
-                ),
+                format!("the orientation is for dims {:?} but the volume has dims {:?}", self.dims, v.dims()),
             ));
         }
         Ok(self.reorient(v))
@@ -104,8 +100,7 @@ impl Orientation {
     /// Completes a partial assignment: an axis nibabel leaves unassigned (only possible for
     /// degenerate affines, which `Volume` refuses) takes the first free output axis, unflipped.
     fn from_assignment(assigned: [Option<(usize, bool)>; 3], dims: [usize; 3]) -> Orientation {
-        let mut free =
-            (0..3).filter(|axis| !assigned.iter().flatten().any(|(used, _)| used == axis));
+        let mut free = (0..3).filter(|axis| !assigned.iter().flatten().any(|(used, _)| used == axis));
         let mut orientation = Orientation::identity(dims);
         for (i, slot) in assigned.iter().enumerate() {
             let (axis, flip) = slot.unwrap_or_else(|| (free.next().unwrap_or(i), false));
@@ -146,8 +141,7 @@ impl Orientation {
         let mut m = [[0.0; 4]; 4];
         m[3][3] = 1.0;
         for i in 0..3 {
-            let (sign, offset) =
-                if self.flips[i] { (-1.0, self.dims[i] as f64 - 1.0) } else { (1.0, 0.0) };
+            let (sign, offset) = if self.flips[i] { (-1.0, self.dims[i] as f64 - 1.0) } else { (1.0, 0.0) };
             m[i][self.axes[i]] = sign;
             m[i][3] = offset;
         }
@@ -209,8 +203,8 @@ fn argmax(candidates: impl IntoIterator<Item = (usize, f64)>) -> Option<usize> {
 /// matrix, keeping only singular values above `S.max() * 3 * eps` (rank threshold).
 fn polar_direction(a: &Affine) -> nalgebra::Matrix3<f64> {
     let spacing = affine::spacing(a).map(|s| if s == 0.0 { 1.0 } else { s });
-    let rs = affine::linear_part(a)
-        * nalgebra::Matrix3::from_diagonal(&nalgebra::Vector3::from(spacing).map(|s| 1.0 / s));
+    let rs =
+        affine::linear_part(a) * nalgebra::Matrix3::from_diagonal(&nalgebra::Vector3::from(spacing).map(|s| 1.0 / s));
     let svd = rs.svd(true, true);
     let (Some(u), Some(v_t)) = (svd.u, svd.v_t) else {
         return rs;
@@ -236,12 +230,7 @@ mod tests {
 
     #[test]
     fn ras_is_identity() {
-        let a = [
-            [2.0, 0.1, 0.0, 5.0],
-            [0.0, 2.0, 0.0, 1.0],
-            [0.0, 0.0, 3.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[2.0, 0.1, 0.0, 5.0], [0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         let v = volume([2, 3, 4], 1, a);
         let (c, o) = v.to_canonical();
         assert!(o.is_identity());
@@ -251,12 +240,7 @@ mod tests {
     #[test]
     fn las_flips_x_like_nibabel() {
         // nibabel: as_closest_canonical(Nifti1Image(arange(24).reshape(2,3,4,order='F'), diag(-2,3,4)))
-        let a = [
-            [-2.0, 0.0, 0.0, 10.0],
-            [0.0, 3.0, 0.0, 0.0],
-            [0.0, 0.0, 4.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[-2.0, 0.0, 0.0, 10.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 4.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         let (c, o) = volume([2, 3, 4], 1, a).to_canonical();
         assert_eq!(c.affine()[0], [2.0, 0.0, 0.0, 8.0]);
         assert_eq!(&c.data()[..4], &[1.0, 0.0, 3.0, 2.0]);
@@ -266,12 +250,7 @@ mod tests {
     #[test]
     fn permuted_axes_and_exact_undo() {
         // Voxel axes (i, j, k) point along (S, -R, A): canonical order is (j flipped, k, i).
-        let a = [
-            [0.0, -1.5, 0.0, 1.0],
-            [0.0, 0.0, 2.0, 2.0],
-            [3.0, 0.0, 0.0, 3.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[0.0, -1.5, 0.0, 1.0], [0.0, 0.0, 2.0, 2.0], [3.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
         let v = volume([2, 3, 4], 2, a);
         let (c, o) = v.to_canonical();
         assert_eq!(c.dims(), [3, 4, 2]);
@@ -280,12 +259,7 @@ mod tests {
         assert_eq!(c.data()[0], 4.0);
         assert_eq!(
             c.affine(),
-            [
-                [1.5, 0.0, 0.0, -2.0],
-                [0.0, 2.0, 0.0, 2.0],
-                [0.0, 0.0, 3.0, 3.0],
-                [0.0, 0.0, 0.0, 1.0]
-            ]
+            [[1.5, 0.0, 0.0, -2.0], [0.0, 2.0, 0.0, 2.0], [0.0, 0.0, 3.0, 3.0], [0.0, 0.0, 0.0, 1.0]]
         );
         let back = o.undo(&c).unwrap();
         assert_eq!(back.data(), v.data());
@@ -303,12 +277,7 @@ mod tests {
         let o = Orientation::closest_canonical(&a, [1, 1, 1]);
         assert_eq!((o.axes, o.flips), ([0, 1, 2], [false; 3]));
         // nibabel io_orientation of the 53.13 degree rotation [[0.6, -0.8], [0.8, 0.6]]: [[1, 1], [0, -1], [2, 1]].
-        let a = [
-            [0.6, -0.8, 0.0, 0.0],
-            [0.8, 0.6, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ];
+        let a = [[0.6, -0.8, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         let o = Orientation::closest_canonical(&a, [1, 1, 1]);
         assert_eq!((o.axes, o.flips), ([1, 0, 2], [false, true, false]));
     }

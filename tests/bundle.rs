@@ -1,0 +1,182 @@
+//! The shipped demo bundle: validation against its real graphs and files, the train-step graph
+//! driven from Rust reproducing the generator's PyTorch losses, and inference with the updated
+//! weights. Needs `make ort` (the README's test command runs it).
+
+use std::path::{Path, PathBuf};
+
+use asfda::bundle::Bundle;
+use asfda::finetune::{Batch, Trainer};
+use asfda::model::Model;
+use asfda::runtime::RuntimeOptions;
+use asfda::tensors::TensorFile;
+use asfda::ErrorKind;
+use ndarray::{ArrayD, IxDyn};
+
+fn demo_bundle_dir() -> PathBuf {
+    std::env::var_os("ASFDA_TEST_BUNDLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo_brain_unet"))
+}
+
+fn options() -> RuntimeOptions {
+    RuntimeOptions { threads: 2, ..Default::default() }
+}
+
+fn load() -> Bundle {
+    Bundle::load(&demo_bundle_dir(), &options()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Reference {
+    losses: Vec<f64>,
+    lr: f32,
+    weight_decay: f32,
+    image: ArrayD<f32>,
+    labels: ArrayD<i64>,
+    loss_weight: Vec<f32>,
+}
+
+fn reference() -> Reference {
+    let dir = demo_bundle_dir();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let batch = TensorFile::open(&dir.join(json["batch_file"].as_str().unwrap())).unwrap();
+    let labels_shape = batch.shape("labels").unwrap();
+    Reference {
+        losses: json["loss"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect(),
+        lr: json["lr"].as_f64().unwrap() as f32,
+        weight_decay: json["weight_decay"].as_f64().unwrap() as f32,
+        image: batch.f32("image").unwrap(),
+        labels: ArrayD::from_shape_vec(IxDyn(&labels_shape), batch.i64("labels").unwrap()).unwrap(),
+        loss_weight: batch.f32("loss_weight").unwrap().into_raw_vec_and_offset().0,
+    }
+}
+
+#[test]
+fn demo_bundle_is_valid_and_describes_itself() {
+    let bundle = load();
+    let m = bundle.manifest();
+    assert_eq!(m.classes, ["background", "csf_other", "gm", "wm"]);
+    assert_eq!(m.foreground_classes, [1, 2, 3]);
+    assert!(m.input.patch_size.iter().all(|&s| s >= 64 && s % m.input.size_divisible_by == 0));
+    let training = bundle.training().unwrap();
+    assert!(training.parameters.iter().filter(|p| p.trainable).count() > 10);
+    let knowledge = bundle.source_knowledge().unwrap().expect("the demo ships source knowledge");
+    let c = m.inference.feature_channels;
+    assert_eq!((knowledge.mean.len(), knowledge.var.len()), (c, c));
+    assert_eq!(knowledge.anchors.shape()[1], c);
+    assert!(knowledge.var.iter().all(|&v| v >= 0.0));
+}
+
+#[test]
+fn train_steps_from_rust_reproduce_the_pytorch_reference() {
+    let bundle = load();
+    let r = reference();
+    let mut trainer = Trainer::new(&bundle, &options()).unwrap();
+    assert_eq!(trainer.steps_taken(), 0);
+    let batch = Batch { image: r.image.view(), labels: r.labels.view(), loss_weight: &r.loss_weight };
+    let mut losses = Vec::new();
+    for (i, want) in r.losses.iter().enumerate() {
+        let report = trainer.step(&batch, r.lr, r.weight_decay).unwrap();
+        assert_eq!(report.step, i as i64 + 1);
+        assert!((report.loss - (report.loss_ce + report.loss_dice)).abs() < 1e-4 * report.loss.abs().max(1.0));
+        let rel = (report.loss as f64 - want).abs() / want.abs();
+        // f32 ORT vs f32 PyTorch: the same math in another order; errors grow a little per step.
+        assert!(rel < 1e-4 * (i as f64 + 1.0), "step {}: rust {} vs pytorch {want} (rel {rel:e})", i + 1, report.loss);
+        losses.push(report.loss);
+    }
+    assert!(losses.last().unwrap() < &losses[0], "loss must decrease on a repeated batch: {losses:?}");
+}
+
+#[test]
+fn inference_uses_injected_weights() {
+    let bundle = load();
+    let r = reference();
+    let input = r.image.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1)).to_owned();
+    let mut trainer = Trainer::new(&bundle, &options()).unwrap();
+    let plain = Model::load(&bundle.inference_path(), &options()).unwrap().run(input.view()).unwrap();
+
+    // The checkpoint's own weights injected by name give exactly the plain model's outputs ...
+    let same = Model::load_with_weights(&bundle.inference_path(), &options(), &trainer.weights()).unwrap();
+    assert_eq!(same.run(input.view()).unwrap(), plain);
+
+    // ... and fine-tuned weights change them.
+    let batch = Batch { image: r.image.view(), labels: r.labels.view(), loss_weight: &r.loss_weight };
+    for _ in 0..2 {
+        trainer.step(&batch, r.lr, r.weight_decay).unwrap();
+    }
+    let tuned = Model::load_with_weights(&bundle.inference_path(), &options(), &trainer.weights()).unwrap();
+    let out = tuned.run(input.view()).unwrap();
+    let max_diff = out[0].iter().zip(plain[0].iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff > 1e-4, "fine-tuned weights did not reach the inference session (max diff {max_diff})");
+}
+
+#[test]
+fn bad_batches_are_refused_without_changing_state() {
+    let bundle = load();
+    let r = reference();
+    let mut trainer = Trainer::new(&bundle, &options()).unwrap();
+    let mut labels = r.labels.clone();
+    labels.iter_mut().take(1).for_each(|l| *l = 7);
+    let batch = Batch { image: r.image.view(), labels: labels.view(), loss_weight: &r.loss_weight };
+    let err = trainer.step(&batch, r.lr, r.weight_decay).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("label value 7"), "{err}");
+
+    let short = [1.0f32];
+    let batch = Batch { image: r.image.view(), labels: r.labels.view(), loss_weight: &short };
+    assert_eq!(trainer.step(&batch, r.lr, r.weight_decay).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(trainer.steps_taken(), 0);
+}
+
+/// Copies the demo bundle into a temp folder and edits its manifest.
+fn tampered(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(demo_bundle_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    (tmp, dir)
+}
+
+fn load_error(dir: &Path) -> asfda::Error {
+    Bundle::load(dir, &options()).expect_err("the tampered bundle must be refused")
+}
+
+#[test]
+fn inconsistent_bundles_are_reported_by_name() {
+    let (_t, dir) = tampered(|m| m["inference"]["logits"] = "logitz".into());
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(err.message().contains("'logitz'"), "{err}");
+
+    let (_t, dir) = tampered(|m| {
+        let p = &mut m["training"]["parameters"][0];
+        p["shape"] = serde_json::json!([3, 3]);
+    });
+    let err = load_error(&dir);
+    assert!(err.message().contains("has shape") && err.message().contains("[3, 3]"), "{err}");
+
+    let (_t, dir) = tampered(|m| m["format_version"] = 2.into());
+    assert!(load_error(&dir).message().contains("format_version 2"));
+
+    let (_t, dir) = tampered(|m| m["foreground_classes"] = serde_json::json!([0, 9]));
+    assert!(load_error(&dir).message().contains("foreground_classes"));
+
+    let (_t, dir) = tampered(|m| m["input"]["normalization"] = serde_json::json!({"kind": "magic"}));
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::Format);
+    assert!(err.message().contains("magic"), "{err}");
+
+    let (_t, dir) = tampered(|_| {});
+    std::fs::remove_file(dir.join("checkpoint.safetensors")).unwrap();
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.message().contains("checkpoint.safetensors"), "{err}");
+}
