@@ -27,13 +27,6 @@ def source_volumes():
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    return UNet3D(1, 3, base_channels=2, levels=4).eval()
-
-
-@pytest.fixture(scope="module")
 def bundle(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
     manifest = export_bundle(

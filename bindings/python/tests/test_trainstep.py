@@ -11,17 +11,9 @@ import torch
 
 from asfda_tools.trainstep import (TrainStepConfig, dice_ce, example_inputs,
                                    export_train_step, io_names)
-from asfda_tools.unet import UNet3D
 
 CONFIG = TrainStepConfig(foreground_classes=[1, 2])
 B1 = CONFIG.betas[0]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    return UNet3D(1, 3, base_channels=2, levels=4).eval()
 
 
 @pytest.fixture(scope="module")
