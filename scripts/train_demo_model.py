@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -181,6 +182,20 @@ def train(model, cases, steps, seed, log_every=50):
     return model.eval()
 
 
+def publish(staging: Path, out: Path):
+    """Swap the finished bundle in whole, keeping the hand-written model card: an interrupted
+    run never leaves a half-written bundle where the library looks for one."""
+    card = out / "MODEL_CARD.md"
+    if card.exists():
+        shutil.copy2(card, staging / card.name)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def keep_freed_memory():
     """glibc returns every large freed block to the OS, so each training step page-faults its
     activations in again (measured: 1.07 s -> 0.59 s per 64^3 step of batch 2 on 2 cores)."""
@@ -226,17 +241,20 @@ def main():
                          "dice_per_class": dict(zip(CLASSES[1:], d.mean(0).round(4).tolist()))}
         print(f"{site:15s} Dice {d.mean():.3f} per class {d.mean(0).round(3).tolist()} ({len(d)} volumes)")
 
+    staging = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     manifest = export_bundle(
-        model, args.out, name="asfda-demo-brain-unet", classes=CLASSES, foreground_classes=FOREGROUND,
+        model, staging, name="asfda-demo-brain-unet", classes=CLASSES, foreground_classes=FOREGROUND,
         patch_size=list(PATCH), spacing=[SPACING] * 3, normalization={"kind": "zscore", "mask": "nonzero"},
         source_dataset_iterator=(tiles_of(x) for x, _ in cases), reference_patch_size=[32, 32, 32],
         seed=args.seed)
     params = sum(p.numel() for p in model.parameters())
-    (args.out / "training_report.json").write_text(json.dumps({
+    (staging / "training_report.json").write_text(json.dumps({
         "steps": args.steps, "seed": args.seed, "train_seconds": round(train_time), "parameters": params,
         "torch": torch.__version__, "dice_before_adaptation": results,
         "statement": "Subjects are synthetic derivatives of real anatomy (ICBM152 2009a); site shifts are simulated.",
     }, indent=2) + "\n")
+    publish(staging, args.out)
     print(f"bundle '{manifest['name']}' in {args.out} ({params} parameters, trained in {train_time:.0f} s)")
 
 
