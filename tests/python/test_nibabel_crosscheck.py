@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import asfda
-from conftest import real_nifti_files
+from realdata import real_nifti_files
 
 FILES = real_nifti_files()
 
