@@ -11,6 +11,7 @@ pub mod model;
 pub mod runtime;
 pub mod tensors;
 pub mod volume;
+pub mod window;
 
 pub use error::{Error, ErrorKind, Result};
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -74,17 +74,27 @@ impl Model {
     /// Runs the model on one input tensor (e.g. N x C x D x H x W) and returns every output as an
     /// owned f32 array, in the model's output order.
     pub fn run(&self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>> {
-        let tensor = TensorRef::from_array_view(input)?;
+        self.run_inner(input, None)
+    }
+
+    /// Like [`Model::run`], with run options through which another thread can terminate the
+    /// run in flight (`RunOptions::terminate`).
+    pub fn run_with_options(&self, input: ArrayViewD<'_, f32>, options: &RunOptions) -> Result<Vec<ArrayD<f32>>> {
+        self.run_inner(input, Some(options))
+    }
+
+    fn run_inner(&self, input: ArrayViewD<'_, f32>, options: Option<&RunOptions>) -> Result<Vec<ArrayD<f32>>> {
+        // ORT needs contiguous memory; a standard-layout view is borrowed as is, anything else copied.
+        let input = input.as_standard_layout();
+        let tensor = TensorRef::from_array_view(&input)?;
         let mut session =
             self.session.lock().map_err(|_| Error::internal("model session lock poisoned by an earlier panic"))?;
-        let outputs = session.run(ort::inputs![self.input_name.as_str() => tensor])?;
-        self.output_names
-            .iter()
-            .map(|name| {
-                let view = outputs[name.as_str()].try_extract_array::<f32>()?;
-                Ok(view.to_owned())
-            })
-            .collect()
+        let inputs = ort::inputs![self.input_name.as_str() => tensor];
+        let outputs = match options {
+            Some(o) => session.run_with_options(inputs, o)?,
+            None => session.run(inputs)?,
+        };
+        self.output_names.iter().map(|name| Ok(outputs[name.as_str()].try_extract_array::<f32>()?.to_owned())).collect()
     }
 }
 

@@ -1,0 +1,260 @@
+//! Sliding-window inference, nnU-Net style: overlapping tiles, a Gaussian importance map that
+//! favours tile centres, several tiles per ONNX Runtime run, per-class logit accumulation, and
+//! optional mirroring test-time augmentation. Also collects each tile's feature vector (the
+//! embedding used for domain-gap scoring).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::{s, Array2, Array3, Array4, Array5, ArrayView4, Axis};
+use ort::session::RunOptions;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::Model;
+
+/// Sliding-window settings. Defaults follow nnU-Net.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowOptions {
+    /// Fraction of a tile shared with its neighbour (0.5 = nnU-Net's step 0.5).
+    pub overlap: f64,
+    /// Tiles per ONNX Runtime run.
+    pub tiles_per_batch: usize,
+    /// Average the 8 mirrored passes (nnU-Net's TTA); 8x the cost.
+    pub mirror: bool,
+    /// Gaussian sigma as a fraction of the tile size (nnU-Net: 1/8).
+    pub sigma_scale: f64,
+}
+
+impl Default for WindowOptions {
+    fn default() -> Self {
+        WindowOptions { overlap: 0.5, tiles_per_batch: 2, mirror: false, sigma_scale: 1.0 / 8.0 }
+    }
+}
+
+impl WindowOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.overlap) {
+            return Err(Error::invalid_argument(format!("tile overlap {} must be in [0, 1)", self.overlap)));
+        }
+        if self.tiles_per_batch == 0 {
+            return Err(Error::invalid_argument("tiles per batch must be at least 1"));
+        }
+        if !(self.sigma_scale > 0.0) {
+            return Err(Error::invalid_argument(format!("Gaussian sigma scale {} must be > 0", self.sigma_scale)));
+        }
+        Ok(())
+    }
+}
+
+/// Tile start positions along one axis, as nnU-Net computes them: the fewest steps of at most
+/// `tile * (1 - overlap)` that cover `size`, spread evenly so the last tile ends at the border.
+pub fn tile_starts(size: usize, tile: usize, overlap: f64) -> Vec<usize> {
+    if size <= tile {
+        return vec![0];
+    }
+    let target_step = (tile as f64 * (1.0 - overlap)).max(1.0);
+    let steps = ((size - tile) as f64 / target_step).ceil() as usize + 1;
+    let actual = (size - tile) as f64 / (steps - 1) as f64;
+    (0..steps).map(|i| (actual * i as f64).round() as usize).collect()
+}
+
+/// The Gaussian importance map of a tile: 1 at the centre, sigma = `sigma_scale` x tile size,
+/// zeros clamped to the smallest non-zero value (as nnU-Net does) so no voxel gets weight 0.
+pub fn gaussian_importance(tile: [usize; 3], sigma_scale: f64) -> Array3<f32> {
+    let axis = |n: usize| -> Vec<f64> {
+        let (c, sigma) = ((n as f64 - 1.0) / 2.0, n as f64 * sigma_scale);
+        (0..n).map(|i| (-((i as f64 - c).powi(2)) / (2.0 * sigma * sigma)).exp()).collect()
+    };
+    let (gz, gy, gx) = (axis(tile[0]), axis(tile[1]), axis(tile[2]));
+    let mut map = Array3::from_shape_fn((tile[0], tile[1], tile[2]), |(z, y, x)| (gz[z] * gy[y] * gx[x]) as f32);
+    let min_positive = map.iter().copied().filter(|&v| v > 0.0).fold(f32::INFINITY, f32::min);
+    map.mapv_inplace(|v| if v > 0.0 { v } else { min_positive });
+    map
+}
+
+/// Blended logits over the whole (padded) model grid and the per-tile features.
+pub struct WindowOutput {
+    /// Gaussian-weighted mean of the tile logits, [classes, Z, Y, X].
+    pub logits: Array4<f32>,
+    /// One feature vector per tile (and per mirrored pass), [tiles, features].
+    pub features: Array2<f32>,
+}
+
+/// Lets another thread stop a running sliding window, including an ONNX Runtime run in flight.
+pub struct Cancel {
+    flag: AtomicBool,
+    run_options: RunOptions,
+}
+
+impl Cancel {
+    pub fn new() -> Result<Cancel> {
+        Ok(Cancel { flag: AtomicBool::new(false), run_options: RunOptions::new()? })
+    }
+
+    /// Requests cancellation; the in-flight run (if any) is terminated by ONNX Runtime.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.run_options.terminate();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub fn run_options(&self) -> &RunOptions {
+        &self.run_options
+    }
+
+    fn cancelled_error() -> Error {
+        Error::new(ErrorKind::Cancelled, "cancelled by the caller")
+    }
+}
+
+/// Which model outputs hold the logits and the features.
+pub struct OutputNames<'a> {
+    pub logits: &'a str,
+    pub features: &'a str,
+}
+
+/// Runs `model` over `image` ([C, Z, Y, X], already normalised and at least one tile in size)
+/// tile by tile. `progress` receives the fraction done after every batch and returns `false` to
+/// stop; `cancel` can also be triggered from another thread.
+pub fn sliding_window(
+    model: &Model,
+    names: &OutputNames<'_>,
+    image: ArrayView4<'_, f32>,
+    tile: [usize; 3],
+    options: &WindowOptions,
+    cancel: &Cancel,
+    progress: &mut dyn FnMut(f64) -> bool,
+) -> Result<WindowOutput> {
+    options.validate()?;
+    let (channels, shape) = (image.shape()[0], [image.shape()[1], image.shape()[2], image.shape()[3]]);
+    if shape.iter().zip(&tile).any(|(s, t)| s < t) {
+        return Err(Error::invalid_argument(format!("image {shape:?} is smaller than the tile {tile:?}: pad it first")));
+    }
+    let starts: Vec<[usize; 3]> = cartesian(
+        &tile_starts(shape[0], tile[0], options.overlap),
+        &tile_starts(shape[1], tile[1], options.overlap),
+        &tile_starts(shape[2], tile[2], options.overlap),
+    );
+    let gaussian = gaussian_importance(tile, options.sigma_scale);
+    let mut acc: Option<Array4<f32>> = None;
+    let mut weight = Array3::<f32>::zeros((shape[0], shape[1], shape[2]));
+    let mut features = Vec::new();
+    let flips = if options.mirror { mirror_sets() } else { vec![vec![]] };
+    let total = (starts.len() * flips.len()) as f64;
+    let mut done = 0usize;
+
+    for batch in starts.chunks(options.tiles_per_batch) {
+        let mut input = Array5::<f32>::zeros((batch.len(), channels, tile[0], tile[1], tile[2]));
+        for (i, st) in batch.iter().enumerate() {
+            input.index_axis_mut(Axis(0), i).assign(&image.slice(s![.., st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]));
+        }
+        for axes in &flips {
+            if cancel.is_cancelled() {
+                return Err(Cancel::cancelled_error());
+            }
+            let (logits, feats) = run_tiles(model, names, flipped(&input, axes), cancel)?;
+            let logits = flipped(&logits, axes);
+            let classes = logits.shape()[1];
+            let acc = acc.get_or_insert_with(|| Array4::zeros((classes, shape[0], shape[1], shape[2])));
+            for (i, st) in batch.iter().enumerate() {
+                let region = s![.., st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]];
+                let mut target = acc.slice_mut(region);
+                target += &(&logits.index_axis(Axis(0), i) * &gaussian);
+                let mut w = weight.slice_mut(s![st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]);
+                w += &gaussian;
+            }
+            features.extend(feats.outer_iter().map(|f| f.to_owned()));
+            done += batch.len();
+            if !progress(done as f64 / total) {
+                cancel.cancel();
+                return Err(Cancel::cancelled_error());
+            }
+        }
+    }
+    let mut logits = acc.ok_or_else(|| Error::internal("no tiles were run"))?;
+    for mut class in logits.outer_iter_mut() {
+        class /= &weight;
+    }
+    let width = features.first().map_or(0, |f| f.len());
+    let flat: Vec<f32> = features.iter().flat_map(|f| f.iter().copied()).collect();
+    let features = Array2::from_shape_vec((features.len(), width), flat).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(WindowOutput { logits, features })
+}
+
+/// One ORT run on a batch of tiles: logits [B, K, z, y, x] and features [B, F].
+fn run_tiles(model: &Model, names: &OutputNames<'_>, input: Array5<f32>, cancel: &Cancel) -> Result<(Array5<f32>, Array2<f32>)> {
+    let outputs = model.run_with_options(input.view().into_dyn(), cancel.run_options()).map_err(|e| {
+        if cancel.is_cancelled() { Cancel::cancelled_error() } else { e }
+    })?;
+    let pick = |name: &str| {
+        model
+            .output_names()
+            .iter()
+            .position(|n| n == name)
+            .map(|i| outputs[i].clone())
+            .ok_or_else(|| Error::new(ErrorKind::Model, format!("model has no output '{name}'")))
+    };
+    let logits = pick(names.logits)?.into_dimensionality().map_err(|_| Error::new(ErrorKind::Model, "logits are not 5-D [N, K, Z, Y, X]"))?;
+    let features = pick(names.features)?.into_dimensionality().map_err(|_| Error::new(ErrorKind::Model, "features are not 2-D [N, F]"))?;
+    Ok((logits, features))
+}
+
+fn cartesian(z: &[usize], y: &[usize], x: &[usize]) -> Vec<[usize; 3]> {
+    z.iter().flat_map(|&a| y.iter().flat_map(move |&b| x.iter().map(move |&c| [a, b, c]))).collect()
+}
+
+/// The 8 subsets of the spatial axes (2, 3, 4 of [N, C, Z, Y, X]) to mirror.
+fn mirror_sets() -> Vec<Vec<usize>> {
+    (0..8u8).map(|m| (0..3).filter(|b| m & (1 << b) != 0).map(|b| b + 2).collect()).collect()
+}
+
+fn flipped(a: &Array5<f32>, axes: &[usize]) -> Array5<f32> {
+    let mut view = a.view();
+    for &ax in axes {
+        view.invert_axis(Axis(ax));
+    }
+    view.as_standard_layout().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_starts_match_nnunet() {
+        // nnU-Net compute_steps_for_sliding_window(image 100, tile 64, step 0.5): [0, 36]
+        assert_eq!(tile_starts(100, 64, 0.5), vec![0, 36]);
+        // 160 / 64 / 0.5: steps ceil(96/32)+1 = 4 -> 0, 32, 64, 96
+        assert_eq!(tile_starts(160, 64, 0.5), vec![0, 32, 64, 96]);
+        assert_eq!(tile_starts(64, 64, 0.5), vec![0]);
+        assert_eq!(tile_starts(40, 64, 0.5), vec![0]);
+        let starts = tile_starts(517, 96, 0.25);
+        assert_eq!(*starts.last().unwrap(), 517 - 96);
+        assert!(starts.windows(2).all(|w| w[1] - w[0] <= 72));
+    }
+
+    #[test]
+    fn gaussian_is_centred_symmetric_and_never_zero() {
+        let g = gaussian_importance([8, 6, 10], 1.0 / 8.0);
+        let max = g.iter().copied().fold(0.0f32, f32::max);
+        assert!(g.iter().all(|&v| v > 0.0 && v <= max));
+        assert_eq!(g[[0, 0, 0]], g[[7, 5, 9]]);
+        assert!(g[[4, 3, 5]] > g[[0, 3, 5]]);
+    }
+
+    #[test]
+    fn mirror_sets_cover_all_eight_combinations() {
+        let sets = mirror_sets();
+        assert_eq!(sets.len(), 8);
+        assert!(sets.contains(&vec![]) && sets.contains(&vec![2, 3, 4]));
+    }
+
+    #[test]
+    fn options_are_validated() {
+        for bad in [WindowOptions { overlap: 1.0, ..Default::default() }, WindowOptions { tiles_per_batch: 0, ..Default::default() }] {
+            assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
+        }
+    }
+}
