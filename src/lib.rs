@@ -8,6 +8,7 @@ pub mod error;
 pub mod ffi;
 pub mod finetune;
 pub mod model;
+pub mod preprocess;
 pub mod runtime;
 pub mod tensors;
 pub mod volume;
