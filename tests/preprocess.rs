@@ -199,26 +199,27 @@ fn reoriented_copies_prepare_to_the_same_tensor() {
 
 #[test]
 fn small_volume_is_padded_centred_and_cropped_back() {
-    // (x, y, z) = (20, 13, 7), patch (z, y, x) = (16, 16, 16), divisor 8: z 7 -> 16 (4 before,
-    // 5 after), y 13 -> 16 (1, 2), x 20 -> 24 (2, 2; beyond the patch, to the divisor).
+    // (x, y, z) = (20, 13, 7), patch (z, y, x) = (16, 16, 16): z 7 -> 16 (4 before, 5 after),
+    // y 13 -> 16 (1, 2), x 20 stays (already at least a patch; tiles need not divide it).
     let dims = [20, 13, 7];
     let v = Volume::new(noise(20 * 13 * 7, 4), dims, 1, ras([1.0; 3], [0.0; 3])).unwrap();
     let p = prepare(&v, &spec(1, [16, 16, 16], 8, [1.0; 3], Normalization::Zscore { mask: ZscoreMask::All })).unwrap();
-    assert_eq!(p.grid.model_shape(), [16, 16, 24]);
-    assert_eq!(p.image.shape(), &[1, 16, 16, 24]);
-    assert_eq!((p.grid.pad_before(), p.grid.pad_after()), ([4, 1, 2], [5, 2, 2]));
-    assert_eq!(p.grid.valid_region(), [4..11, 1..14, 2..22]);
+    assert_eq!(p.grid.model_shape(), [16, 16, 20]);
+    assert_eq!(p.image.shape(), &[1, 16, 16, 20]);
+    assert_eq!((p.grid.pad_before(), p.grid.pad_after()), ([4, 1, 0], [5, 2, 0]));
+    assert_eq!(p.grid.valid_region(), [4..11, 1..14, 0..20]);
 
     let expected = zscore(v.data(), |_| true);
     assert_eq!(valid_voxels(&p, 0), expected);
-    let inside: f32 = valid_voxels(&p, 0).iter().map(|v| v.abs()).sum();
-    let total: f32 = p.image.iter().map(|v| v.abs()).sum();
-    assert_eq!(inside, total, "padding must be 0");
-    assert_eq!(p.image[[0, 4, 1, 2]], expected[0]);
-    assert_eq!(p.image[[0, 3, 1, 2]], 0.0);
+    // Padding holds the channel's minimum (what background looks like after normalisation).
+    let min = expected.iter().copied().fold(f32::INFINITY, f32::min);
+    let padding = p.image.len() - expected.len();
+    assert_eq!(p.image.iter().filter(|&&v| v == min).count(), padding + expected.iter().filter(|&&v| v == min).count());
+    assert_eq!(p.image[[0, 4, 1, 0]], expected[0]);
+    assert_eq!(p.image[[0, 3, 1, 0]], min);
 
     // The model affine places tensor voxel (pad_x, pad_y, pad_z) at the volume's first voxel.
-    assert_eq!(world(&p.grid.model_affine(), [2.0, 1.0, 4.0]), [0.0, 0.0, 0.0]);
+    assert_eq!(world(&p.grid.model_affine(), [0.0, 1.0, 4.0]), [0.0, 0.0, 0.0]);
 
     // A 3-channel map on the padded grid crops back exactly, channel order kept.
     let map =
@@ -236,7 +237,7 @@ fn small_volume_is_padded_centred_and_cropped_back() {
     assert_eq!(p.grid.to_original(fortran.view()).unwrap(), back);
 
     // Wrong shapes are refused.
-    let e = p.grid.to_original(Array4::<f32>::zeros((1, 16, 16, 20)).view()).unwrap_err();
+    let e = p.grid.to_original(Array4::<f32>::zeros((1, 16, 16, 24)).view()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.message().contains("[16, 16, 24]"), "{e}");
     let e = p.grid.to_original(Array4::<f32>::zeros((0, 16, 16, 24)).view()).unwrap_err();
@@ -623,13 +624,13 @@ fn anatomical_at_its_own_spacing_is_reoriented_and_padded() {
         prepare(&v, &spec(1, [32, 32, 32], 8, [2.0; 3], Normalization::Zscore { mask: ZscoreMask::Nonzero })).unwrap();
     let g = &p.grid;
     assert!(!g.is_resampled() && !g.orientation().is_identity());
-    // z 25 -> 32 (3, 4), y 41 -> 48 (3, 4), x 33 -> 40 (3, 4).
-    assert_eq!(g.model_shape(), [32, 48, 40]);
-    assert_eq!(g.valid_region(), [3..28, 3..44, 3..36]);
+    // z 25 -> 32 (3, 4); y 41 and x 33 are at least a patch and stay.
+    assert_eq!(g.model_shape(), [32, 41, 33]);
+    assert_eq!(g.valid_region(), [3..28, 0..41, 0..33]);
     // LAS: canonical x runs the other way.
     let normalised = zscore(v.data(), |v| v != 0.0);
     for (z, y, x) in [(0, 0, 0), (12, 20, 16), (24, 40, 32), (5, 30, 2)] {
-        let got = p.image[[0, z + 3, y + 3, x + 3]];
+        let got = p.image[[0, z + 3, y, x]];
         assert!((got - normalised[index([33, 41, 25], 32 - x, y, z)]).abs() < 1e-5);
     }
     let back = g.to_original(p.image.view()).unwrap();
