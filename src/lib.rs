@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod score;
 pub mod tensors;
 pub mod volume;
 pub mod window;
