@@ -61,7 +61,7 @@ demo: ort build
 
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks
 ## against nibabel and onnxruntime, and the C/C++ tests under ctest.
-test: ort venv venv-torch
+test: ort venv venv-torch data
 	cargo build
 	$(MAKE) test-rust test-python test-tools test-c
 

@@ -4,6 +4,7 @@
 //! The C ABI in [`ffi`] is a thin layer over this Rust API.
 
 pub mod bundle;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod finetune;

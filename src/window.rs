@@ -38,7 +38,7 @@ impl WindowOptions {
         if self.tiles_per_batch == 0 {
             return Err(Error::invalid_argument("tiles per batch must be at least 1"));
         }
-        if !(self.sigma_scale > 0.0) {
+        if !(self.sigma_scale.is_finite() && self.sigma_scale > 0.0) {
             return Err(Error::invalid_argument(format!("Gaussian sigma scale {} must be > 0", self.sigma_scale)));
         }
         Ok(())
@@ -130,7 +130,9 @@ pub fn sliding_window(
     options.validate()?;
     let (channels, shape) = (image.shape()[0], [image.shape()[1], image.shape()[2], image.shape()[3]]);
     if shape.iter().zip(&tile).any(|(s, t)| s < t) {
-        return Err(Error::invalid_argument(format!("image {shape:?} is smaller than the tile {tile:?}: pad it first")));
+        return Err(Error::invalid_argument(format!(
+            "image {shape:?} is smaller than the tile {tile:?}: pad it first"
+        )));
     }
     let starts: Vec<[usize; 3]> = cartesian(
         &tile_starts(shape[0], tile[0], options.overlap),
@@ -148,7 +150,12 @@ pub fn sliding_window(
     for batch in starts.chunks(options.tiles_per_batch) {
         let mut input = Array5::<f32>::zeros((batch.len(), channels, tile[0], tile[1], tile[2]));
         for (i, st) in batch.iter().enumerate() {
-            input.index_axis_mut(Axis(0), i).assign(&image.slice(s![.., st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]));
+            input.index_axis_mut(Axis(0), i).assign(&image.slice(s![
+                ..,
+                st[0]..st[0] + tile[0],
+                st[1]..st[1] + tile[1],
+                st[2]..st[2] + tile[2]
+            ]));
         }
         for axes in &flips {
             if cancel.is_cancelled() {
@@ -162,7 +169,8 @@ pub fn sliding_window(
                 let region = s![.., st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]];
                 let mut target = acc.slice_mut(region);
                 target += &(&logits.index_axis(Axis(0), i) * &gaussian);
-                let mut w = weight.slice_mut(s![st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]);
+                let mut w =
+                    weight.slice_mut(s![st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]);
                 w += &gaussian;
             }
             features.extend(feats.outer_iter().map(|f| f.to_owned()));
@@ -184,9 +192,18 @@ pub fn sliding_window(
 }
 
 /// One ORT run on a batch of tiles: logits [B, K, z, y, x] and features [B, F].
-fn run_tiles(model: &Model, names: &OutputNames<'_>, input: Array5<f32>, cancel: &Cancel) -> Result<(Array5<f32>, Array2<f32>)> {
+fn run_tiles(
+    model: &Model,
+    names: &OutputNames<'_>,
+    input: Array5<f32>,
+    cancel: &Cancel,
+) -> Result<(Array5<f32>, Array2<f32>)> {
     let outputs = model.run_with_options(input.view().into_dyn(), cancel.run_options()).map_err(|e| {
-        if cancel.is_cancelled() { Cancel::cancelled_error() } else { e }
+        if cancel.is_cancelled() {
+            Cancel::cancelled_error()
+        } else {
+            e
+        }
     })?;
     let pick = |name: &str| {
         model
@@ -196,8 +213,12 @@ fn run_tiles(model: &Model, names: &OutputNames<'_>, input: Array5<f32>, cancel:
             .map(|i| outputs[i].clone())
             .ok_or_else(|| Error::new(ErrorKind::Model, format!("model has no output '{name}'")))
     };
-    let logits = pick(names.logits)?.into_dimensionality().map_err(|_| Error::new(ErrorKind::Model, "logits are not 5-D [N, K, Z, Y, X]"))?;
-    let features = pick(names.features)?.into_dimensionality().map_err(|_| Error::new(ErrorKind::Model, "features are not 2-D [N, F]"))?;
+    let logits = pick(names.logits)?
+        .into_dimensionality()
+        .map_err(|_| Error::new(ErrorKind::Model, "logits are not 5-D [N, K, Z, Y, X]"))?;
+    let features = pick(names.features)?
+        .into_dimensionality()
+        .map_err(|_| Error::new(ErrorKind::Model, "features are not 2-D [N, F]"))?;
     Ok((logits, features))
 }
 
@@ -253,7 +274,10 @@ mod tests {
 
     #[test]
     fn options_are_validated() {
-        for bad in [WindowOptions { overlap: 1.0, ..Default::default() }, WindowOptions { tiles_per_batch: 0, ..Default::default() }] {
+        for bad in [
+            WindowOptions { overlap: 1.0, ..Default::default() },
+            WindowOptions { tiles_per_batch: 0, ..Default::default() },
+        ] {
             assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
         }
     }

@@ -50,8 +50,16 @@ fn one_tile_covering_the_volume_equals_a_whole_volume_pass() {
     let (bundle, model) = demo();
     let img = image([64, 64, 64]);
     let cancel = Cancel::new().unwrap();
-    let out = sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &WindowOptions::default(), &cancel, &mut |_| true)
-        .unwrap();
+    let out = sliding_window(
+        &model,
+        &names(&bundle),
+        img.view(),
+        [64, 64, 64],
+        &WindowOptions::default(),
+        &cancel,
+        &mut |_| true,
+    )
+    .unwrap();
     let whole = model.run(img.view().insert_axis(Axis(0)).into_dyn()).unwrap();
     let logits = whole[0].index_axis(Axis(0), 0);
     let max_diff = out.logits.iter().zip(logits.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -119,11 +127,19 @@ fn mirroring_averages_eight_passes() {
     let (bundle, model) = demo();
     let img = image([64, 64, 64]);
     let cancel = Cancel::new().unwrap();
-    let plain =
-        sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &WindowOptions::default(), &cancel, &mut |_| true)
-            .unwrap();
+    let plain = sliding_window(
+        &model,
+        &names(&bundle),
+        img.view(),
+        [64, 64, 64],
+        &WindowOptions::default(),
+        &cancel,
+        &mut |_| true,
+    )
+    .unwrap();
     let options = WindowOptions { mirror: true, ..Default::default() };
-    let tta = sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &options, &cancel, &mut |_| true).unwrap();
+    let tta =
+        sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &options, &cancel, &mut |_| true).unwrap();
     assert_eq!(tta.features.nrows(), 8);
     let diff = tta.logits.iter().zip(plain.logits.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff > 1e-3, "mirrored passes must change the blend (max diff {diff})");

@@ -1,0 +1,229 @@
+//! The engine end to end on the demo bundle and the synthetic sites: segmentation back on the
+//! caller's grid, orientation round trip, scoring behaving as method.md says, concurrency,
+//! cancellation and bad inputs. Needs `make ort` and `make data` (the test command runs both).
+//! Subjects are synthetic derivatives of real anatomy; site shifts are simulated.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
+use asfda::runtime::RuntimeOptions;
+use asfda::score::Score;
+use asfda::volume::{read_nifti, ReadOptions, Volume};
+use asfda::window::Cancel;
+use asfda::ErrorKind;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("ASFDA_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
+    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
+    dir
+}
+
+/// The first `n` held-out (image, label) pairs of a site.
+fn cases(site: &str, n: usize) -> Vec<(Volume, Volume)> {
+    let dir = data_dir().join(site).join("test");
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("_image.nii.gz"))
+        .collect();
+    images.sort();
+    images
+        .into_iter()
+        .take(n)
+        .map(|p| {
+            let label = PathBuf::from(p.to_string_lossy().replace("_image.nii.gz", "_label.nii.gz"));
+            (read_nifti(&p, &ReadOptions::default()).unwrap(), read_nifti(&label, &ReadOptions::default()).unwrap())
+        })
+        .collect()
+}
+
+fn engine() -> Engine {
+    let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
+    Engine::new(&root().join("models/demo_brain_unet"), options).unwrap()
+}
+
+fn mean_dice(pred: &Volume, truth: &Volume) -> f64 {
+    let dice: Vec<f64> = (1..4)
+        .map(|c| {
+            let c = c as f32;
+            let (mut inter, mut p, mut t) = (0usize, 0usize, 0usize);
+            for (&a, &b) in pred.data().iter().zip(truth.data()) {
+                inter += usize::from(a == c && b == c);
+                p += usize::from(a == c);
+                t += usize::from(b == c);
+            }
+            2.0 * inter as f64 / (p + t).max(1) as f64
+        })
+        .collect();
+    dice.iter().sum::<f64>() / 3.0
+}
+
+fn segment_labels(engine: &Engine, v: &Volume) -> Volume {
+    engine.segment(v, SegmentOutputs::default(), &Cancel::new().unwrap(), &mut |_| true).unwrap().labels
+}
+
+fn score(engine: &Engine, id: &str, v: &Volume) -> Score {
+    engine.score(id, v, &Cancel::new().unwrap(), &mut |_| true).unwrap()
+}
+
+#[test]
+fn segmentation_lands_on_the_callers_grid() {
+    let engine = engine();
+    let (image, label) = cases("t1", 1).remove(0);
+    let seg = engine
+        .segment(&image, SegmentOutputs { probabilities: true, entropy: true }, &Cancel::new().unwrap(), &mut |_| true)
+        .unwrap();
+    assert!(seg.labels.same_grid(&image));
+    assert!(mean_dice(&seg.labels, &label) > 0.95, "source-site Dice {}", mean_dice(&seg.labels, &label));
+    let probs = seg.probabilities.unwrap();
+    assert_eq!((probs.dims(), probs.channels()), (image.dims(), 4));
+    let entropy = seg.entropy.unwrap();
+    assert!(entropy.data().iter().all(|&h| (-1e-6..=1.0 + 1e-6).contains(&h)));
+
+    // Another spacing and orientation (1.2 x 1.2 x 2.5 mm, L-S-P): resampled and reoriented
+    // internally, labels back on the file's own grid.
+    let (image, label) = cases("spacing_orient", 1).remove(0);
+    let labels = segment_labels(&engine, &image);
+    assert!(labels.same_grid(&image));
+    assert!(mean_dice(&labels, &label) > 0.75, "spacing_orient Dice {}", mean_dice(&labels, &label));
+}
+
+#[test]
+fn a_flipped_and_permuted_copy_gives_the_flipped_and_permuted_segmentation() {
+    let engine = engine();
+    let (image, _) = cases("t1", 1).remove(0);
+    let [nx, ny, nz] = image.dims();
+    // Swap x and z and flip y in voxel space; the affine changes so world positions stay put.
+    let src = image.data();
+    let data: Vec<f32> = (0..nx * ny * nz)
+        .map(|i| {
+            let (z, rest) = (i % nz, i / nz);
+            let (y, x) = (rest % ny, rest / ny);
+            src[x + nx * ((ny - 1 - y) + ny * z)]
+        })
+        .collect();
+    let a = image.affine();
+    let mut b = [[0.0; 4]; 4];
+    for r in 0..4 {
+        b[r][0] = a[r][2];
+        b[r][1] = -a[r][1];
+        b[r][2] = a[r][0];
+        b[r][3] = a[r][3] + a[r][1] * (ny as f64 - 1.0);
+    }
+    b[3] = [0.0, 0.0, 0.0, 1.0];
+    let moved = Volume::new(data, [nz, ny, nx], 1, b).unwrap();
+    let (l1, l2) = (segment_labels(&engine, &image), segment_labels(&engine, &moved));
+    for i in 0..nx * ny * nz {
+        let (z, rest) = (i % nz, i / nz);
+        let (y, x) = (rest % ny, rest / ny);
+        assert_eq!(l2.data()[i], l1.data()[x + nx * ((ny - 1 - y) + ny * z)], "voxel {x},{y},{z}");
+    }
+}
+
+#[test]
+fn scores_follow_the_method() {
+    let engine = engine();
+    let source: Vec<Score> =
+        cases("t1", 2).iter().enumerate().map(|(i, (v, _))| score(&engine, &format!("t1-{i}"), v)).collect();
+    let target: Vec<Score> =
+        cases("pd", 2).iter().enumerate().map(|(i, (v, _))| score(&engine, &format!("pd-{i}"), v)).collect();
+    let mean = |s: &[Score], f: fn(&Score) -> f64| s.iter().map(f).sum::<f64>() / s.len() as f64;
+    let (kl_t, kl_s) = (mean(&target, |s| s.gap_kl), mean(&source, |s| s.gap_kl));
+    assert!(kl_t > kl_s, "KL gap: target {kl_t} must exceed source {kl_s}");
+    let (an_t, an_s) = (mean(&target, |s| s.gap_anchor), mean(&source, |s| s.gap_anchor));
+    assert!(an_t > an_s, "anchor distance: target {an_t} must exceed source {an_s}");
+    for s in source.iter().chain(&target) {
+        let norm: f32 = s.embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+        assert_eq!(Score::from_json(&s.to_json()).unwrap(), *s, "JSON round trip");
+    }
+
+    // Noise makes the model less sure: ASD rises on average.
+    let noisy: Vec<Score> = cases("t1", 2)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut v, _))| {
+            let mut state = 12345u64 + i as u64;
+            for x in v.data_mut().iter_mut().filter(|x| **x != 0.0) {
+                // xorshift: deterministic noise at ~25% of the WM intensity
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *x += ((state % 1000) as f32 / 1000.0 - 0.5) * 450.0;
+            }
+            score(&engine, &format!("noisy-{i}"), &v)
+        })
+        .collect();
+    assert!(mean(&noisy, |s| s.asd) > mean(&source, |s| s.asd), "noise must raise ASD");
+}
+
+#[test]
+fn concurrent_scoring_equals_serial() {
+    let engine = Arc::new(engine());
+    let volumes: Vec<Volume> = cases("bias_noise", 2).into_iter().map(|(v, _)| v).collect();
+    let serial: Vec<String> =
+        volumes.iter().enumerate().map(|(i, v)| score(&engine, &i.to_string(), v).to_json()).collect();
+    let handles: Vec<_> = volumes
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || score(&engine, &i.to_string(), &v).to_json())
+        })
+        .collect();
+    let parallel: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(parallel, serial);
+}
+
+#[test]
+fn cancellation_returns_cancelled_and_the_engine_stays_usable() {
+    let engine = engine();
+    let (image, _) = cases("t1", 1).remove(0);
+    let mut calls = 0;
+    let err = engine
+        .score("x", &image, &Cancel::new().unwrap(), &mut |_| {
+            calls += 1;
+            calls < 2
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert_eq!(calls, 2);
+    assert!(engine.score("x", &image, &Cancel::new().unwrap(), &mut |_| true).is_ok());
+}
+
+#[test]
+fn bad_inputs_are_refused_clearly() {
+    let engine = engine();
+    let (image, _) = cases("t1", 1).remove(0);
+    let cancel = Cancel::new().unwrap();
+
+    let two = Volume::new([image.data(), image.data()].concat(), image.dims(), 2, image.affine()).unwrap();
+    let err = engine.score("two", &two, &cancel, &mut |_| true).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains('2') && err.message().contains('1'), "{err}");
+
+    let mut nan = image.clone();
+    nan.data_mut()[1000] = f32::NAN;
+    assert_eq!(engine.score("nan", &nan, &cancel, &mut |_| true).unwrap_err().kind(), ErrorKind::InvalidData);
+
+    // Smaller than a tile is not an error: it is padded.
+    let small = read_nifti(&root().join("data/anatomical.nii"), &ReadOptions::default()).unwrap();
+    let labels = segment_labels(&engine, &small);
+    assert!(labels.same_grid(&small));
+
+    let limited = Engine::new(
+        &root().join("models/demo_brain_unet"),
+        EngineOptions { memory_limit_bytes: 1 << 20, ..Default::default() },
+    )
+    .unwrap();
+    let err = limited.score("big", &image, &cancel, &mut |_| true).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
+    assert!(err.message().contains("memory limit"), "{err}");
+}
