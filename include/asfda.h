@@ -155,15 +155,99 @@ typedef enum AsfdaNonFinite {
 } AsfdaNonFinite;
 
 /**
+ * A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
+ * from several threads at once (model runs are serialised; results equal serial ones).
+ */
+typedef struct AsfdaEngine AsfdaEngine;
+
+/**
  * An ONNX model loaded into an ONNX Runtime session. Thread-safe: runs are serialised.
  */
 typedef struct AsfdaModel AsfdaModel;
+
+/**
+ * The scores of one volume (see method.md). Immutable.
+ */
+typedef struct AsfdaScore AsfdaScore;
 
 /**
  * A 3D image with channels: f32 voxels (x fastest, then y, z, channel) and a voxel-to-world
  * affine. Immutable once made, so it may be read from several threads at once.
  */
 typedef struct AsfdaVolume AsfdaVolume;
+
+/**
+ * Engine settings. Start from asfda_engine_options_default() and set what you need.
+ */
+typedef struct AsfdaEngineOptions {
+  /**
+   * Folder of the model bundle (holds manifest.json). Required.
+   */
+  const char *bundle_path;
+  /**
+   * Full path of libonnxruntime.so; NULL follows the resolution order.
+   */
+  const char *library_path;
+  /**
+   * "cpu" (when NULL), "auto", "cuda" or "cuda:<id>".
+   */
+  const char *device;
+  /**
+   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
+   */
+  uint32_t threads;
+  /**
+   * Fraction of a tile shared with its neighbour, in [0, 1). Default 0.5.
+   */
+  double tile_overlap;
+  /**
+   * Tiles per ONNX Runtime run. Default 2.
+   */
+  uint32_t tiles_per_batch;
+  /**
+   * Average 8 mirrored passes (8x slower). Default false.
+   */
+  bool mirror;
+  /**
+   * Refuse volumes needing more working memory than this (bytes); 0 = no limit.
+   */
+  uint64_t memory_limit_bytes;
+} AsfdaEngineOptions;
+
+/**
+ * Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
+ * ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
+ * every batch of tiles.
+ */
+typedef bool (*AsfdaProgressFn)(void *user_data, double fraction);
+
+/**
+ * The scalar scores of a volume.
+ */
+typedef struct AsfdaScoreValues {
+  /**
+   * KL divergence of the volume's feature statistics from the source's (mean over channels).
+   */
+  double gap_kl;
+  /**
+   * Squared distance of the embedding to the nearest source anchor.
+   */
+  double gap_anchor;
+  /**
+   * Anatomical segmentation difficulty: mean foreground entropy above the adaptive threshold.
+   */
+  double asd;
+  double asd_threshold;
+  /**
+   * Mean max-probability over the (dilated) foreground.
+   */
+  double confidence;
+  double foreground_fraction;
+  /**
+   * Length of the embedding (read it with asfda_score_embedding).
+   */
+  size_t embedding_len;
+} AsfdaScoreValues;
 
 /**
  * Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
@@ -228,6 +312,81 @@ const char *asfda_status_name(int32_t status);
  * The asfda version, e.g. "0.1.0" (static string; never free it).
  */
 const char *asfda_version(void);
+
+/**
+ * The default engine options (bundle_path NULL: set it).
+ */
+struct AsfdaEngineOptions asfda_engine_options_default(void);
+
+/**
+ * Loads and validates a model bundle and creates its inference session.
+ */
+enum AsfdaStatus asfda_engine_new(const struct AsfdaEngineOptions *options,
+                                  struct AsfdaEngine **out_engine);
+
+/**
+ * Frees an engine; NULL is a no-op.
+ */
+void asfda_engine_free(struct AsfdaEngine *engine);
+
+/**
+ * The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
+ */
+enum AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
+                                     char *buf,
+                                     size_t capacity,
+                                     size_t *out_needed);
+
+/**
+ * Scores one volume for how informative annotating it would be. `id` names it in the score
+ * (e.g. a file name or series UID). `progress` may be NULL.
+ */
+enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
+                                    const struct AsfdaVolume *volume,
+                                    const char *id,
+                                    AsfdaProgressFn progress,
+                                    void *user_data,
+                                    struct AsfdaScore **out_score);
+
+/**
+ * Segments one volume; the label map (class index per voxel) is on the volume's own grid.
+ */
+enum AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
+                                      const struct AsfdaVolume *volume,
+                                      AsfdaProgressFn progress,
+                                      void *user_data,
+                                      struct AsfdaVolume **out_labels);
+
+/**
+ * Frees a score; NULL is a no-op.
+ */
+void asfda_score_free(struct AsfdaScore *score);
+
+/**
+ * The scalar scores.
+ */
+enum AsfdaStatus asfda_score_values(const struct AsfdaScore *score,
+                                    struct AsfdaScoreValues *out_values);
+
+/**
+ * Copies the L2-normalised embedding into `buf`, which must hold exactly `len` floats
+ * (embedding_len from asfda_score_values).
+ */
+enum AsfdaStatus asfda_score_embedding(const struct AsfdaScore *score, float *buf, size_t len);
+
+/**
+ * The score as JSON (versioned; exact round trip), copied like asfda_runtime_info_json. Scores
+ * computed on several machines can be stored and merged before selection.
+ */
+enum AsfdaStatus asfda_score_to_json(const struct AsfdaScore *score,
+                                     char *buf,
+                                     size_t capacity,
+                                     size_t *out_needed);
+
+/**
+ * Reads a score from its JSON form.
+ */
+enum AsfdaStatus asfda_score_from_json(const char *json, struct AsfdaScore **out_score);
 
 /**
  * Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).

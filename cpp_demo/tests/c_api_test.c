@@ -1,6 +1,6 @@
 /* C11 consumer of the asfda C ABI: loads a real NIfTI, runs the tiny model, and checks that every
  * error path returns the right status, a message, and leaves out-parameters untouched.
- * usage: c_api_test IMAGE.nii MODEL.onnx WORK_DIR */
+ * usage: c_api_test IMAGE.nii MODEL.onnx WORK_DIR BUNDLE_DIR */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,9 +212,90 @@ static void test_save_and_model(const char *image, const char *model_path, const
     asfda_volume_free(vol);
 }
 
+static bool count_progress(void *user_data, double fraction) {
+    int *calls = (int *)user_data;
+    (*calls)++;
+    return fraction >= 0.0 && fraction <= 1.0;
+}
+
+static bool stop_at_once(void *user_data, double fraction) {
+    (void)user_data;
+    (void)fraction;
+    return false;
+}
+
+static void test_engine_and_scores(const char *image, const char *bundle) {
+    AsfdaEngineOptions opts = asfda_engine_options_default();
+    AsfdaEngine *sentinel = (AsfdaEngine *)&failures;
+    AsfdaEngine *engine = sentinel;
+    EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "bundle_path");
+    EXPECT(asfda_engine_new(NULL, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "options");
+    opts.bundle_path = "/no/such/bundle";
+    EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_IO, "/no/such/bundle");
+    opts.bundle_path = bundle;
+    opts.tile_overlap = 1.5;
+    EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "overlap");
+    opts.tile_overlap = 0.5;
+    opts.device = "gpu";
+    EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
+    CHECK(engine == sentinel);
+    opts.device = "auto";
+    CHECK(asfda_engine_new(&opts, &engine) == ASFDA_STATUS_OK);
+    char device[32];
+    size_t needed = 0;
+    CHECK(asfda_engine_device(engine, device, sizeof device, &needed) == ASFDA_STATUS_OK);
+    CHECK(strcmp(device, "cpu") == 0 || strncmp(device, "cuda:", 5) == 0);
+
+    AsfdaVolume *vol = NULL;
+    CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);
+    int calls = 0;
+    AsfdaScore *score = NULL;
+    CHECK(asfda_score_volume(engine, vol, "anatomical", count_progress, &calls, &score) == ASFDA_STATUS_OK);
+    CHECK(calls >= 1);
+    AsfdaScoreValues values;
+    CHECK(asfda_score_values(score, &values) == ASFDA_STATUS_OK);
+    CHECK(values.gap_kl >= 0 && values.gap_anchor >= 0 && values.asd >= 0 && values.asd <= 1);
+    CHECK(values.confidence >= 0 && values.confidence <= 1 && values.embedding_len == 64);
+    float embedding[64];
+    CHECK(asfda_score_embedding(score, embedding, 64) == ASFDA_STATUS_OK);
+    double norm = 0;
+    for (int i = 0; i < 64; i++) norm += embedding[i] * embedding[i];
+    CHECK(fabs(norm - 1.0) < 1e-4);
+    EXPECT(asfda_score_embedding(score, embedding, 10), ASFDA_STATUS_INVALID_ARGUMENT, "64");
+
+    /* JSON round trip, sized with a first call. */
+    CHECK(asfda_score_to_json(score, NULL, 0, &needed) == ASFDA_STATUS_OK);
+    char *json = malloc(needed);
+    CHECK(json && asfda_score_to_json(score, json, needed, &needed) == ASFDA_STATUS_OK);
+    AsfdaScore *back = NULL;
+    CHECK(json && asfda_score_from_json(json, &back) == ASFDA_STATUS_OK);
+    AsfdaScoreValues again;
+    CHECK(asfda_score_values(back, &again) == ASFDA_STATUS_OK && again.asd == values.asd && again.gap_kl == values.gap_kl);
+    free(json);
+    asfda_score_free(back);
+    EXPECT(asfda_score_from_json("{\"format_version\": 99}", &back), ASFDA_STATUS_UNSUPPORTED, "99");
+    EXPECT(asfda_score_from_json("not json", &back), ASFDA_STATUS_FORMAT, "");
+
+    /* Cancellation through the callback; the engine stays usable. */
+    AsfdaScore *none = NULL;
+    EXPECT(asfda_score_volume(engine, vol, "x", stop_at_once, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
+    CHECK(none == NULL);
+    EXPECT(asfda_score_volume(engine, vol, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
+    AsfdaVolume *labels = NULL;
+    CHECK(asfda_segment_volume(engine, vol, NULL, NULL, &labels) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_check_same_grid(vol, labels) == ASFDA_STATUS_OK);
+
+    asfda_volume_free(labels);
+    asfda_score_free(score);
+    asfda_score_free(NULL);
+    asfda_volume_free(vol);
+    asfda_engine_free(engine);
+    asfda_engine_free(NULL);
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s IMAGE.nii MODEL.onnx WORK_DIR\n", argv[0]);
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s IMAGE.nii MODEL.onnx WORK_DIR BUNDLE_DIR\n", argv[0]);
         return 2;
     }
     CHECK(strcmp(asfda_version(), ASFDA_VERSION) == 0);
@@ -222,6 +303,7 @@ int main(int argc, char **argv) {
     test_load_errors(argv[1], argv[3]);
     test_from_buffer();
     test_save_and_model(argv[1], argv[2], argv[3]);
+    test_engine_and_scores(argv[1], argv[4]);
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

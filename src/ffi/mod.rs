@@ -22,6 +22,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub mod engine;
 pub mod runtime;
 pub mod volume;
 
