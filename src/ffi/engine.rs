@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_void};
 
 use super::volume::{into_handle, AsfdaVolume};
-use super::{c_path, c_str, check_out, copy_to_buffer, guard, non_null, write_out, AsfdaStatus};
+use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
 use crate::engine::{Engine, EngineOptions, SegmentOutputs};
 use crate::error::{Error, Result};
 use crate::runtime::{Device, RuntimeOptions};
@@ -114,10 +114,7 @@ pub extern "C" fn asfda_engine_new(
 /// Frees an engine; NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn asfda_engine_free(engine: *mut AsfdaEngine) {
-    if !engine.is_null() {
-        // SAFETY: `engine` came from asfda_engine_new and is freed once (caller contract).
-        let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(engine) }));
-    }
+    free_handle(engine);
 }
 
 /// The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
@@ -128,12 +125,7 @@ pub extern "C" fn asfda_engine_device(
     capacity: usize,
     out_needed: *mut usize,
 ) -> AsfdaStatus {
-    guard(|| {
-        check_out(out_needed, "out_needed")?;
-        let engine = &non_null(engine, "engine")?.0;
-        write_out(out_needed, copy_to_buffer(&engine.device().to_string(), buf, capacity));
-        Ok(())
-    })
+    guard(|| string_out(&non_null(engine, "engine")?.0.device().to_string(), buf, capacity, out_needed))
 }
 
 /// Adapts a C callback to the engine's progress closure.
@@ -190,10 +182,7 @@ pub extern "C" fn asfda_segment_volume(
 /// Frees a score; NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn asfda_score_free(score: *mut AsfdaScore) {
-    if !score.is_null() {
-        // SAFETY: `score` came from asfda and is freed once (caller contract).
-        let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(score) }));
-    }
+    free_handle(score);
 }
 
 /// The scalar scores.
@@ -248,12 +237,7 @@ pub extern "C" fn asfda_score_to_json(
     capacity: usize,
     out_needed: *mut usize,
 ) -> AsfdaStatus {
-    guard(|| {
-        check_out(out_needed, "out_needed")?;
-        let s = &non_null(score, "score")?.0;
-        write_out(out_needed, copy_to_buffer(&s.to_json(), buf, capacity));
-        Ok(())
-    })
+    guard(|| string_out(&non_null(score, "score")?.0.to_json(), buf, capacity, out_needed))
 }
 
 /// Reads a score from its JSON form.

@@ -170,6 +170,22 @@ pub(crate) fn copy_to_buffer(text: &str, buf: *mut c_char, capacity: usize) -> u
     bytes.len() + 1
 }
 
+/// Frees a handle made by `Box::into_raw`; NULL is a no-op. A panic in a destructor is caught.
+pub(crate) fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
+        // SAFETY: every handle comes from Box::into_raw in this crate and is freed once (caller contract).
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(handle) })));
+    }
+}
+
+/// Copies `text` into a caller buffer (see [`copy_to_buffer`]) and writes the size needed to
+/// `out_needed`, which must not be NULL.
+pub(crate) fn string_out(text: &str, buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> Result<()> {
+    check_out(out_needed, "out_needed")?;
+    write_out(out_needed, copy_to_buffer(text, buf, capacity));
+    Ok(())
+}
+
 /// The message explaining the last non-OK status on this thread ("" after a success). The
 /// pointer stays valid until the next asfda call on the same thread.
 #[no_mangle]

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 
-use super::{c_path, c_str, check_out, copy_to_buffer, guard, non_null, write_out, AsfdaStatus};
+use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::runtime::{Device, Runtime, RuntimeOptions};
@@ -49,11 +49,9 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 #[no_mangle]
 pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> AsfdaStatus {
     guard(|| {
-        check_out(out_needed, "out_needed")?;
         let runtime = Runtime::load(None)?;
         let json = serde_json::to_string(runtime.info()).map_err(|e| Error::internal(e.to_string()))?;
-        write_out(out_needed, copy_to_buffer(&json, buf, capacity));
-        Ok(())
+        string_out(&json, buf, capacity, out_needed)
     })
 }
 
@@ -76,10 +74,7 @@ pub extern "C" fn asfda_model_load(
 /// Frees a model; NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
-    if !model.is_null() {
-        // SAFETY: `model` came from asfda_model_load and is freed once (caller contract).
-        let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(model) }));
-    }
+    free_handle(model);
 }
 
 /// Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
@@ -91,12 +86,7 @@ pub extern "C" fn asfda_model_device(
     capacity: usize,
     out_needed: *mut usize,
 ) -> AsfdaStatus {
-    guard(|| {
-        check_out(out_needed, "out_needed")?;
-        let model = non_null(model, "model")?;
-        write_out(out_needed, copy_to_buffer(&model.0.device().to_string(), buf, capacity));
-        Ok(())
-    })
+    guard(|| string_out(&non_null(model, "model")?.0.device().to_string(), buf, capacity, out_needed))
 }
 
 /// Runs the model on a whole volume (tensor [1, C, Z, Y, X]) and returns its first output as a

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 
-use super::{c_path, check_out, guard, non_null, write_out, AsfdaStatus};
+use super::{c_path, check_out, free_handle, guard, non_null, write_out, AsfdaStatus};
 use crate::error::{Error, Result};
 use crate::volume::{self, Convention, DataType, NonFinitePolicy, OutputType, ReadOptions, Volume};
 
@@ -191,10 +191,7 @@ pub extern "C" fn asfda_volume_save(volume: *const AsfdaVolume, path: *const c_c
 /// Frees a volume; NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn asfda_volume_free(volume: *mut AsfdaVolume) {
-    if !volume.is_null() {
-        // SAFETY: `volume` came from asfda and is freed once (caller contract).
-        let _ = std::panic::catch_unwind(|| drop(unsafe { Box::from_raw(volume) }));
-    }
+    free_handle(volume);
 }
 
 /// Spatial sizes (x, y, z) into `out_dims[3]` and the channel count into `*out_channels`.
