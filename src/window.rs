@@ -245,8 +245,9 @@ mod tests {
 
     #[test]
     fn tile_starts_match_nnunet() {
-        // nnU-Net compute_steps_for_sliding_window(image 100, tile 64, step 0.5): [0, 36]
-        assert_eq!(tile_starts(100, 64, 0.5), vec![0, 36]);
+        // nnU-Net compute_steps_for_sliding_window(image 100, tile 64, step 0.5):
+        // ceil(36 / 32) + 1 = 3 steps of 36 / 2 = 18 -> [0, 18, 36]
+        assert_eq!(tile_starts(100, 64, 0.5), vec![0, 18, 36]);
         // 160 / 64 / 0.5: steps ceil(96/32)+1 = 4 -> 0, 32, 64, 96
         assert_eq!(tile_starts(160, 64, 0.5), vec![0, 32, 64, 96]);
         assert_eq!(tile_starts(64, 64, 0.5), vec![0]);
