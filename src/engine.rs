@@ -155,12 +155,12 @@ impl Engine {
         }
         let m = self.bundle.manifest();
         let spacing = volume.spacing();
-        let model_voxels: f64 = volume
-            .dims()
-            .iter()
-            .zip(spacing.iter())
-            .zip(m.input.spacing_mm.iter())
-            .map(|((&n, &s), &t)| ((n as f64 * s / t).round().max(1.0) + m.input.patch_size[0] as f64).max(1.0))
+        // The padded model grid, axis by axis (dims and spacing are x, y, z; the patch is z, y, x).
+        let model_voxels: f64 = (0..3)
+            .map(|a| {
+                let resampled = (volume.dims()[a] as f64 * spacing[a] / m.input.spacing_mm[a]).round().max(1.0);
+                resampled.max(m.input.patch_size[2 - a] as f64)
+            })
             .product();
         let per_voxel = 4.0 * (m.input.channels + m.classes.len() + 1) as f64;
         let needed = model_voxels * per_voxel + (volume.data().len() * 4) as f64;
