@@ -10,7 +10,7 @@
 //! softmax + scoring). `bare`: `prepare` once, one warm-up sliding window, then one profiled
 //! pass of the engine's stages (prepare / sliding window / softmax / score_volume), then
 //! REPEATS passes that time only `Model::run` on the same tile batches the engine runs (starts
-//! from `window::tile_starts`, `tiles_per_batch` tiles per run; copying tiles out is not timed).
+//! from `window::tile_grid`, `tiles_per_batch` tiles per run; copying tiles out is not timed).
 //! `dump`: writes the prepared (resampled, normalised, padded) model input [C, Z, Y, X] as .npy
 //! so the Python peers do the same network work, plus OUT.json with the valid region.
 //! Every mode prints one `RESULT {json}` line. ORT intra-op threads: 2.
@@ -20,14 +20,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use asfda::bundle::Bundle;
-use asfda::engine::{Engine, EngineOptions};
+use asfda::engine::{softmax_in_place, Engine, EngineOptions};
 use asfda::model::Model;
 use asfda::preprocess::prepare;
 use asfda::runtime::RuntimeOptions;
 use asfda::score::score_volume;
 use asfda::volume::{read_nifti, ReadOptions};
-use asfda::window::{sliding_window, tile_starts, Cancel, OutputNames, WindowOptions};
-use ndarray::{s, Array4, Array5, Axis};
+use asfda::window::{gather_tiles, sliding_window, tile_grid, Cancel, OutputNames, WindowOptions};
+use ndarray::s;
 
 const THREADS: usize = 2;
 
@@ -63,22 +63,6 @@ fn status_mib(key: &str) -> f64 {
 
 fn fmt_list(v: &[f64]) -> String {
     format!("[{}]", v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", "))
-}
-
-/// Softmax over classes, the same arithmetic as the engine's (private) `softmax_in_place`.
-fn softmax_in_place(logits: &mut Array4<f32>) {
-    let (_, z, y, x) = logits.dim();
-    for k in 0..z {
-        for j in 0..y {
-            for i in 0..x {
-                let mut lane = logits.slice_mut(s![.., k, j, i]);
-                let max = lane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                lane.mapv_inplace(|v| (v - max).exp());
-                let sum: f32 = lane.sum();
-                lane /= sum;
-            }
-        }
-    }
 }
 
 fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
@@ -174,33 +158,13 @@ fn main() -> asfda::Result<()> {
 
             // Bare ORT: the same tile batches, only Model::run timed.
             let image = prepared.image.view();
-            let (channels, shape) = (image.shape()[0], [image.shape()[1], image.shape()[2], image.shape()[3]]);
-            let (sz, sy, sx) = (
-                tile_starts(shape[0], tile[0], window.overlap),
-                tile_starts(shape[1], tile[1], window.overlap),
-                tile_starts(shape[2], tile[2], window.overlap),
-            );
-            let mut starts: Vec<[usize; 3]> = Vec::new();
-            for &a in &sz {
-                for &b in &sy {
-                    for &c in &sx {
-                        starts.push([a, b, c]);
-                    }
-                }
-            }
+            let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
+            let starts = tile_grid(shape, tile, window.overlap);
             let mut times = Vec::new();
             for _ in 0..repeats {
                 let mut run_s = 0.0;
                 for batch in starts.chunks(window.tiles_per_batch) {
-                    let mut input = Array5::<f32>::zeros((batch.len(), channels, tile[0], tile[1], tile[2]));
-                    for (i, st) in batch.iter().enumerate() {
-                        input.index_axis_mut(Axis(0), i).assign(&image.slice(s![
-                            ..,
-                            st[0]..st[0] + tile[0],
-                            st[1]..st[1] + tile[1],
-                            st[2]..st[2] + tile[2]
-                        ]));
-                    }
+                    let input = gather_tiles(image, batch, tile);
                     let t = Instant::now();
                     let outputs = model.run(input.view().into_dyn())?;
                     run_s += t.elapsed().as_secs_f64();

@@ -179,7 +179,7 @@ impl Engine {
 }
 
 /// Softmax over axis 0 (classes), in place, numerically stable.
-fn softmax_in_place(logits: &mut Array4<f32>) {
+pub fn softmax_in_place(logits: &mut Array4<f32>) {
     let (_, z, y, x) = logits.dim();
     for k in 0..z {
         for j in 0..y {

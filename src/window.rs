@@ -128,17 +128,13 @@ pub fn sliding_window(
     progress: &mut dyn FnMut(f64) -> bool,
 ) -> Result<WindowOutput> {
     options.validate()?;
-    let (channels, shape) = (image.shape()[0], [image.shape()[1], image.shape()[2], image.shape()[3]]);
+    let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
     if shape.iter().zip(&tile).any(|(s, t)| s < t) {
         return Err(Error::invalid_argument(format!(
             "image {shape:?} is smaller than the tile {tile:?}: pad it first"
         )));
     }
-    let starts: Vec<[usize; 3]> = cartesian(
-        &tile_starts(shape[0], tile[0], options.overlap),
-        &tile_starts(shape[1], tile[1], options.overlap),
-        &tile_starts(shape[2], tile[2], options.overlap),
-    );
+    let starts = tile_grid(shape, tile, options.overlap);
     let gaussian = gaussian_importance(tile, options.sigma_scale);
     let mut acc: Option<Array4<f32>> = None;
     let mut weight = Array3::<f32>::zeros((shape[0], shape[1], shape[2]));
@@ -148,15 +144,7 @@ pub fn sliding_window(
     let mut done = 0usize;
 
     for batch in starts.chunks(options.tiles_per_batch) {
-        let mut input = Array5::<f32>::zeros((batch.len(), channels, tile[0], tile[1], tile[2]));
-        for (i, st) in batch.iter().enumerate() {
-            input.index_axis_mut(Axis(0), i).assign(&image.slice(s![
-                ..,
-                st[0]..st[0] + tile[0],
-                st[1]..st[1] + tile[1],
-                st[2]..st[2] + tile[2]
-            ]));
-        }
+        let input = gather_tiles(image, batch, tile);
         for axes in &flips {
             if cancel.is_cancelled() {
                 return Err(Cancel::cancelled_error());
@@ -222,8 +210,30 @@ fn run_tiles(
     Ok((logits, features))
 }
 
-fn cartesian(z: &[usize], y: &[usize], x: &[usize]) -> Vec<[usize; 3]> {
-    z.iter().flat_map(|&a| y.iter().flat_map(move |&b| x.iter().map(move |&c| [a, b, c]))).collect()
+/// Every tile start (z, y, x) over an image of `shape`, z slowest.
+pub fn tile_grid(shape: [usize; 3], tile: [usize; 3], overlap: f64) -> Vec<[usize; 3]> {
+    let [z, y, x] = std::array::from_fn(|a| tile_starts(shape[a], tile[a], overlap));
+    let mut grid = Vec::with_capacity(z.len() * y.len() * x.len());
+    for &a in &z {
+        for &b in &y {
+            grid.extend(x.iter().map(|&c| [a, b, c]));
+        }
+    }
+    grid
+}
+
+/// The tiles at `starts` copied out of `image` ([C, Z, Y, X]) into one batch [B, C, z, y, x].
+pub fn gather_tiles(image: ArrayView4<'_, f32>, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32> {
+    let mut batch = Array5::<f32>::zeros((starts.len(), image.shape()[0], tile[0], tile[1], tile[2]));
+    for (i, st) in starts.iter().enumerate() {
+        batch.index_axis_mut(Axis(0), i).assign(&image.slice(s![
+            ..,
+            st[0]..st[0] + tile[0],
+            st[1]..st[1] + tile[1],
+            st[2]..st[2] + tile[2]
+        ]));
+    }
+    batch
 }
 
 /// The 8 subsets of the spatial axes (2, 3, 4 of [N, C, Z, Y, X]) to mirror.
