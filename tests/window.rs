@@ -8,7 +8,7 @@ use asfda::bundle::Bundle;
 use asfda::model::Model;
 use asfda::runtime::RuntimeOptions;
 use asfda::volume::{read_nifti, ReadOptions};
-use asfda::window::{sliding_window, Cancel, OutputNames, WindowOptions};
+use asfda::window::{sliding_window, Cancel, OutputNames, WindowOptions, WindowOutput};
 use asfda::ErrorKind;
 use ndarray::{s, Array4, Axis};
 
@@ -45,21 +45,17 @@ fn names(bundle: &Bundle) -> OutputNames<'_> {
     OutputNames { logits: &bundle.manifest().inference.logits, features: &bundle.manifest().inference.features }
 }
 
+/// Runs the sliding window with 64^3 tiles to completion.
+fn blend(model: &Model, bundle: &Bundle, img: &Array4<f32>, options: &WindowOptions) -> WindowOutput {
+    sliding_window(model, &names(bundle), img.view(), [64, 64, 64], options, &Cancel::new().unwrap(), &mut |_| true)
+        .unwrap()
+}
+
 #[test]
 fn one_tile_covering_the_volume_equals_a_whole_volume_pass() {
     let (bundle, model) = demo();
     let img = image([64, 64, 64]);
-    let cancel = Cancel::new().unwrap();
-    let out = sliding_window(
-        &model,
-        &names(&bundle),
-        img.view(),
-        [64, 64, 64],
-        &WindowOptions::default(),
-        &cancel,
-        &mut |_| true,
-    )
-    .unwrap();
+    let out = blend(&model, &bundle, &img, &WindowOptions::default());
     let whole = model.run(img.view().insert_axis(Axis(0)).into_dyn()).unwrap();
     let logits = whole[0].index_axis(Axis(0), 0);
     let max_diff = out.logits.iter().zip(logits.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -126,20 +122,8 @@ fn cancel_from_another_thread_stops_the_run() {
 fn mirroring_averages_eight_passes() {
     let (bundle, model) = demo();
     let img = image([64, 64, 64]);
-    let cancel = Cancel::new().unwrap();
-    let plain = sliding_window(
-        &model,
-        &names(&bundle),
-        img.view(),
-        [64, 64, 64],
-        &WindowOptions::default(),
-        &cancel,
-        &mut |_| true,
-    )
-    .unwrap();
-    let options = WindowOptions { mirror: true, ..Default::default() };
-    let tta =
-        sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &options, &cancel, &mut |_| true).unwrap();
+    let plain = blend(&model, &bundle, &img, &WindowOptions::default());
+    let tta = blend(&model, &bundle, &img, &WindowOptions { mirror: true, ..Default::default() });
     assert_eq!(tta.features.nrows(), 8);
     let diff = tta.logits.iter().zip(plain.logits.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff > 1e-3, "mirrored passes must change the blend (max diff {diff})");
