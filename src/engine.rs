@@ -1,10 +1,15 @@
 //! The engine: a loaded bundle ready to segment and score volumes. It loads the bundle and
 //! creates the inference session once; it is safe to share between threads (ORT runs are
 //! serialised on the one session, so concurrent calls give the same results as serial ones).
+//!
+//! The inference graph's bytes stay in memory, so fine-tuned weights can replace the session's
+//! initializers ([`Engine::set_weights`]) without reading the disk again; a call in flight
+//! finishes on the model it started with.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
-use ndarray::{s, Array3, Array4, ArrayView4, Axis};
+use ndarray::{s, Array3, Array4, ArrayD, ArrayView4, Axis};
 
 use crate::bundle::{Bundle, SourceKnowledge};
 use crate::error::{Error, ErrorKind, Result};
@@ -64,10 +69,15 @@ pub struct SegmentOutputs {
 
 pub struct Engine {
     bundle: Bundle,
-    model: Model,
+    /// The inference graph as read from the bundle, kept to rebuild sessions with new weights.
+    graph: Arc<[u8]>,
+    model: RwLock<Arc<Model>>,
     source: Option<SourceKnowledge>,
     options: EngineOptions,
 }
+
+/// Named weights for the inference graph's initializers: (initializer name, value).
+pub type Weights<'a> = [(&'a str, &'a ArrayD<f32>)];
 
 impl Engine {
     /// Loads and validates the bundle at `bundle_dir` and creates its inference session.
@@ -75,9 +85,71 @@ impl Engine {
         options.window.validate()?;
         options.score.validate()?;
         let bundle = Bundle::load(bundle_dir, &options.runtime)?;
-        let model = Model::load(&bundle.inference_path(), &options.runtime)?;
+        let path = bundle.inference_path();
+        let graph: Arc<[u8]> = std::fs::read(&path)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read model '{}': {e}", path.display())))?
+            .into();
+        let model = Model::from_memory_with_weights(&graph, &path.display().to_string(), &options.runtime, &[])?;
         let source = bundle.source_knowledge()?;
-        Ok(Engine { bundle, model, source, options })
+        Ok(Engine { bundle, graph, model: RwLock::new(Arc::new(model)), source, options })
+    }
+
+    /// Runs the model with `weights` in place of the bundle's (e.g. fine-tuned ones) from now on.
+    /// Calls already in flight finish with the weights they started with. Every name must be an
+    /// initializer of the inference graph.
+    pub fn set_weights(&self, weights: &Weights<'_>) -> Result<()> {
+        let model = self.build_model(weights)?;
+        *self.model.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(model);
+        Ok(())
+    }
+
+    /// Goes back to the bundle's own weights.
+    pub fn reset_weights(&self) -> Result<()> {
+        self.set_weights(&[])
+    }
+
+    /// A second engine on the same bundle, options and source knowledge, running `weights`; this
+    /// engine is unchanged. Reads nothing from disk.
+    pub fn with_weights(&self, weights: &Weights<'_>) -> Result<Engine> {
+        Ok(Engine {
+            bundle: self.bundle.clone(),
+            graph: Arc::clone(&self.graph),
+            model: RwLock::new(Arc::new(self.build_model(weights)?)),
+            source: self.source.clone(),
+            options: self.options.clone(),
+        })
+    }
+
+    fn build_model(&self, weights: &Weights<'_>) -> Result<Model> {
+        self.check_weights(weights)?;
+        let name = self.bundle.inference_path().display().to_string();
+        Model::from_memory_with_weights(&self.graph, &name, &self.options.runtime, weights)
+    }
+
+    /// ORT silently adds an initializer it does not know, so names and shapes are checked
+    /// against the manifest's parameter list.
+    fn check_weights(&self, weights: &Weights<'_>) -> Result<()> {
+        let parameters = &self.bundle.training()?.parameters;
+        for (name, value) in weights {
+            let spec = parameters.iter().find(|p| p.initializer == *name).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "'{name}' is not a weight of the model (see the manifest's parameters)"
+                ))
+            })?;
+            if value.shape() != spec.shape.as_slice() {
+                return Err(Error::invalid_argument(format!(
+                    "weight '{name}' has shape {:?}, the model's is {:?}",
+                    value.shape(),
+                    spec.shape
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The model calls run on now (a snapshot: a later [`Engine::set_weights`] does not affect it).
+    pub fn model(&self) -> Arc<Model> {
+        Arc::clone(&self.model.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -86,7 +158,7 @@ impl Engine {
 
     /// The device inference actually runs on.
     pub fn device(&self) -> Device {
-        self.model.device()
+        self.model().device()
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -100,8 +172,8 @@ impl Engine {
         let inference = &self.bundle.manifest().inference;
         let names = OutputNames { logits: &inference.logits, features: &inference.features };
         let tile = self.bundle.manifest().input.patch_size;
-        let out =
-            sliding_window(&self.model, &names, prepared.image.view(), tile, &self.options.window, cancel, progress)?;
+        let model = self.model();
+        let out = sliding_window(&model, &names, prepared.image.view(), tile, &self.options.window, cancel, progress)?;
         let mut probabilities = out.logits;
         softmax_in_place(&mut probabilities);
         Ok(Inference { grid: prepared.grid, probabilities, features: out.features })

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use ort::session::builder::SessionBuilder;
 use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
@@ -33,24 +34,31 @@ impl Model {
     pub fn load_with_weights(path: &Path, options: &RuntimeOptions, weights: &[(&str, &ArrayD<f32>)]) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
         let (session, device) =
-            runtime.session_from_file_with(path, options.device, options.threads, |mut builder| {
-                for (name, array) in weights {
-                    // ORT keeps a pointer to the value, so it must own its memory (a copy).
-                    let value = ort::value::Tensor::from_array((*array).clone())?.into_dyn();
-                    builder = builder.with_initializer(*name, value).map_err(|e| -> ort::Error { e.into() })?;
-                }
-                Ok(builder)
-            })?;
+            runtime.session_from_file_with(path, options.device, options.threads, |b| with_weights(b, weights))?;
+        Self::from_session(session, device, &path.display().to_string())
+    }
+
+    /// Like [`Model::load_with_weights`], from the bytes of the ONNX model (`name` labels errors).
+    pub fn from_memory_with_weights(
+        bytes: &[u8],
+        name: &str,
+        options: &RuntimeOptions,
+        weights: &[(&str, &ArrayD<f32>)],
+    ) -> Result<Model> {
+        let runtime = Runtime::load(options.library_path.as_deref())?;
+        let (session, device) =
+            runtime
+                .session_from_memory_with(bytes, name, options.device, options.threads, |b| with_weights(b, weights))?;
+        Self::from_session(session, device, name)
+    }
+
+    fn from_session(session: Session, device: Device, name: &str) -> Result<Model> {
         let input_name = match session.inputs() {
             [one] => one.name().to_string(),
             inputs => {
                 return Err(Error::new(
                     ErrorKind::Model,
-                    format!(
-                        "model '{}' has {} inputs; asfda expects exactly one image input",
-                        path.display(),
-                        inputs.len()
-                    ),
+                    format!("model '{name}' has {} inputs; asfda expects exactly one image input", inputs.len()),
                 ))
             }
         };
@@ -124,4 +132,14 @@ impl Model {
             )),
         }
     }
+}
+
+/// Overrides the named initializers of the graph being built.
+fn with_weights(mut builder: SessionBuilder, weights: &[(&str, &ArrayD<f32>)]) -> ort::Result<SessionBuilder> {
+    for (name, array) in weights {
+        // ORT keeps a pointer to the value, so it must own its memory (a copy).
+        let value = ort::value::Tensor::from_array((*array).clone())?.into_dyn();
+        builder = builder.with_initializer(*name, value).map_err(|e| -> ort::Error { e.into() })?;
+    }
+    Ok(builder)
 }

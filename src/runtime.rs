@@ -254,6 +254,25 @@ impl Runtime {
             .map_err(|e| Error::new(ErrorKind::Model, format!("cannot load model '{}': {e}", model.display())))?;
         Ok((session, used))
     }
+
+    /// Like [`Runtime::session_from_file_with`], from the bytes of an ONNX model already in
+    /// memory (`name` only labels errors). Lets an engine rebuild its session with new weights
+    /// without reading the disk again.
+    pub fn session_from_memory_with(
+        &self,
+        model: &[u8],
+        name: &str,
+        device: Device,
+        threads: usize,
+        configure: impl FnOnce(SessionBuilder) -> ort::Result<SessionBuilder>,
+    ) -> Result<(Session, Device)> {
+        let (builder, used) = self.session_builder(device, threads)?;
+        let mut builder = configure(builder)?;
+        let session = builder
+            .commit_from_memory(model)
+            .map_err(|e| Error::new(ErrorKind::Model, format!("cannot load model '{name}': {e}")))?;
+        Ok((session, used))
+    }
 }
 
 /// Absolute form of `p` relative to the current directory (ort resolves relative paths against

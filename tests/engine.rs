@@ -227,3 +227,36 @@ fn bad_inputs_are_refused_clearly() {
     assert_eq!(err.kind(), ErrorKind::TooLarge);
     assert!(err.message().contains("memory limit"), "{err}");
 }
+
+#[test]
+fn weights_swap_in_memory_and_back() {
+    use asfda::bundle::Bundle;
+    use asfda::tensors::TensorFile;
+    let engine = engine();
+    let (image, _) = cases("t1", 1).remove(0);
+    let before = segment_labels(&engine, &image);
+
+    // The head bias pushed hard towards class 3: every voxel becomes wm.
+    let bundle = Bundle::load(&root().join("models/demo_brain_unet"), &RuntimeOptions::default()).unwrap();
+    let checkpoint = TensorFile::open(&bundle.path(&bundle.training().unwrap().checkpoint)).unwrap();
+    let mut bias = checkpoint.f32("param.head.bias").unwrap();
+    bias[3] += 1000.0;
+    engine.set_weights(&[("head.bias", &bias)]).unwrap();
+    assert!(segment_labels(&engine, &image).data().iter().all(|&l| l == 3.0));
+
+    // A second engine with other weights leaves this one alone.
+    let other = engine.with_weights(&[]).unwrap();
+    assert_eq!(segment_labels(&other, &image).data(), before.data());
+    assert!(segment_labels(&engine, &image).data().iter().all(|&l| l == 3.0));
+
+    engine.reset_weights().unwrap();
+    assert_eq!(segment_labels(&engine, &image).data(), before.data());
+
+    let err = engine.set_weights(&[("no.such.weight", &bias)]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("no.such.weight"), "{err}");
+    let short = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[3]));
+    let err = engine.set_weights(&[("head.bias", &short)]).unwrap_err();
+    assert!(err.message().contains("[3]") && err.message().contains("[4]"), "{err}");
+    assert_eq!(segment_labels(&engine, &image).data(), before.data(), "a failed swap keeps the old weights");
+}
