@@ -95,6 +95,50 @@ typedef enum AsfdaStatus {
 } AsfdaStatus;
 
 /**
+ * Selection method (the `method` field of AsfdaSelectOptions, an int32_t).
+ */
+typedef enum AsfdaSelectMethod {
+  /**
+   * ASFDA: rank of DKD (gap rank x diversity) fused with rank of ASD, greedy. The default.
+   */
+  ASFDA_SELECT_ASFDA = 0,
+  /**
+   * Uniform random (seeded).
+   */
+  ASFDA_SELECT_RANDOM = 1,
+  /**
+   * Random weighted by predicted foreground fraction (seeded); zero-foreground volumes last.
+   */
+  ASFDA_SELECT_FOREGROUND_RANDOM = 2,
+  /**
+   * Highest ASD (foreground entropy) first.
+   */
+  ASFDA_SELECT_ENTROPY = 3,
+  /**
+   * DKD only, greedy.
+   */
+  ASFDA_SELECT_DKD = 4,
+  /**
+   * Core-set: k-center greedy on the embeddings.
+   */
+  ASFDA_SELECT_CORESET = 5,
+} AsfdaSelectMethod;
+
+/**
+ * Which knowledge gap feeds DKD (the `gap` field of AsfdaSelectOptions, an int32_t).
+ */
+typedef enum AsfdaGapKind {
+  /**
+   * KL divergence of the feature statistics from the source's. The default.
+   */
+  ASFDA_GAP_KL = 0,
+  /**
+   * Squared distance of the embedding to the nearest source anchor.
+   */
+  ASFDA_GAP_ANCHOR = 1,
+} AsfdaGapKind;
+
+/**
  * Voxel datatype of a caller buffer (values equal the NIfTI datatype codes).
  */
 typedef enum AsfdaDataType {
@@ -169,6 +213,11 @@ typedef struct AsfdaModel AsfdaModel;
  * The scores of one volume (see method.md). Immutable.
  */
 typedef struct AsfdaScore AsfdaScore;
+
+/**
+ * The result of asfda_select: ordered picks and the reliable set. Immutable.
+ */
+typedef struct AsfdaSelection AsfdaSelection;
 
 /**
  * A 3D image with channels: f32 voxels (x fastest, then y, z, channel) and a voxel-to-world
@@ -267,6 +316,100 @@ typedef struct AsfdaRuntimeOptions {
    */
   uint32_t threads;
 } AsfdaRuntimeOptions;
+
+/**
+ * Selection settings. Start from asfda_select_options_default() and set what you need (at least
+ * the budget).
+ */
+typedef struct AsfdaSelectOptions {
+  /**
+   * An AsfdaSelectMethod value. Default ASFDA_SELECT_ASFDA.
+   */
+  int32_t method;
+  /**
+   * Volumes to pick, 1..=number of unlabeled scores. Default 1.
+   */
+  size_t budget;
+  /**
+   * Seed of the random methods (same seed, same picks on every platform). Default 0.
+   */
+  uint64_t seed;
+  /**
+   * Weight of the DKD rank in the ASFDA score; finite, >= 0. Default 1.
+   */
+  double w_dkd;
+  /**
+   * Weight of the ASD rank in the ASFDA score; finite, >= 0, not both 0. Default 1.
+   */
+  double w_asd;
+  /**
+   * An AsfdaGapKind value. Default ASFDA_GAP_KL.
+   */
+  int32_t gap;
+  /**
+   * ASFDA passes over a candidate whose distance to labeled + picked is below this fraction of
+   * the largest such distance, while others remain (near-duplicates). In [0, 1]; 0 = off.
+   * Default 0.01.
+   */
+  double duplicate_fraction;
+  /**
+   * Reliable volumes have confidence >= this quantile (in [0, 1]) of the unpicked pool's.
+   * Default 0.5.
+   */
+  double reliable_confidence_quantile;
+  /**
+   * Reliable volumes have distance to labeled + picked <= this quantile (in [0, 1]) of the
+   * unpicked pool's. Default 0.5.
+   */
+  double reliable_distance_quantile;
+} AsfdaSelectOptions;
+
+/**
+ * One pick and the score components when it was picked (ranks in [0, 1] over the candidates
+ * remaining at that moment). Same definitions for every method; see the Rust docs of `Pick`.
+ */
+typedef struct AsfdaPick {
+  /**
+   * Index of the volume in the `scores` array given to asfda_select.
+   */
+  size_t index;
+  /**
+   * 0 for the first pick.
+   */
+  size_t order;
+  /**
+   * The raw knowledge gap (of the kind chosen in the options).
+   */
+  double gap;
+  /**
+   * Rank of the gap.
+   */
+  double gap_rank;
+  /**
+   * Min over labeled + earlier picks of 1 - cos of the embeddings (1 when there were none).
+   */
+  double diversity;
+  /**
+   * gap_rank * diversity.
+   */
+  double dkd;
+  /**
+   * Rank of dkd.
+   */
+  double dkd_rank;
+  /**
+   * The raw ASD.
+   */
+  double asd;
+  /**
+   * Rank of ASD.
+   */
+  double asd_rank;
+  /**
+   * w_dkd * dkd_rank + w_asd * asd_rank.
+   */
+  double combined;
+} AsfdaPick;
 
 /**
  * Options for asfda_volume_load. Fill with asfda_read_options_default().
@@ -430,6 +573,81 @@ enum AsfdaStatus asfda_model_device(const struct AsfdaModel *model,
 enum AsfdaStatus asfda_model_run_volume(const struct AsfdaModel *model,
                                         const struct AsfdaVolume *input,
                                         struct AsfdaVolume **out_volume);
+
+/**
+ * The default selection options (budget 1: set it).
+ */
+struct AsfdaSelectOptions asfda_select_options_default(void);
+
+/**
+ * The method named `name` ("asfda", "random", "foreground_random", "entropy", "dkd", "coreset"),
+ * for hosts that read the method from a configuration file or command line.
+ */
+enum AsfdaStatus asfda_select_method_from_name(const char *name,
+                                               enum AsfdaSelectMethod *out_method);
+
+/**
+ * The gap kind named `name` ("kl" or "anchor").
+ */
+enum AsfdaStatus asfda_gap_kind_from_name(const char *name, enum AsfdaGapKind *out_gap);
+
+/**
+ * Picks `options->budget` volumes to annotate among the scores whose id is not in
+ * `labeled_ids`, and the reliable set of the rest. `scores` holds `count` score handles (every
+ * volume of the site, labeled ones included: their embeddings count for diversity);
+ * `labeled_ids` holds `labeled_count` ids of already labeled volumes (may be NULL when
+ * `labeled_count` is 0). Deterministic for a seed. Errors: empty pool or budget out of range,
+ * duplicate or unknown ids (INVALID_ARGUMENT); embeddings of different sizes, NaN/Inf scores
+ * (INVALID_DATA). Free the result with asfda_selection_free.
+ */
+enum AsfdaStatus asfda_select(const struct AsfdaScore *const *scores,
+                              size_t count,
+                              const char *const *labeled_ids,
+                              size_t labeled_count,
+                              const struct AsfdaSelectOptions *options,
+                              struct AsfdaSelection **out_selection);
+
+/**
+ * Frees a selection; NULL is a no-op. Ids borrowed from it become invalid.
+ */
+void asfda_selection_free(struct AsfdaSelection *selection);
+
+/**
+ * Number of picks (0 when `selection` is NULL).
+ */
+size_t asfda_selection_count(const struct AsfdaSelection *selection);
+
+/**
+ * Pick `i` (0 = picked first) with its score components.
+ */
+enum AsfdaStatus asfda_selection_pick(const struct AsfdaSelection *selection,
+                                      size_t i,
+                                      struct AsfdaPick *out_pick);
+
+/**
+ * The id of pick `i`, borrowed: valid while `selection` lives; never free it. NULL when
+ * `selection` is NULL or `i` is out of range (asfda_last_error_message() says which).
+ */
+const char *asfda_selection_pick_id(const struct AsfdaSelection *selection, size_t i);
+
+/**
+ * Number of reliable volumes for semi-supervised fine-tuning (0 when `selection` is NULL).
+ */
+size_t asfda_selection_reliable_count(const struct AsfdaSelection *selection);
+
+/**
+ * The id of reliable volume `i` (ids sorted), borrowed like asfda_selection_pick_id.
+ */
+const char *asfda_selection_reliable_id(const struct AsfdaSelection *selection, size_t i);
+
+/**
+ * The selection as JSON (versioned: method, options, picks with components, reliable ids), copied
+ * like asfda_score_to_json.
+ */
+enum AsfdaStatus asfda_selection_to_json(const struct AsfdaSelection *selection,
+                                         char *buf,
+                                         size_t capacity,
+                                         size_t *out_needed);
 
 /**
  * The default read options (voxel limit 2^31, NaN/Inf is an error).

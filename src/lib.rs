@@ -12,6 +12,7 @@ pub mod model;
 pub mod preprocess;
 pub mod runtime;
 pub mod score;
+pub mod select;
 pub mod tensors;
 pub mod volume;
 pub mod window;

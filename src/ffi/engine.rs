@@ -16,7 +16,7 @@ use crate::window::{Cancel, WindowOptions};
 pub struct AsfdaEngine(Engine);
 
 /// The scores of one volume (see method.md). Immutable.
-pub struct AsfdaScore(Score);
+pub struct AsfdaScore(pub(crate) Score);
 
 /// Engine settings. Start from asfda_engine_options_default() and set what you need.
 #[repr(C)]

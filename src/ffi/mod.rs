@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub mod engine;
 pub mod runtime;
+pub mod select;
 pub mod volume;
 
 /// Result of every fallible asfda C function. 0 is success.
