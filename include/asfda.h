@@ -11,7 +11,7 @@
  *   explains what was wrong and what to do.
  * - Every pointer argument is checked for NULL; integer arguments carrying enum values are
  *   validated. Strings are NUL-terminated UTF-8.
- * - Handles are created by *_load/*_new/*_from_* functions and released by *_free; *_free(NULL)
+ * - Handles are created by the _load, _new and _from_ functions and released by _free; _free(NULL)
  *   does nothing.
  * - Volumes store f32 voxels x fastest, then y, z, channel (NIfTI order); affines are 16
  *   doubles, row-major, mapping voxel indices to world millimetres in RAS unless a function
