@@ -11,7 +11,7 @@ ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv venv-torch build data model demo test test-rust test-python test-tools test-c test-gpu header clean-cache
+.PHONY: all ort ort-gpu venv venv-torch build data model demo test test-rust test-python test-tools test-c test-gpu header clean-cache install
 
 all: build
 
@@ -77,10 +77,22 @@ test-tools:
 	PYTHONPATH=$(CURDIR)/bindings/python $(VENV_TORCH)/bin/python -m pytest -q \
 	  bindings/python/tests/test_trainstep.py bindings/python/tests/test_export.py
 
-test-c:
-	$(VENV)/bin/cmake -S cpp_demo -B $(CMAKE_BUILD) -DASFDA_LIB_DIR=$(CURDIR)/target/debug -DCMAKE_BUILD_TYPE=Debug > /dev/null
-	$(VENV)/bin/cmake --build $(CMAKE_BUILD) -j 2
-	cd $(CMAKE_BUILD) && ../../$(VENV)/bin/ctest --output-on-failure
+## C/C++ tests: install the debug build into a scratch prefix, build cpp_demo/ against the
+## installed CMake package (as a user would), run ctest there (C and C++ API tests, the
+## sanitizer build, the CMake and pkg-config consumers of the moved install tree).
+C_PREFIX := $(CURDIR)/$(CMAKE_BUILD)/prefix
+test-c: ort
+	rm -rf $(C_PREFIX)
+	cmake/install.sh --prefix $(C_PREFIX) --lib-dir target/debug
+	$(VENV)/bin/cmake -S cpp_demo -B $(CMAKE_BUILD)/ctest -DCMAKE_PREFIX_PATH=$(C_PREFIX) -DCMAKE_BUILD_TYPE=Debug > /dev/null
+	$(VENV)/bin/cmake --build $(CMAKE_BUILD)/ctest -j 2
+	cd $(CMAKE_BUILD)/ctest && $(CURDIR)/$(VENV)/bin/ctest --output-on-failure
+
+## Install the release build: lib/ (libasfda.so and ONNX Runtime beside it), include/ (asfda.h,
+## asfda.hpp), lib/cmake/asfda (find_package(asfda CONFIG)), lib/pkgconfig/asfda.pc.
+PREFIX ?= /usr/local
+install: ort build
+	cmake/install.sh --prefix $(PREFIX) --lib-dir target/release
 
 ## GPU tests (need an NVIDIA GPU): CUDA-flavour ONNX Runtime, then the #[ignore]d GPU tests.
 test-gpu: ort-gpu

@@ -1,0 +1,27 @@
+# Copies an installed asfda tree to DEST (a "moved" install) and checks that its package files
+# hold no absolute path of the original prefix or of the build machine's source tree, so the
+# consumers built against DEST prove the install is relocatable.
+# usage: cmake -DPREFIX=<installed> -DDEST=<copy> -DSOURCE_DIR=<asfda source tree> -P relocate.cmake
+foreach(var PREFIX DEST SOURCE_DIR)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "relocate.cmake: -D${var}=... is required")
+  endif()
+endforeach()
+file(REMOVE_RECURSE "${DEST}")
+file(COPY "${PREFIX}/" DESTINATION "${DEST}")
+get_filename_component(real_prefix "${PREFIX}" REALPATH)
+get_filename_component(real_source "${SOURCE_DIR}" REALPATH)
+set(files lib/cmake/asfda/asfdaConfig.cmake lib/cmake/asfda/asfdaConfigVersion.cmake lib/pkgconfig/asfda.pc)
+foreach(f IN LISTS files)
+  if(NOT EXISTS "${DEST}/${f}")
+    message(FATAL_ERROR "the install has no ${f}")
+  endif()
+  file(READ "${DEST}/${f}" text)
+  foreach(path IN ITEMS "${PREFIX}" "${real_prefix}" "${SOURCE_DIR}" "${real_source}")
+    string(FIND "${text}" "${path}" at)
+    if(NOT at EQUAL -1)
+      message(FATAL_ERROR "${f} holds the absolute path ${path}: the install is not relocatable")
+    endif()
+  endforeach()
+endforeach()
+message(STATUS "copied ${PREFIX} to ${DEST}; package files hold no absolute paths")
