@@ -275,6 +275,10 @@ def test_engine_errors_carry_their_status(engine, t1, tmp_path):
     with pytest.raises(asfda.InvalidArgumentError) as err:
         engine.score(two_channels, "x")
     assert isinstance(err.value, ValueError) and "channel" in err.value.message
+    nan = t1.array()
+    nan[40, 50, 40] = np.nan  # buffers may hold NaN; scoring refuses them
+    with pytest.raises(asfda.InvalidDataError):
+        engine.score(asfda.Volume.from_array(nan, t1.affine), "nan")
     with pytest.raises(asfda.TooLargeError, match="memory limit"):
         asfda.Engine(BUNDLE, memory_limit_bytes=1024).segment(t1)
     with pytest.raises(TypeError, match="id is required"):
