@@ -202,4 +202,12 @@ def read_string(fn, *args) -> str:
 
 
 def fspath(path) -> bytes:
-    return os.fsencode(os.fspath(path))
+    return c_string(os.fsencode(os.fspath(path)), "path")
+
+
+def c_string(value, what: str) -> bytes:
+    """UTF-8 bytes for a C string; an embedded NUL would silently cut it short, so refuse it."""
+    b = value.encode() if isinstance(value, str) else bytes(value)
+    if b"\0" in b:
+        raise ValueError(f"{what} contains a NUL character: {value!r}")
+    return b

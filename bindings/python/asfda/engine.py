@@ -45,7 +45,7 @@ class EngineOptions:
         o = _lib.engine_options_default()
         o.bundle_path = bundle
         o.library_path = None if self.library_path is None else _lib.fspath(self.library_path)
-        o.device = self.device.encode()
+        o.device = _lib.c_string(self.device, "device")
         o.threads = self.threads
         o.tile_overlap = self.tile_overlap
         o.tiles_per_batch = self.tiles_per_batch
@@ -104,7 +104,7 @@ class Engine:
         vol = _as_volume(volume)
         p = Progress(progress)
         out = _lib.P()
-        status = _lib.score_volume(self._h, vol._h, id.encode(), p.c_fn, None, C.byref(out))
+        status = _lib.score_volume(self._h, vol._h, _lib.c_string(id, "id"), p.c_fn, None, C.byref(out))
         score = Score(out.value) if status == 0 else None  # owns the handle before finish() may raise
         p.finish(status)
         return score

@@ -55,7 +55,7 @@ class Score:
     def from_json(cls, text: str) -> "Score":
         """Reads a score written by :meth:`to_json`; FormatError / UnsupportedError otherwise."""
         out = _lib.P()
-        _lib.check(_lib.score_from_json(text.encode(), C.byref(out)))
+        _lib.check(_lib.score_from_json(_lib.c_string(text, "score JSON"), C.byref(out)))
         return cls(out.value)
 
     def to_dict(self) -> dict:
@@ -123,7 +123,7 @@ class Score:
 
     @property
     def entropy_histogram(self) -> np.ndarray:
-        """Histogram of the normalised entropy over the dilated foreground (uint32 counts, as the library keeps them)."""
+        """Histogram of the normalised entropy over the dilated foreground (uint32 counts)."""
         return np.asarray(self._field("entropy_histogram"), dtype=np.uint32)
 
     @property

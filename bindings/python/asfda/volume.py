@@ -211,4 +211,5 @@ class Volume:
         return a
 
     def __repr__(self) -> str:
-        return f"<asfda.Volume dims={self.dims} channels={self.channels} spacing={tuple(round(s, 4) for s in self.spacing)}>"
+        spacing = tuple(round(s, 4) for s in self.spacing)
+        return f"<asfda.Volume dims={self.dims} channels={self.channels} spacing={spacing}>"

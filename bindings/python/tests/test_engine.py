@@ -2,6 +2,8 @@
 values against facts the library guarantees, JSON and JSON-lines round trips, segmentation Dice,
 progress, cancellation, exceptions from callbacks, error classes, and the GIL being released."""
 import ctypes as C
+import os
+import signal
 import sys
 import threading
 import time
@@ -191,6 +193,21 @@ def test_exception_in_callback_cancels_and_is_reraised(small_engine, small):
     assert len(calls) == 2
 
 
+def test_ctrl_c_during_a_call_cancels_it(small_engine, small):
+    # SIGINT's Python handler runs at the next bytecode, i.e. in the next progress report, which
+    # turns it into a cancellation and re-raises KeyboardInterrupt after the C call.
+    calls = []
+
+    def interrupt_once(f):
+        calls.append(f)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        small_engine.score(small, "x", progress=interrupt_once)
+    assert len(calls) == 1
+
+
 def test_engine_is_usable_after_cancelling(small_engine, small):
     with pytest.raises(asfda.CancelledError):
         small_engine.score(small, "x", progress=lambda f: False)
@@ -281,6 +298,8 @@ def test_engine_errors_carry_their_status(engine, t1, tmp_path):
         engine.score(asfda.Volume.from_array(nan, t1.affine), "nan")
     with pytest.raises(asfda.TooLargeError, match="memory limit"):
         asfda.Engine(BUNDLE, memory_limit_bytes=1024).segment(t1)
+    with pytest.raises(ValueError, match="NUL"):  # would be cut short silently in C
+        engine.score(t1, "a\0b")
     with pytest.raises(TypeError, match="id is required"):
         engine.score(t1)
     with pytest.raises(TypeError, match="Volume.from_array"):
