@@ -219,6 +219,27 @@ def test_engine_is_usable_after_cancelling(small_engine, small):
     assert small_engine.score(small, "x") == s
 
 
+def test_one_engine_from_several_threads(small_engine, small):
+    serial = small_engine.score(small, "x")
+    results, errors = [None, None], []
+
+    def work(i):
+        try:
+            results[i] = small_engine.score(small, "x")
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    # Meanwhile this thread gets a thread-local error of its own, untouched by the others.
+    with pytest.raises(asfda.FormatError, match="malformed"):
+        asfda.Score.from_json("[")
+    for t in threads:
+        t.join()
+    assert not errors and results == [serial, serial]
+
+
 # ---- the GIL ------------------------------------------------------------------------------------
 
 def _count_between_reports(call) -> list[int]:
