@@ -35,10 +35,10 @@ class Progress:
             return False
         try:
             result = self.callback(fraction)
+            return result is None or bool(result)  # bool() may raise too (e.g. a numpy array)
         except BaseException as e:  # noqa: B902 - KeyboardInterrupt must cancel, not unwind C
             self.error = e
             return False
-        return result is None or bool(result)
 
     def finish(self, status: int) -> None:
         """After the C call: re-raises the callback's exception if it had one (even when the
