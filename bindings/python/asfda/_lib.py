@@ -1,0 +1,213 @@
+"""Finding and loading libasfda.so, the ctypes declarations of the C API, and status -> exception.
+
+Library discovery, first hit wins:
+
+1. ``$ASFDA_LIBRARY`` (full path of libasfda.so; an error if set but not a file),
+2. ``libasfda.so`` inside the installed package (package data: a wheel bundles it there),
+3. the source tree's ``target/release`` then ``target/debug`` (only when this package sits in
+   the asfda repository, i.e. is imported from ``bindings/python``).
+
+ctypes.CDLL releases the GIL around every foreign call, so long calls (scoring, segmentation,
+model runs) let other Python threads run; CFUNCTYPE callbacks take the GIL back before running
+Python code.
+"""
+from __future__ import annotations
+
+import ctypes as C
+import os
+from pathlib import Path
+
+from . import errors
+
+#: The C ABI these declarations are written against (major, minor). Until 1.0 any minor version
+#: may change the ABI (see include/asfda.h), so the library's version must match it; a test
+#: checks it against Cargo.toml.
+ABI_VERSION = (0, 1)
+
+LIBRARY_NAME = "libasfda.so"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# bindings/python/asfda -> the repository root (only meaningful when imported from the repo).
+_REPO_ROOT = PACKAGE_DIR.parents[2]
+
+
+def candidates() -> list[tuple[str, Path]]:
+    """Where the library is looked for, in order, as (how, path) pairs."""
+    found = []
+    env = os.environ.get("ASFDA_LIBRARY")
+    if env:
+        found.append(("$ASFDA_LIBRARY", Path(env)))
+    found.append(("package data", PACKAGE_DIR / LIBRARY_NAME))
+    if (_REPO_ROOT / "Cargo.toml").is_file():
+        for profile in ("release", "debug"):
+            found.append((f"source tree target/{profile}", _REPO_ROOT / "target" / profile / LIBRARY_NAME))
+    return found
+
+
+def _load() -> tuple[C.CDLL, Path]:
+    tried = []
+    for how, path in candidates():
+        if not path.is_file():
+            if how == "$ASFDA_LIBRARY":
+                # An explicit choice that is wrong must not silently fall back to another build.
+                raise errors.LibraryNotFoundError(f"ASFDA_LIBRARY is set to {path}, which is not a file")
+            tried.append(f"  {how}: {path} (not there)")
+            continue
+        try:
+            return C.CDLL(str(path)), path
+        except OSError as e:
+            tried.append(f"  {how}: {path} (could not be loaded: {e})")
+            if how == "$ASFDA_LIBRARY":
+                raise errors.LibraryNotFoundError("\n".join(["libasfda.so could not be loaded:"] + tried)) from e
+    raise errors.LibraryNotFoundError(
+        "\n".join(["libasfda.so not found. Looked in:"] + tried
+                  + ["Set ASFDA_LIBRARY to its full path, or run `cargo build --release` in the asfda repository."])
+    )
+
+
+lib, path = _load()
+
+# ---- C types ---------------------------------------------------------------------------------
+
+P = C.c_void_p
+SIZE_P = C.POINTER(C.c_size_t)
+DOUBLE_P = C.POINTER(C.c_double)
+
+#: AsfdaProgressFn: bool (*)(void *user_data, double fraction).
+PROGRESS_FN = C.CFUNCTYPE(C.c_bool, C.c_void_p, C.c_double)
+
+
+class RuntimeOptions(C.Structure):
+    _fields_ = [("library_path", C.c_char_p), ("device", C.c_char_p), ("threads", C.c_uint32)]
+
+
+class ReadOptions(C.Structure):
+    _fields_ = [("max_voxels", C.c_uint64), ("nonfinite", C.c_int32), ("replace_value", C.c_float)]
+
+
+class EngineOptions(C.Structure):
+    _fields_ = [
+        ("bundle_path", C.c_char_p),
+        ("library_path", C.c_char_p),
+        ("device", C.c_char_p),
+        ("threads", C.c_uint32),
+        ("tile_overlap", C.c_double),
+        ("tiles_per_batch", C.c_uint32),
+        ("mirror", C.c_bool),
+        ("memory_limit_bytes", C.c_uint64),
+    ]
+
+
+class ScoreValues(C.Structure):
+    _fields_ = [
+        ("gap_kl", C.c_double),
+        ("gap_anchor", C.c_double),
+        ("asd", C.c_double),
+        ("asd_threshold", C.c_double),
+        ("confidence", C.c_double),
+        ("foreground_fraction", C.c_double),
+        ("embedding_len", C.c_size_t),
+    ]
+
+
+def _declare(name, argtypes, restype=C.c_int):
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
+STRING_OUT = [C.c_char_p, C.c_size_t, SIZE_P]
+
+version = _declare("asfda_version", [], C.c_char_p)
+last_error = _declare("asfda_last_error_message", [], C.c_char_p)
+status_name = _declare("asfda_status_name", [C.c_int32], C.c_char_p)
+
+runtime_load = _declare("asfda_runtime_load", [C.c_char_p])
+runtime_info_json = _declare("asfda_runtime_info_json", STRING_OUT)
+
+read_options_default = _declare("asfda_read_options_default", [], ReadOptions)
+volume_load = _declare("asfda_volume_load", [C.c_char_p, C.POINTER(ReadOptions), C.POINTER(P)])
+volume_from_buffer = _declare(
+    "asfda_volume_from_buffer",
+    [P, C.c_size_t, C.c_int32, SIZE_P, C.c_size_t, DOUBLE_P, DOUBLE_P, C.c_int32, C.POINTER(P)],
+)
+volume_save = _declare("asfda_volume_save", [P, C.c_char_p, C.c_int32])
+volume_free = _declare("asfda_volume_free", [P], None)
+volume_dims = _declare("asfda_volume_dims", [P, SIZE_P, SIZE_P])
+volume_spacing = _declare("asfda_volume_spacing", [P, DOUBLE_P])
+volume_affine = _declare("asfda_volume_affine", [P, C.c_int32, DOUBLE_P])
+volume_data = _declare("asfda_volume_data", [P, C.POINTER(C.POINTER(C.c_float)), SIZE_P])
+volume_to_canonical = _declare("asfda_volume_to_canonical", [P, C.POINTER(P)])
+volume_check_same_grid = _declare("asfda_volume_check_same_grid", [P, P])
+
+model_load = _declare("asfda_model_load", [C.c_char_p, C.POINTER(RuntimeOptions), C.POINTER(P)])
+model_free = _declare("asfda_model_free", [P], None)
+model_device = _declare("asfda_model_device", [P] + STRING_OUT)
+model_run_volume = _declare("asfda_model_run_volume", [P, P, C.POINTER(P)])
+
+engine_options_default = _declare("asfda_engine_options_default", [], EngineOptions)
+engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
+engine_free = _declare("asfda_engine_free", [P], None)
+engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
+score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, C.POINTER(P)])
+segment_volume = _declare("asfda_segment_volume", [P, P, PROGRESS_FN, P, C.POINTER(P)])
+score_free = _declare("asfda_score_free", [P], None)
+score_values = _declare("asfda_score_values", [P, C.POINTER(ScoreValues)])
+score_embedding = _declare("asfda_score_embedding", [P, C.POINTER(C.c_float), C.c_size_t])
+score_to_json = _declare("asfda_score_to_json", [P] + STRING_OUT)
+score_from_json = _declare("asfda_score_from_json", [C.c_char_p, C.POINTER(P)])
+
+
+def library_version() -> str:
+    return version().decode()
+
+
+def _check_abi() -> None:
+    parts = library_version().split(".")
+    got = (int(parts[0]), int(parts[1]))
+    if got != ABI_VERSION:
+        raise errors.LibraryNotFoundError(
+            f"{path} is asfda {library_version()}, but these Python bindings are written for the "
+            f"{ABI_VERSION[0]}.{ABI_VERSION[1]} C ABI: install the matching asfda Python package"
+        )
+
+
+_check_abi()
+
+
+# ---- status -> exception ---------------------------------------------------------------------
+
+def error_for(status: int) -> errors.Error:
+    """The exception for a non-OK status, with this thread's last error message.
+
+    Must be called on the thread that made the failing call, before any other asfda call
+    (the message is thread-local and replaced by the next call)."""
+    name = status_name(status).decode()
+    message = (last_error() or b"").decode(errors="replace")
+    cls = errors.BY_CODE.get(status, errors.Error)
+    return cls(name, message, status)
+
+
+def check(status: int) -> None:
+    if status != 0:
+        raise error_for(status)
+
+
+def read_string(fn, *args) -> str:
+    """Calls a C function with the (buf, capacity, out_needed) string convention."""
+    needed = C.c_size_t()
+    check(fn(*args, None, 0, C.byref(needed)))
+    buf = C.create_string_buffer(needed.value)
+    check(fn(*args, buf, needed.value, C.byref(needed)))
+    return buf.value.decode()
+
+
+def fspath(path) -> bytes:
+    return c_string(os.fsencode(os.fspath(path)), "path")
+
+
+def c_string(value, what: str) -> bytes:
+    """UTF-8 bytes for a C string; an embedded NUL would silently cut it short, so refuse it."""
+    b = value.encode() if isinstance(value, str) else bytes(value)
+    if b"\0" in b:
+        raise ValueError(f"{what} contains a NUL character: {value!r}")
+    return b

@@ -1,0 +1,125 @@
+"""The engine: a loaded model bundle that segments and scores volumes (sliding window).
+
+Long calls (:meth:`Engine.score`, :meth:`Engine.segment`) release the GIL while they run, so
+other Python threads (a GUI's event loop, other engines) keep going; an optional ``progress``
+callback is called on the calling thread after every batch of tiles (see :mod:`asfda._progress`
+for cancellation). One engine may be used from several threads at once.
+"""
+from __future__ import annotations
+
+import ctypes as C
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from . import _lib
+from ._progress import Progress, ProgressFn
+from .score import Score
+from .volume import Volume
+
+
+def _defaults():
+    return _lib.engine_options_default()
+
+
+@dataclass
+class EngineOptions:
+    """Engine settings; the defaults are the library's (asfda_engine_options_default)."""
+
+    #: Full path of libonnxruntime.so; None follows the library's resolution order.
+    library_path: Optional[str] = None
+    #: "cpu", "auto", "cuda" or "cuda:<id>".
+    device: str = "cpu"
+    #: Intra-op CPU threads; 0 lets ONNX Runtime choose.
+    threads: int = 0
+    #: Fraction of a tile shared with its neighbour, in [0, 1).
+    tile_overlap: float = _defaults().tile_overlap
+    #: Tiles per ONNX Runtime run.
+    tiles_per_batch: int = _defaults().tiles_per_batch
+    #: Average 8 mirrored passes (8x slower).
+    mirror: bool = _defaults().mirror
+    #: Refuse volumes needing more working memory than this (bytes); 0 = no limit.
+    memory_limit_bytes: int = 0
+
+    def _to_c(self, bundle: bytes) -> "_lib.EngineOptions":
+        o = _lib.engine_options_default()
+        o.bundle_path = bundle
+        o.library_path = None if self.library_path is None else _lib.fspath(self.library_path)
+        o.device = _lib.c_string(self.device, "device")
+        o.threads = self.threads
+        o.tile_overlap = self.tile_overlap
+        o.tiles_per_batch = self.tiles_per_batch
+        o.mirror = self.mirror
+        o.memory_limit_bytes = self.memory_limit_bytes
+        return o
+
+
+def _as_volume(volume) -> Volume:
+    if isinstance(volume, Volume):
+        return volume
+    if isinstance(volume, (str, os.PathLike)):
+        return Volume.load(volume)
+    raise TypeError(f"expected an asfda.Volume or a NIfTI path, got {type(volume).__name__} "
+                    "(make one from numpy with asfda.Volume.from_array)")
+
+
+class Engine:
+    """A model bundle (folder with manifest.json) loaded and ready to segment and score.
+
+    ``Engine(bundle, options)`` or ``Engine(bundle, threads=2, device="cpu", ...)`` (keywords
+    are EngineOptions fields)."""
+
+    def __init__(self, bundle, options: Optional[EngineOptions] = None, **kwargs):
+        if options is None:
+            options = EngineOptions(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either options or keyword options, not both")
+        self.bundle = os.fspath(bundle)
+        self.options = options
+        bundle_b = _lib.fspath(bundle)
+        c_opts = options._to_c(bundle_b)
+        out = _lib.P()
+        _lib.check(_lib.engine_new(C.byref(c_opts), C.byref(out)))
+        self._h = C.c_void_p(out.value)
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h:
+            _lib.engine_free(h)
+            self._h = None
+
+    @property
+    def device(self) -> str:
+        """The device inference runs on ("cpu" or "cuda:<id>")."""
+        return _lib.read_string(_lib.engine_device, self._h)
+
+    def score(self, volume, id: Optional[str] = None, progress: Optional[ProgressFn] = None) -> Score:
+        """Scores one volume (an asfda.Volume or a NIfTI path) for how informative annotating it
+        would be. ``id`` names it in the score (default: the path's file name, required for a
+        Volume). ``progress(fraction)`` may return False to cancel (CancelledError)."""
+        if id is None:
+            if isinstance(volume, Volume):
+                raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
+            id = os.path.basename(os.fspath(volume))
+        vol = _as_volume(volume)
+        p = Progress(progress)
+        out = _lib.P()
+        status = _lib.score_volume(self._h, vol._h, _lib.c_string(id, "id"), p.c_fn, None, C.byref(out))
+        score = Score(out.value) if status == 0 else None  # owns the handle before finish() may raise
+        p.finish(status)
+        return score
+
+    def segment(self, volume, progress: Optional[ProgressFn] = None) -> Volume:
+        """Segments one volume; returns the label map (class index per voxel, float32) on the
+        volume's own grid. Save it with ``labels.save(path, "u8")``."""
+        vol = _as_volume(volume)
+        p = Progress(progress)
+        out = _lib.P()
+        status = _lib.segment_volume(self._h, vol._h, p.c_fn, None, C.byref(out))
+        labels = Volume(out.value) if status == 0 else None
+        p.finish(status)
+        return labels
+
+    def __repr__(self) -> str:
+        return f"<asfda.Engine bundle={self.bundle!r} device={self.device!r}>"
+
