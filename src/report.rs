@@ -315,7 +315,7 @@ const PANEL: usize = 240;
 /// Left column with the captions.
 const CAPTION_W: usize = 330;
 const GAP: usize = 12;
-const COLORBAR_W: usize = 90;
+const COLORBAR_W: usize = 120;
 const MARGIN: usize = 16;
 const ROW_H: usize = LINE + PANEL + GAP * 2;
 const CHART_H: usize = 330;
@@ -365,7 +365,9 @@ fn draw_colorbar(canvas: &mut Canvas, x: usize, y: usize, h: usize) {
     for (label, t) in [("1", 1.0), ("0.5", 0.5), ("0", 0.0)] {
         let ty = y + ((1.0 - t) * (h - 1) as f64) as usize;
         canvas.fill_rect(x + bar_w, ty, 4, 1, INK);
-        canvas.text(x + bar_w + 6, ty.saturating_sub(4), label, 1, INK);
+        // Centred on the tick, kept within the bar's height (clear of the caption above it).
+        let label_y = ty.saturating_sub(8).clamp(y, y + h - 16);
+        canvas.text(x + bar_w + 6, label_y, label, TEXT_SCALE, INK);
     }
 }
 
@@ -376,7 +378,7 @@ fn caption(pick: &Pick) -> Vec<String> {
         format!("gap {:.3} rank {:.2}", pick.gap, pick.gap_rank),
         format!("diversity {:.3}", pick.diversity),
         format!("DKD rank  {:.2}", pick.dkd_rank),
-        format!("ASD {:.4} rank {:.2}", pick.asd, pick.asd_rank),
+        format!("ASD {:.3} rank {:.2}", pick.asd, pick.asd_rank),
     ]
 }
 
@@ -428,7 +430,7 @@ pub fn render_figure(report: &Report<'_>) -> Result<Canvas> {
     canvas.text(MARGIN, MARGIN, &fit(&report.title, max_chars), TEXT_SCALE, INK);
     let sel = report.selection;
     let subtitle = format!(
-        "{} picks by {} (seed {}); overlay: model entropy 0..1, transparent below {}",
+        "{} picks by {} (seed {}). Overlay: model entropy, clear below {}",
         sel.picks.len(),
         sel.method,
         sel.options.seed,
@@ -438,7 +440,7 @@ pub fn render_figure(report: &Report<'_>) -> Result<Canvas> {
     canvas.text(
         MARGIN,
         MARGIN + 2 * LINE,
-        &fit("radiological view: patient right on image left; mid-slices of the RAS volume", max_chars),
+        &fit("Radiological view (patient right = image left), RAS mid-slices", max_chars),
         TEXT_SCALE,
         MUTED,
     );
@@ -448,9 +450,20 @@ pub fn render_figure(report: &Report<'_>) -> Result<Canvas> {
         canvas.fill_rect(MARGIN, top + 2, width - 2 * MARGIN, 1, GRID);
         let ty = top + GAP;
         canvas.text(MARGIN, ty, &format!("#{}", pick.order + 1), TEXT_SCALE, AFTER);
-        canvas.text(MARGIN + 4 * 8 * TEXT_SCALE, ty, &fit(volume.id, 16), TEXT_SCALE, INK);
+        // The id in full where it fits in two lines of the caption column.
+        let per_line = CAPTION_W / (8 * TEXT_SCALE);
+        let id: Vec<char> = volume.id.chars().collect();
+        let id_lines: Vec<String> = id.chunks(per_line).map(|c| c.iter().collect()).collect();
+        let id_lines = if id_lines.len() > 2 {
+            vec![id_lines[0].clone(), fit(&id[per_line..].iter().collect::<String>(), per_line)]
+        } else {
+            id_lines
+        };
+        for (l, line) in id_lines.iter().enumerate() {
+            canvas.text(MARGIN, ty + (l + 1) * LINE, line, TEXT_SCALE, INK);
+        }
         for (l, line) in caption(pick).iter().enumerate() {
-            canvas.text(MARGIN, ty + (l + 2) * LINE, &fit(line, 20), TEXT_SCALE, INK);
+            canvas.text(MARGIN, ty + (l + 1 + id_lines.len()) * LINE + 8, &fit(line, per_line), TEXT_SCALE, INK);
         }
 
         let (image, _) = volume.image.to_canonical();
@@ -464,7 +477,7 @@ pub fn render_figure(report: &Report<'_>) -> Result<Canvas> {
             draw_edge_letters(&mut canvas, x, y, plane);
         }
         let cx = MARGIN + CAPTION_W + 3 * (PANEL + GAP);
-        canvas.text(cx, ty, "entropy", 1, MUTED);
+        canvas.text(cx, ty, "entropy", TEXT_SCALE, MUTED);
         draw_colorbar(&mut canvas, cx + 4, ty + LINE, PANEL);
     }
 
@@ -478,7 +491,7 @@ pub fn render_figure(report: &Report<'_>) -> Result<Canvas> {
 /// Grouped bars (before grey, after blue) per row, y axis 0..1, value on each bar.
 fn draw_dice_chart(canvas: &mut Canvas, x: usize, y: usize, w: usize, h: usize, dice: &DiceTable) {
     canvas.fill_rect(x, y, w, 1, GRID);
-    let title = format!("Dice before / after adaptation, per {}: {}", dice.row_kind, dice.description);
+    let title = format!("Dice before / after adaptation, per {}", dice.row_kind);
     canvas.text(x, y + 8, &fit(&title, w / (8 * TEXT_SCALE)), TEXT_SCALE, INK);
     // Legend.
     let ly = y + 8 + LINE;
@@ -486,8 +499,10 @@ fn draw_dice_chart(canvas: &mut Canvas, x: usize, y: usize, w: usize, h: usize, 
     canvas.text(x + 22, ly, "before", TEXT_SCALE, INK);
     canvas.fill_rect(x + 140, ly, 16, 16, AFTER);
     canvas.text(x + 162, ly, "after", TEXT_SCALE, INK);
+    let chars = w.saturating_sub(260) / (8 * TEXT_SCALE);
+    canvas.text(x + 260, ly, &fit(&dice.description, chars), TEXT_SCALE, MUTED);
 
-    let axis_x = x + 56;
+    let axis_x = x + 72;
     let plot_top = ly + LINE + 16;
     let plot_h = h - (plot_top - y) - LINE - 8;
     let plot_w = w - (axis_x - x);
@@ -513,10 +528,11 @@ fn draw_dice_chart(canvas: &mut Canvas, x: usize, y: usize, w: usize, h: usize, 
                 let top = y_of(value);
                 canvas.fill_rect(bx + 2, top, bar_w - 4, y_of(0.0) - top, color);
             }
-            let lw = text_width(&label, 1);
+            let scale = if bar_w >= 72 { TEXT_SCALE } else { 1 };
+            let lw = text_width(&label, scale);
             let lx = bx + bar_w.saturating_sub(lw) / 2;
             let vy = if value.is_finite() { y_of(value) } else { y_of(0.0) };
-            canvas.text(lx, vy.saturating_sub(10), &label, 1, INK);
+            canvas.text(lx, vy.saturating_sub(4 + 8 * scale), &label, scale, INK);
         }
         let name = fit(&row.name, (group_w / (8 * TEXT_SCALE)).max(1));
         let nx = axis_x + n * group_w + group_w.saturating_sub(text_width(&name, TEXT_SCALE)) / 2;

@@ -75,13 +75,14 @@ pub fn run(args: &Args) -> Result<()> {
         });
         println!("{summary}");
     } else {
+        let w = scores.iter().map(|s| s.id.len()).max().unwrap_or(2).max(2);
         println!(
-            "{:<28} {:>10} {:>10} {:>8} {:>10} {:>10}",
+            "{:<w$} {:>10} {:>10} {:>8} {:>10} {:>10}",
             "id", "gap_kl", "gap_anchor", "asd", "confidence", "foreground"
         );
         for s in &scores {
             println!(
-                "{:<28} {:>10.4} {:>10.4} {:>8.4} {:>10.4} {:>10.4}",
+                "{:<w$} {:>10.4} {:>10.4} {:>8.4} {:>10.4} {:>10.4}",
                 s.id, s.gap_kl, s.gap_anchor, s.asd, s.confidence, s.foreground_fraction
             );
         }

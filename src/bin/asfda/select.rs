@@ -102,13 +102,14 @@ fn print_table(selection: &Selection, pool: usize) {
         selection.options.gap.name(),
         selection.options.seed
     );
+    let w = selection.picks.iter().map(|p| p.id.len()).max().unwrap_or(2).max(2);
     println!(
-        "{:>5}  {:<28} {:>8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}",
+        "{:>5}  {:<w$} {:>8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}",
         "order", "id", "combined", "gap", "gap rank", "diversity", "DKD rank", "ASD", "ASD rank"
     );
     for p in &selection.picks {
         println!(
-            "{:>5}  {:<28} {:>8.3} {:>9.4} {:>9.3} {:>9.4} {:>8.3} {:>9.4} {:>8.3}",
+            "{:>5}  {:<w$} {:>8.3} {:>9.4} {:>9.3} {:>9.4} {:>8.3} {:>9.4} {:>8.3}",
             p.order + 1,
             p.id,
             p.combined,
