@@ -244,6 +244,9 @@ fn other_errors_and_help() {
     assert!(stderr(&out).contains("no images given"));
     let out = asfda(&["score", "--out", "x.jsonl", "--folder", s(dir.path())]);
     assert!(stderr(&out).contains("no .nii or .nii.gz files in"));
+    let nowhere = dir.path().join("no/such/folder/s.jsonl");
+    let out = asfda(&["score", "--out", s(&nowhere), s(&missing)]);
+    assert!(stderr(&out).contains("the folder of --out"), "fails before scoring");
     let out = asfda(&["frobnicate"]);
     assert!(!out.status.success() && stderr(&out).contains("unknown command 'frobnicate'"));
     for command in ["info", "score", "select", "segment", "report", "run-model", "demo"] {

@@ -73,3 +73,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Fails early (before minutes of inference) when `path`'s folder does not exist.
+pub fn check_output(path: &Path, flag: &str) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            Err(Error::invalid_argument(format!("the folder of --{flag} '{}' does not exist", path.display())))
+        }
+        _ => Ok(()),
+    }
+}

@@ -7,7 +7,7 @@ use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{Args, Spec};
-use crate::files::{inputs, write_atomically};
+use crate::files::{check_output, inputs, write_atomically};
 use crate::progress::Progress;
 
 pub const SPEC: Spec = Spec {
@@ -35,6 +35,7 @@ A volume that fails is reported and skipped; the exit status is then 1.
 
 pub fn run(args: &Args) -> Result<()> {
     let out = args.path("out")?;
+    check_output(&out, "out")?;
     let volumes = inputs(&args.positional, args.get("folder"))?;
     let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
     let cancel = Cancel::new()?;

@@ -8,7 +8,7 @@ use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{Args, Spec};
-use crate::files::volume_id;
+use crate::files::{check_output, volume_id};
 use crate::progress::Progress;
 
 pub const SPEC: Spec = Spec {
@@ -38,6 +38,13 @@ pub fn run(args: &Args) -> Result<()> {
     let out = args.path("out")?;
     let entropy_path = args.get("entropy").map(PathBuf::from);
     let probabilities_path = args.get("probabilities").map(PathBuf::from);
+    for (path, flag) in
+        [(Some(&out), "out"), (entropy_path.as_ref(), "entropy"), (probabilities_path.as_ref(), "probabilities")]
+    {
+        if let Some(path) = path {
+            check_output(path, flag)?;
+        }
+    }
     let image = read_nifti(&image_path, &ReadOptions::default())?;
     let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
     let classes = engine.bundle().manifest().classes.clone();
