@@ -2,7 +2,6 @@
 //! of annotated volumes with patches of reliable pseudo-labelled ones, ramps the pseudo-label
 //! weight, decays the learning rate, and saves, resumes, evaluates and exports the result.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{s, Array3, Array4, Array5, Axis};
@@ -248,29 +247,19 @@ impl FineTuner {
         let training = engine.bundle().training()?;
         let cp = checkpoint::read(path, &training.io.step_checkpoint_key)?;
         let name = &engine.bundle().manifest().name;
-        let saved_for = cp.metadata.get(checkpoint::KEY_BUNDLE).map(String::as_str).unwrap_or("");
-        if saved_for != name {
+        if cp.meta.bundle != *name {
             return Err(Error::invalid_data(format!(
-                "checkpoint '{}' was saved for model bundle '{saved_for}', not '{name}'",
-                path.display()
+                "checkpoint '{}' was saved for model bundle '{}', not '{name}'",
+                path.display(),
+                cp.meta.bundle
             )));
         }
-        let base_step: i64 =
-            cp.metadata.get(checkpoint::KEY_BASE_STEP).and_then(|s| s.parse().ok()).ok_or_else(|| {
-                Error::invalid_data(format!(
-                    "checkpoint '{}' has no valid '{}' metadata",
-                    path.display(),
-                    checkpoint::KEY_BASE_STEP
-                ))
-            })?;
+        let base_step = cp.meta.base_step;
         let options = match options {
             Some(o) => o,
-            None => {
-                let json = cp.metadata.get(checkpoint::KEY_OPTIONS).map(String::as_str).unwrap_or("");
-                serde_json::from_str(json).map_err(|e| {
-                    Error::invalid_data(format!("checkpoint '{}': unreadable options ({e})", path.display()))
-                })?
-            }
+            None => serde_json::from_value(cp.meta.options.clone()).map_err(|e| {
+                Error::invalid_data(format!("checkpoint '{}': unreadable options ({e})", path.display()))
+            })?,
         };
         if cp.step < base_step {
             return Err(Error::invalid_data(format!(
@@ -569,14 +558,13 @@ impl FineTuner {
 
     /// The checkpoint bytes (see [`super::checkpoint`]).
     fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
-        let options = serde_json::to_string(&self.options).map_err(|e| Error::internal(e.to_string()))?;
-        let metadata = HashMap::from([
-            (checkpoint::KEY_FORMAT.to_string(), checkpoint::FORMAT.to_string()),
-            (checkpoint::KEY_BUNDLE.to_string(), self.manifest.name.clone()),
-            (checkpoint::KEY_BASE_STEP.to_string(), self.base_step.to_string()),
-            (checkpoint::KEY_OPTIONS.to_string(), options),
-        ]);
-        checkpoint::encode(self.trainer.state(), self.trainer.step_key(), self.trainer.steps_taken(), metadata)
+        let meta = checkpoint::Meta {
+            format: checkpoint::FORMAT.to_string(),
+            bundle: self.manifest.name.clone(),
+            base_step: self.base_step,
+            options: serde_json::to_value(&self.options).map_err(|e| Error::internal(e.to_string()))?,
+        };
+        checkpoint::encode(self.trainer.state(), self.trainer.step_key(), self.trainer.steps_taken(), &meta)
     }
 
     /// Saves weights, AdamW moments, step count, options and the bundle's name to `path`
