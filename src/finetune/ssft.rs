@@ -484,7 +484,7 @@ impl FineTuner {
         let t = self.steps_done();
         if o.pseudo_label_refresh_every > 0
             && t > 0
-            && t % o.pseudo_label_refresh_every == 0
+            && t.is_multiple_of(o.pseudo_label_refresh_every)
             && self.labeler_step != Some(t)
         {
             self.refresh_pseudo_labels(t)?;
