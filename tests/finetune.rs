@@ -244,7 +244,7 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
     assert!((kept - labelled as f64 / valid_voxels as f64).abs() < 1e-12);
 
     // Sampling: labelled share, foreground-centred share, centres on their class.
-    let labels_l = tuner.labels("l").unwrap().clone();
+    let labels_l = tuner.labels("l").unwrap();
     let draws = 600;
     let (mut n_labeled, mut n_fg, mut n) = (0, 0, 0);
     for t in 0..draws {
@@ -254,7 +254,7 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
             if let Some((class, v)) = p.patch.centre {
                 n_fg += 1;
                 assert!([1, 2, 3].contains(&class));
-                let map = if p.labeled { &labels_l } else { pseudo };
+                let map = if p.labeled { &labels_l } else { &pseudo };
                 assert_eq!(map[v], class as i64, "{p:?}");
             }
         }

@@ -139,6 +139,9 @@ pub struct StepReport {
     pub pseudo_in_batch: usize,
 }
 
+/// Marks ignored voxels in the stored label maps (models have at most 255 classes here).
+const IGNORED: u8 = u8::MAX;
+
 /// One patch of a planned batch ([`FineTuner::plan_batch`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedPatch {
@@ -155,8 +158,11 @@ struct Sample {
     id: String,
     /// [C, Z, Y, X], preprocessed.
     image: Array4<f32>,
-    /// [Z, Y, X]: classes, or the ignore label (padding, unreliable pseudo-labels).
-    labels: Array3<i64>,
+    /// [Z, Y, X]: class indices, or [`IGNORED`] (padding, unreliable pseudo-labels); one byte a
+    /// voxel instead of the train step's i64, converted per patch.
+    labels: Array3<u8>,
+    /// Voxels not [`IGNORED`] (a pseudo-labelled volume without any teaches nothing).
+    reliable: usize,
     /// Per-channel background (minimum), to pad patches reaching outside the grid.
     fill: Vec<f32>,
     foreground: ForegroundIndex,
@@ -208,6 +214,12 @@ impl FineTuner {
         if patch.iter().any(|&p| p % divisor != 0) {
             return Err(Error::invalid_argument(format!(
                 "fine-tuning options: patch_size {patch:?} must be multiples of {divisor} (the model's size_divisible_by)"
+            )));
+        }
+        if manifest.classes.len() > usize::from(IGNORED) {
+            return Err(Error::unsupported(format!(
+                "fine-tuning supports models with up to {IGNORED} classes; this one has {}",
+                manifest.classes.len()
             )));
         }
         let trainer = Trainer::new(bundle, &engine.options().runtime)?;
@@ -315,8 +327,9 @@ impl FineTuner {
 
     /// The training labels of an added volume on the padded model grid [Z, Y, X]: its annotation,
     /// or its pseudo-labels; the ignore label on padding and unreliable voxels.
-    pub fn labels(&self, id: &str) -> Option<&Array3<i64>> {
-        self.labeled.iter().chain(self.unlabeled.iter().map(|u| &u.sample)).find(|s| s.id == id).map(|s| &s.labels)
+    pub fn labels(&self, id: &str) -> Option<Array3<i64>> {
+        let sample = self.labeled.iter().chain(self.unlabeled.iter().map(|u| &u.sample)).find(|s| s.id == id)?;
+        Some(sample.labels.mapv(|l| if l == IGNORED { self.ignore } else { i64::from(l) }))
     }
 
     /// The label value the loss ignores (from the manifest).
@@ -337,7 +350,12 @@ impl FineTuner {
         image.check_same_grid(label, &format!("add_labeled('{id}'): the image and its label volume"))?;
         self.check_label_values(id, label)?;
         let prepared = prepare(image, &self.manifest.input)?;
-        let labels = prepared.grid.labels_to_model(label, self.ignore)?;
+        // Values were checked to be classes, so everything else is the padding's ignore label.
+        let labels =
+            prepared
+                .grid
+                .labels_to_model(label, self.ignore)?
+                .mapv(|l| if l == self.ignore { IGNORED } else { l as u8 });
         let sample = self.sample(id, prepared.image, labels);
         let at = self.labeled.partition_point(|s| s.id.as_str() < id);
         self.labeled.insert(at, sample);
@@ -381,10 +399,11 @@ impl FineTuner {
         Ok(())
     }
 
-    fn sample(&self, id: &str, image: Array4<f32>, labels: Array3<i64>) -> Sample {
+    fn sample(&self, id: &str, image: Array4<f32>, labels: Array3<u8>) -> Sample {
         let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
         let foreground = ForegroundIndex::new(&labels, &self.manifest.foreground_classes);
-        Sample { id: id.to_string(), image, labels, fill, foreground }
+        let reliable = labels.iter().filter(|&&l| l != IGNORED).count();
+        Sample { id: id.to_string(), image, labels, reliable, fill, foreground }
     }
 
     fn pseudo_label(&self, id: &str, image: &Volume) -> Result<(Sample, f64)> {
@@ -393,7 +412,7 @@ impl FineTuner {
         let probs = &inference.probabilities;
         let (_, z, y, x) = probs.dim();
         let tau = self.options.pseudo_label_threshold as f32;
-        let mut labels = Array3::from_elem((z, y, x), self.ignore);
+        let mut labels = Array3::from_elem((z, y, x), IGNORED);
         let [rz, ry, rx] = inference.grid.valid_region();
         let mut kept = 0usize;
         for k in rz.clone() {
@@ -405,7 +424,7 @@ impl FineTuner {
                             .enumerate()
                             .fold((0, f32::NEG_INFINITY), |b, (c, &p)| if p > b.1 { (c, p) } else { b });
                     if p >= tau {
-                        labels[[k, j, i]] = best as i64;
+                        labels[[k, j, i]] = best as u8;
                         kept += 1;
                     }
                 }
@@ -442,9 +461,7 @@ impl FineTuner {
     pub fn plan_batch(&self, t: u64) -> Vec<PlannedPatch> {
         let o = &self.options;
         // Pseudo-labelled volumes with at least one reliable voxel (the rest teach nothing).
-        let pseudo: Vec<usize> = (0..self.unlabeled.len())
-            .filter(|&i| self.unlabeled[i].sample.labels.iter().any(|&l| l != self.ignore))
-            .collect();
+        let pseudo: Vec<usize> = (0..self.unlabeled.len()).filter(|&i| self.unlabeled[i].sample.reliable > 0).collect();
         let mut rng = step_rng(o.seed, t);
         (0..o.batch_size)
             .map(|_| {
@@ -502,7 +519,7 @@ impl FineTuner {
         for (b, p) in plan.iter().enumerate() {
             let sample = if p.labeled { &self.labeled[p.volume] } else { &self.unlabeled[p.volume].sample };
             crop_image(&sample.image, p.patch.start, &sample.fill, image.index_axis_mut(Axis(0), b));
-            crop_labels(&sample.labels, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
+            crop_labels(&sample.labels, IGNORED, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
             weights.push(if p.labeled { 1.0f32 } else { lambda as f32 });
         }
         let n_labeled = plan.iter().filter(|p| p.labeled).count();
