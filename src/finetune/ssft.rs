@@ -51,8 +51,9 @@ pub struct FineTuneOptions {
     /// tau_pl: pseudo-label voxels whose top probability is below this are ignored by the loss.
     /// Default 0.9 (method.md).
     pub pseudo_label_threshold: f64,
-    /// Share of `total_steps` over which lambda ramps from ~0 to 1 (see
-    /// [`super::sampling::ramp_weight`]). Default 0.2 (method.md).
+    /// Share of `total_steps` over which lambda ramps from ~0 to 1: with `R = ramp_fraction * T`
+    /// and `x = clamp(t / R, 0, 1)`, `lambda(t) = exp(-5 (1 - x)^2)` (the "sigmoid" ramp-up of
+    /// Laine & Aila and Mean Teacher; [`super::sampling::ramp_weight`]). Default 0.2 (method.md).
     pub ramp_fraction: f64,
     /// Recompute pseudo-labels with the current fine-tuned weights every this many steps
     /// (0 = never: they come from the bundle's weights). Default 0 [RECON].
