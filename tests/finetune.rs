@@ -467,3 +467,31 @@ fn refreshed_pseudo_labels_come_from_the_fine_tuned_weights_and_resume_at_a_boun
     assert_eq!(got.loss.to_bits(), expected.loss.to_bits());
     assert!(weights_bits(&a) == weights_bits(&b));
 }
+
+#[test]
+fn shared_pseudo_labels_train_like_add_unlabeled() {
+    let engine = engine();
+    let (image, label) = small("pd", 0);
+    let (other, _) = small("pd", 1);
+    let o = options(32, 2, 10, 3);
+    let mut direct = FineTuner::new(&engine, o.clone()).unwrap();
+    direct.add_labeled("a", &image, &label).unwrap();
+    let kept = direct.add_unlabeled("b", &other).unwrap();
+
+    let mut shared = FineTuner::new(&engine, o.clone()).unwrap();
+    shared.add_labeled("a", &image, &label).unwrap();
+    let pseudo = FineTuner::new(&engine, o.clone()).unwrap().pseudo_label_volume("b", &other).unwrap();
+    assert_eq!((pseudo.id(), pseudo.kept_fraction()), ("b", kept));
+    assert_eq!(shared.add_pseudo_labeled(&pseudo).unwrap(), kept);
+    assert_eq!(shared.labels("b"), direct.labels("b"));
+    for _ in 0..2 {
+        assert_eq!(shared.step().unwrap(), direct.step().unwrap());
+    }
+    assert_eq!(weights_bits(&shared), weights_bits(&direct));
+
+    // Another threshold labels differently: refused, as is an id added twice.
+    let mut strict = FineTuner::new(&engine, FineTuneOptions { pseudo_label_threshold: 0.99, ..o }).unwrap();
+    let err = strict.add_pseudo_labeled(&pseudo).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(shared.add_pseudo_labeled(&pseudo).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}

@@ -155,6 +155,7 @@ pub struct PlannedPatch {
 }
 
 /// One volume ready for patch sampling, on the padded model grid.
+#[derive(Clone)]
 struct Sample {
     id: String,
     /// [C, Z, Y, X], preprocessed.
@@ -167,6 +168,33 @@ struct Sample {
     /// Per-channel background (minimum), to pad patches reaching outside the grid.
     fill: Vec<f32>,
     foreground: ForegroundIndex,
+}
+
+/// A pseudo-labelled volume ready to add to a [`FineTuner`] ([`FineTuner::pseudo_label_volume`]).
+#[derive(Clone)]
+pub struct PseudoLabeled {
+    sample: Sample,
+    kept: f64,
+    origin: PseudoOrigin,
+}
+
+impl PseudoLabeled {
+    pub fn id(&self) -> &str {
+        &self.sample.id
+    }
+
+    /// Fraction of the volume's voxels whose pseudo-label is kept (confidence >= threshold).
+    pub fn kept_fraction(&self) -> f64 {
+        self.kept
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct PseudoOrigin {
+    bundle: String,
+    /// Step whose weights labelled (None: the bundle's).
+    labeler_step: Option<u64>,
+    threshold_bits: u64,
 }
 
 struct Unlabeled {
@@ -374,6 +402,48 @@ impl FineTuner {
         let at = self.unlabeled.partition_point(|u| u.sample.id.as_str() < id);
         self.unlabeled.insert(at, Unlabeled { sample, volume });
         Ok(kept)
+    }
+
+    /// Pseudo-labels `image` like [`FineTuner::add_unlabeled`] without adding it, so that several
+    /// fine-tuners on the same bundle (e.g. the runs of a benchmark, or retries with other
+    /// options) can share one inference per volume: add the result with
+    /// [`FineTuner::add_pseudo_labeled`].
+    pub fn pseudo_label_volume(&self, id: &str, image: &Volume) -> Result<PseudoLabeled> {
+        let (sample, kept) = self.pseudo_label(id, image)?;
+        Ok(PseudoLabeled { sample, kept, origin: self.pseudo_origin() })
+    }
+
+    /// Adds a volume pseudo-labelled by [`FineTuner::pseudo_label_volume`] (of this or another
+    /// fine-tuner). It must come from the same labelling weights and threshold as this
+    /// fine-tuner's own pseudo-labels, and refresh must be off (a refresh needs the volume).
+    /// Returns the fraction of voxels kept, as [`FineTuner::add_unlabeled`].
+    pub fn add_pseudo_labeled(&mut self, labeled: &PseudoLabeled) -> Result<f64> {
+        self.check_new_id(&labeled.sample.id)?;
+        if self.options.pseudo_label_refresh_every > 0 {
+            return Err(Error::invalid_argument(
+                "add_pseudo_labeled: pseudo-labels are refreshed in this run, which needs the volume: use add_unlabeled",
+            ));
+        }
+        if labeled.origin != self.pseudo_origin() {
+            return Err(Error::invalid_argument(format!(
+                "add_pseudo_labeled('{}'): made by {:?}, this fine-tuner labels with {:?}",
+                labeled.sample.id,
+                labeled.origin,
+                self.pseudo_origin()
+            )));
+        }
+        let at = self.unlabeled.partition_point(|u| u.sample.id < labeled.sample.id);
+        self.unlabeled.insert(at, Unlabeled { sample: labeled.sample.clone(), volume: None });
+        Ok(labeled.kept)
+    }
+
+    /// What pseudo-labels depend on besides the volume.
+    fn pseudo_origin(&self) -> PseudoOrigin {
+        PseudoOrigin {
+            bundle: self.manifest.name.clone(),
+            labeler_step: self.labeler_step,
+            threshold_bits: self.options.pseudo_label_threshold.to_bits(),
+        }
     }
 
     fn check_new_id(&self, id: &str) -> Result<()> {
