@@ -114,7 +114,7 @@ pub struct ModelGrid {
 /// orientation other than `"RAS"`; `InvalidData` for NaN/infinite voxels; `TooLarge` when the
 /// resampled volume would exceed 2^31 voxels.
 pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
-    check_input_spec(volume, input)?;
+    let grid = model_grid(volume, input)?;
     let nonfinite = volume.nonfinite_count();
     if nonfinite > 0 {
         return Err(Error::invalid_data(format!(
@@ -123,12 +123,35 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
             volume.data().len()
         )));
     }
+    let channels = volume.channels();
+    // An already-RAS volume is read in place: the first resampling pass (or the one copy that
+    // normalisation needs) reads the caller's voxels directly.
+    let canonical = if grid.orientation.is_identity() {
+        Cow::Borrowed(volume.data())
+    } else {
+        Cow::Owned(volume.to_canonical().0.into_data())
+    };
+    let mut data = resample_linear(canonical, grid.canonical_dims, channels, grid.resampled_dims);
+    let n: usize = grid.resampled_dims.iter().product();
+    for voxels in data.chunks_exact_mut(n) {
+        normalize(voxels, &input.normalization);
+    }
+    let [nx, ny, nz] = grid.resampled_dims;
+    let background: Vec<f32> = data.chunks_exact(n).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
+    let image = pad(data, [channels, nz, ny, nx], grid.pad_before, grid.pad_after, &background)?;
+    Ok(Prepared { image, grid })
+}
 
-    let (canonical, orientation) = volume.to_canonical();
-    let canonical_dims = canonical.dims();
-    let canonical_affine = canonical.affine();
-    let channels = canonical.channels();
-    let resampled_dims = target_dims(canonical_dims, canonical.spacing(), input.spacing_mm);
+/// The [`ModelGrid`] [`prepare`] would produce for `volume`, from its geometry alone (no voxel is
+/// read or copied), e.g. to size the working memory before any allocation. Same errors as
+/// [`prepare`] except the NaN check.
+pub fn model_grid(volume: &Volume, input: &InputSpec) -> Result<ModelGrid> {
+    check_input_spec(volume, input)?;
+    let (orientation, canonical_dims, canonical_affine) = volume.canonical_geometry();
+    let channels = volume.channels();
+    let canonical_spacing: [f64; 3] =
+        std::array::from_fn(|c| (0..3).map(|r| canonical_affine[r][c] * canonical_affine[r][c]).sum::<f64>().sqrt());
+    let resampled_dims = target_dims(canonical_dims, canonical_spacing, input.spacing_mm);
     let too_large = |what: &str, dims: [usize; 3]| {
         let total = dims.iter().try_fold(channels, |acc, &d| acc.checked_mul(d));
         if total.is_some_and(|t| t <= MAX_VOXELS) {
@@ -138,8 +161,7 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
             ErrorKind::TooLarge,
             format!(
                 "the {what} volume would have {dims:?} voxels x {channels} channel(s), more than {MAX_VOXELS} \
-                 (canonical dims {canonical_dims:?}, spacing {:?} mm -> {:?} mm)",
-                canonical.spacing(),
+                 (canonical dims {canonical_dims:?}, spacing {canonical_spacing:?} mm -> {:?} mm)",
                 input.spacing_mm
             ),
         ))
@@ -150,8 +172,7 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
         "padded",
         std::array::from_fn(|a| resampled_dims[a].saturating_add(pad_before[2 - a] + pad_after[2 - a])),
     )?;
-
-    let grid = ModelGrid {
+    Ok(ModelGrid {
         orientation,
         original_dims: volume.dims(),
         original_affine: volume.affine(),
@@ -161,17 +182,32 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
         resampled_affine: resampled_affine(&canonical_affine, canonical_dims, resampled_dims),
         pad_before,
         pad_after,
-    };
+    })
+}
 
-    let mut data = resample_linear(canonical.into_data(), canonical_dims, channels, resampled_dims);
-    let n: usize = resampled_dims.iter().product();
-    for voxels in data.chunks_exact_mut(n) {
-        normalize(voxels, &input.normalization);
+/// Peak elements held at once by [`resample_linear`] from `dims` to `new_dims` with `channels`
+/// channels (the source counted only when `source_owned`), for memory estimates.
+pub(crate) fn resample_peak_elements(
+    dims: [usize; 3],
+    channels: usize,
+    new_dims: [usize; 3],
+    source_owned: bool,
+) -> usize {
+    let size = |d: [usize; 3]| d.iter().product::<usize>() * channels;
+    let axes = resample_order(dims, new_dims);
+    if axes.is_empty() {
+        return size(dims) * if source_owned { 1 } else { 2 };
     }
-    let [nx, ny, nz] = resampled_dims;
-    let background: Vec<f32> = data.chunks_exact(n).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
-    let image = pad(data, [channels, nz, ny, nx], grid.pad_before, grid.pad_after, &background)?;
-    Ok(Prepared { image, grid })
+    let mut current = dims;
+    let mut peak = 0;
+    for (i, axis) in axes.into_iter().enumerate() {
+        let mut next = current;
+        next[axis] = new_dims[axis];
+        let held = if i == 0 && !source_owned { 0 } else { size(current) };
+        peak = peak.max(held + size(next));
+        current = next;
+    }
+    peak
 }
 
 impl ModelGrid {
@@ -261,7 +297,7 @@ impl ModelGrid {
         let k = map.shape()[0];
         self.check_model_shape(&map.shape()[1..], k, "to_original: the map")?;
         let data = crop(map, self.valid_region());
-        let data = resample_linear(data, self.resampled_dims, k, self.canonical_dims);
+        let data = resample_linear(Cow::Owned(data), self.resampled_dims, k, self.canonical_dims);
         self.canonical_to_original(data, k)
     }
 
@@ -550,20 +586,33 @@ fn gaussian_kernel(sigma: f64) -> Vec<f64> {
 /// Separable trilinear resampling (with anti-aliasing) of `channels` channels from `dims` to
 /// `new_dims` (x, y, z; x fastest, channel slowest). Axes whose size does not change are untouched;
 /// the others are done one at a time, the most shrinking first, so later passes work on less data.
-fn resample_linear(data: Vec<f32>, dims: [usize; 3], channels: usize, new_dims: [usize; 3]) -> Vec<f32> {
-    let mut axes: Vec<usize> = (0..3).filter(|&a| dims[a] != new_dims[a]).collect();
-    axes.sort_by(|&a, &b| {
-        let ratio = |axis: usize| new_dims[axis] as f64 / dims[axis] as f64;
-        ratio(a).total_cmp(&ratio(b))
-    });
-    let mut current = data;
+fn resample_linear(data: Cow<'_, [f32]>, dims: [usize; 3], channels: usize, new_dims: [usize; 3]) -> Vec<f32> {
+    let axes = resample_order(dims, new_dims);
+    let Some((&first, rest)) = axes.split_first() else {
+        return data.into_owned();
+    };
+    // The first pass reads the source where it lies (possibly the caller's volume).
     let mut current_dims = dims;
-    for axis in axes {
+    let mut current = resample_axis(&data, current_dims, channels, first, &Taps::linear(dims[first], new_dims[first]));
+    drop(data);
+    current_dims[first] = new_dims[first];
+    for &axis in rest {
         let taps = Taps::linear(current_dims[axis], new_dims[axis]);
         current = resample_axis(&current, current_dims, channels, axis, &taps);
         current_dims[axis] = new_dims[axis];
     }
     current
+}
+
+/// The axes [`resample_linear`] resamples, in order: those whose size changes, the most
+/// shrinking first, so later passes work on less data.
+fn resample_order(dims: [usize; 3], new_dims: [usize; 3]) -> Vec<usize> {
+    let mut axes: Vec<usize> = (0..3).filter(|&a| dims[a] != new_dims[a]).collect();
+    axes.sort_by(|&a, &b| {
+        let ratio = |axis: usize| new_dims[axis] as f64 / dims[axis] as f64;
+        ratio(a).total_cmp(&ratio(b))
+    });
+    axes
 }
 
 /// One resampling pass along `axis` of a `dims` x `channels` buffer.
