@@ -268,7 +268,9 @@ typedef struct AsfdaEngineOptions {
    */
   bool mirror;
   /**
-   * Refuse volumes needing more working memory than this (bytes); 0 = no limit.
+   * Refuse calls whose estimated working memory passes this many bytes (0 = no limit): the
+   * peak of asfda's own buffers, the input volume and the outputs asked for included (ONNX
+   * Runtime's arena is not), checked before any allocation; ASFDA_STATUS_TOO_LARGE names it.
    */
   uint64_t memory_limit_bytes;
 } AsfdaEngineOptions;

@@ -5,6 +5,13 @@
 //! The inference graph's bytes stay in memory, so fine-tuned weights can replace the session's
 //! initializers ([`Engine::set_weights`]) without reading the disk again; a call in flight
 //! finishes on the model it started with.
+//!
+//! Memory: segment and score stream the blended logits in z-slabs (see
+//! [`crate::window::sliding_window_slabs`]) and read a volume already in RAS order at the model
+//! spacing in place, so for a 512 x 512 x 400 volume with 4 classes the Rust heap peaks at about
+//! 2x-2.3x the input's f32 size (docs/bench-scoring.md, "Memory"). [`Engine::memory_estimate`]
+//! models that working set; the memory limit refuses a call, before any allocation, when the
+//! estimate passes it.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -14,7 +21,7 @@ use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView4, ArrayViewMut4, Axis
 use crate::bundle::{Bundle, SourceKnowledge};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
-use crate::preprocess::{model_grid, prepare, resample_peak_elements, ModelGrid, Prepared};
+use crate::preprocess::{model_grid, prepare_in_place, resample_peak_elements, ModelGrid, ModelImage};
 use crate::runtime::{Device, RuntimeOptions};
 use crate::score::{entropy_map, Score, ScoreOptions, VolumeStats};
 use crate::volume::Volume;
@@ -26,7 +33,9 @@ pub struct EngineOptions {
     pub runtime: RuntimeOptions,
     pub window: WindowOptions,
     pub score: ScoreOptions,
-    /// Refuse volumes whose working memory would exceed this many bytes (0 = no limit).
+    /// Refuse calls whose estimated working memory ([`Engine::memory_estimate`]: asfda's buffers,
+    /// the input and the outputs asked for; not ONNX Runtime's arena) exceeds this many bytes
+    /// (0 = no limit).
     pub memory_limit_bytes: u64,
 }
 
@@ -169,7 +178,7 @@ impl Engine {
     /// Holds the whole [classes, Z, Y, X] probability volume; [`Engine::segment`] and
     /// [`Engine::score`] stream z-slabs instead.
     pub fn infer(&self, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Inference> {
-        let Prepared { image, grid } = self.prepare(volume, Work::Infer)?;
+        let (image, grid) = self.prepare(volume, Work::Infer)?;
         let [z, y, x] = grid.model_shape();
         let mut probabilities: Option<Array4<f32>> = None;
         let features = self.stream(image, cancel, progress, &mut |z0, mut slab| {
@@ -195,7 +204,7 @@ impl Engine {
         cancel: &Cancel,
         progress: Progress<'_>,
     ) -> Result<Segmentation> {
-        let Prepared { image, grid } = self.prepare(volume, Work::Segment(outputs))?;
+        let (image, grid) = self.prepare(volume, Work::Segment(outputs))?;
         let [z, y, x] = grid.model_shape();
         let mut labels = Array3::<u8>::zeros((z, y, x));
         let mut entropy = outputs.entropy.then(|| Array3::<f32>::zeros((z, y, x)));
@@ -228,7 +237,7 @@ impl Engine {
                 self.bundle.dir().display()
             ))
         })?;
-        let Prepared { image, grid } = self.prepare(volume, Work::Score)?;
+        let (image, grid) = self.prepare(volume, Work::Score)?;
         let [vz, vy, vx] = grid.valid_region();
         let valid = [vz.len(), vy.len(), vx.len()];
         let mut stats: Option<VolumeStats> = None;
@@ -249,15 +258,15 @@ impl Engine {
         stats.into_score(id, features.view(), source)
     }
 
-    fn prepare(&self, volume: &Volume, work: Work) -> Result<Prepared> {
+    fn prepare<'a>(&self, volume: &'a Volume, work: Work) -> Result<(ModelImage<'a>, ModelGrid)> {
         self.check_memory(volume, work)?;
-        prepare(volume, &self.bundle.manifest().input)
+        prepare_in_place(volume, &self.bundle.manifest().input)
     }
 
     /// Runs the streaming sliding window over `image` (dropped when it ends) on the current model.
     fn stream(
         &self,
-        image: Array4<f32>,
+        image: ModelImage<'_>,
         cancel: &Cancel,
         progress: Progress<'_>,
         sink: &mut SlabSink<'_>,
@@ -266,15 +275,17 @@ impl Engine {
         let names = OutputNames { logits: &inference.logits, features: &inference.features };
         let tile = self.bundle.manifest().input.patch_size;
         let model = self.model();
-        sliding_window_slabs(&model, &names, image.view(), tile, &self.options.window, cancel, progress, sink)
+        sliding_window_slabs(&model, &names, &image, tile, &self.options.window, cancel, progress, sink)
     }
 
     /// Estimated peak heap bytes of `work` on `volume`, the caller's volume included (ONNX
     /// Runtime's own arena is not counted). The memory limit compares this number.
     ///
     /// Phases, each counted with what is alive then: preprocessing (a reoriented copy unless the
-    /// volume is already RAS, the resampling passes, the padded model-grid image); the streaming
-    /// window (image, accumulators over one tile of z, the batch tensors, the model-grid outputs:
+    /// volume is already RAS, the resampling passes, the padded model-grid image — none of which
+    /// exists when the volume is already RAS at the model spacing: tiles are then read from the
+    /// caller's voxels); the streaming window (image, accumulators over one tile of z, the batch
+    /// tensors, the model-grid outputs:
     /// u8 labels, and the entropy/probability maps only if asked for); mapping outputs back onto
     /// the original grid (f32 label volume, then each optional map).
     pub fn memory_estimate(&self, volume: &Volume, work: Work) -> Result<u64> {
@@ -287,10 +298,21 @@ impl Engine {
         let reoriented = !grid.orientation().is_identity();
         let resampled = c * voxels(grid.resampled_dims()) * f;
         let model_voxels = voxels(grid.model_shape());
-        let image = c * model_voxels * f;
+        // Read in place (no model-grid copy) when neither reoriented nor resampled.
+        let in_place = !reoriented && !grid.is_resampled();
+        let image = if in_place { 0 } else { c * model_voxels * f };
+        let percentile_copy = match m.input.normalization {
+            crate::bundle::Normalization::Percentile { .. } => voxels(grid.resampled_dims()) * f,
+            _ => 0,
+        };
         let prep = input
-            + (resample_peak_elements(grid.canonical_dims(), c, grid.resampled_dims(), reoriented) * f)
-                .max(resampled + image);
+            + percentile_copy
+            + if in_place {
+                0
+            } else {
+                (resample_peak_elements(grid.canonical_dims(), c, grid.resampled_dims(), reoriented) * f)
+                    .max(resampled + image)
+            };
 
         let [tz, ty, tx] = m.input.patch_size;
         let [_, my, mx] = grid.model_shape();

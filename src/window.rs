@@ -2,6 +2,10 @@
 //! favours tile centres, several tiles per ONNX Runtime run, per-class logit accumulation, and
 //! optional mirroring test-time augmentation. Also collects each tile's feature vector (the
 //! embedding used for domain-gap scoring).
+//!
+//! Memory: [`sliding_window_slabs`] runs the tiles in z order and keeps the accumulators only over
+//! the z range of one tile, handing each finished z-slab to a sink; the volume-sized blend of
+//! [`sliding_window`] is built on top of it for callers that want it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -168,7 +172,7 @@ pub fn sliding_window(
 ) -> Result<WindowOutput> {
     let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
     let mut logits: Option<Array4<f32>> = None;
-    let features = sliding_window_slabs(model, names, image, tile, options, cancel, progress, &mut |z0, slab| {
+    let features = sliding_window_slabs(model, names, &image, tile, options, cancel, progress, &mut |z0, slab| {
         let full = logits.get_or_insert_with(|| Array4::zeros((slab.shape()[0], shape[0], shape[1], shape[2])));
         full.slice_mut(s![.., z0..z0 + slab.shape()[1], .., ..]).assign(&slab);
         Ok(())
@@ -177,11 +181,31 @@ pub fn sliding_window(
     Ok(WindowOutput { logits, features })
 }
 
+/// Where the sliding window reads its tiles from: a [C, Z, Y, X] array, or an image that makes
+/// its tiles on demand ([`crate::preprocess::ModelImage`]).
+pub trait TileSource {
+    /// Spatial shape (z, y, x).
+    fn shape(&self) -> [usize; 3];
+    /// The tiles at `starts` as one batch [B, C, z, y, x].
+    fn gather(&self, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32>;
+}
+
+impl TileSource for ArrayView4<'_, f32> {
+    fn shape(&self) -> [usize; 3] {
+        let s = ArrayView4::shape(self);
+        [s[1], s[2], s[3]]
+    }
+
+    fn gather(&self, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32> {
+        gather_tiles(self.view(), starts, tile)
+    }
+}
+
 /// Receives consecutive z-slabs of blended logits: (first z, [classes, dz, Y, X]). The slab may be
 /// changed in place (e.g. turned into probabilities); it is scratch memory once the call returns.
 pub type SlabSink<'a> = dyn FnMut(usize, ArrayViewMut4<'_, f32>) -> Result<()> + 'a;
 
-/// The sliding window, streaming: tiles run in z order and the logits are accumulated only over
+/// The sliding window, streaming, over `image` (normalised, at least one tile in size): tiles run in z order and the logits are accumulated only over
 /// the z range the current row of tiles covers ([classes + 1, tile z, Y, X] floats). As soon as no
 /// remaining tile touches a slice, it is normalised by the Gaussian weights and handed to `sink`,
 /// in increasing z, each slice exactly once. Returns the per-tile features [tiles, F].
@@ -193,7 +217,7 @@ pub type SlabSink<'a> = dyn FnMut(usize, ArrayViewMut4<'_, f32>) -> Result<()> +
 pub fn sliding_window_slabs(
     model: &Model,
     names: &OutputNames<'_>,
-    image: ArrayView4<'_, f32>,
+    image: &dyn TileSource,
     tile: [usize; 3],
     options: &WindowOptions,
     cancel: &Cancel,
@@ -201,7 +225,7 @@ pub fn sliding_window_slabs(
     sink: &mut SlabSink<'_>,
 ) -> Result<Array2<f32>> {
     options.validate()?;
-    let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
+    let shape = image.shape();
     if shape.iter().zip(&tile).any(|(s, t)| s < t) {
         return Err(Error::invalid_argument(format!(
             "image {shape:?} is smaller than the tile {tile:?}: pad it first"
@@ -219,7 +243,7 @@ pub fn sliding_window_slabs(
     let mut done = 0usize;
 
     for batch in starts.chunks(options.tiles_per_batch) {
-        let input = gather_tiles(image, batch, tile);
+        let input = image.gather(batch, tile);
         let mut summed: Option<Array5<f32>> = None;
         for axes in &flips {
             if cancel.is_cancelled() {

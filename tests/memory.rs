@@ -105,13 +105,13 @@ fn phantom(dims: [usize; 3], spacing: f64) -> Volume {
 
 /// Segments and scores a volume of `dims` at 0.5 mm and returns (peak heap bytes over the
 /// baseline, including the input; input bytes; the engine's estimate for segmentation).
-fn measure(dims: [usize; 3]) -> (usize, usize, u64) {
+fn measure(dims: [usize; 3], spacing: f64) -> (usize, usize, u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
     let engine = Engine::new(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo_brain_unet"), options).unwrap();
     let baseline = CURRENT.load(Ordering::SeqCst);
     PEAK.store(baseline, Ordering::SeqCst);
-    let image = phantom(dims, 0.5);
+    let image = phantom(dims, spacing);
     let input = image.data().len() * 4;
     let estimate = engine.memory_estimate(&image, Work::Segment(SegmentOutputs::default())).unwrap();
     let cancel = Cancel::new().unwrap();
@@ -121,11 +121,12 @@ fn measure(dims: [usize; 3]) -> (usize, usize, u64) {
     assert!(classes.len() >= 2, "the phantom should give more than one class: {classes:?}");
     drop(seg);
     let score = engine.score("big", &image, &cancel, &mut |_| true).unwrap();
-    // Scored over the unpadded model grid: 0.5 mm -> 2 mm is a quarter of each axis.
-    assert_eq!(score.voxels, dims.iter().map(|&d| (d as u64).div_ceil(4)).product::<u64>());
+    // Scored over the unpadded model grid (2 mm).
+    let model_dims = dims.map(|d| (d as f64 * spacing / 2.0).round() as u64);
+    assert_eq!(score.voxels, model_dims.iter().product::<u64>());
     let peak = PEAK.load(Ordering::SeqCst) - baseline;
     eprintln!(
-        "memory {dims:?}: input {} MiB, peak Rust heap {} MiB ({:.2}x the input), estimate {} MiB, VmHWM {}",
+        "memory {dims:?} at {spacing} mm: input {} MiB, peak Rust heap {} MiB ({:.2}x the input), estimate {} MiB, VmHWM {}",
         input >> 20,
         peak >> 20,
         peak as f64 / input as f64,
@@ -148,10 +149,19 @@ fn measure(dims: [usize; 3]) -> (usize, usize, u64) {
 }
 
 fn check(dims: [usize; 3]) {
-    let (peak, input, estimate) = measure(dims);
+    let (peak, input, estimate) = measure(dims, 0.5);
     assert!(peak <= 3 * input, "peak Rust heap {peak} bytes > 3x the input's {input}");
     assert!(estimate >= peak as u64, "the memory estimate {estimate} is below the measured peak {peak}");
     assert!(estimate <= 3 * input as u64, "the estimate {estimate} > 3x the input {input}");
+}
+
+/// At the model's own spacing the volume is read in place and the accumulators span one tile of
+/// z over the whole plane, so the ratio depends on the volume's depth (it is not asserted here);
+/// the estimate must still cover the measured peak.
+#[test]
+fn the_estimate_covers_the_peak_when_the_volume_is_read_in_place() {
+    let (peak, _, estimate) = measure([128, 128, 96], 2.0);
+    assert!(estimate >= peak as u64, "the memory estimate {estimate} is below the measured peak {peak}");
 }
 
 #[test]
@@ -160,7 +170,7 @@ fn a_quarter_size_volume_stays_within_three_times_its_input() {
 }
 
 #[test]
-#[ignore = "512x512x400 (400 MiB input, ~1.5 GB peak incl. ORT); run by hand: cargo test --release --test memory -- --ignored"]
+#[ignore = "512x512x400: 400 MiB input, ~1.2 GB peak RSS, ~70 s in release; run by hand: cargo test --release --test memory -- --ignored"]
 fn a_512_by_512_by_400_volume_stays_within_three_times_its_input() {
     check([512, 512, 400]);
 }

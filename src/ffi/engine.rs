@@ -35,7 +35,9 @@ pub struct AsfdaEngineOptions {
     pub tiles_per_batch: u32,
     /// Average 8 mirrored passes (8x slower). Default false.
     pub mirror: bool,
-    /// Refuse volumes needing more working memory than this (bytes); 0 = no limit.
+    /// Refuse calls whose estimated working memory passes this many bytes (0 = no limit): the
+    /// peak of asfda's own buffers, the input volume and the outputs asked for included (ONNX
+    /// Runtime's arena is not), checked before any allocation; ASFDA_STATUS_TOO_LARGE names it.
     pub memory_limit_bytes: u64,
 }
 
