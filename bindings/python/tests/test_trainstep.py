@@ -109,6 +109,7 @@ def test_gradients_match_autograd(model, graph, n, size, tol):
     assert rel_err(ort_grads(model, out), grads) < tol
 
 
+@pytest.mark.slow
 def test_gemm_weight_gradients(model, tmp_path):
     """weight_grad="gemm": weight gradients are MatMuls, not convolutions with a
     grad_output-sized kernel (the only Conv/ConvTranspose nodes are the forward pass and the
