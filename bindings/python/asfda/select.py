@@ -65,6 +65,9 @@ class SelectOptions:
         o = _lib.select_options_default()
         # Names are mapped by the library, so the C enum stays the one source of truth.
         code = C.c_int32()
+        for name in ("method", "gap"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"selection option {name} must be a name (str), got {getattr(self, name)!r}")
         _lib.check(_lib.select_method_from_name(_lib.c_string(self.method, "method"), C.byref(code)))
         o.method = code.value
         _lib.check(_lib.gap_kind_from_name(_lib.c_string(self.gap, "gap"), C.byref(code)))
@@ -213,6 +216,10 @@ def select(scores: Iterable[Score], budget: int, method: str = "asfda", seed: in
                             "(make one with Engine.score or Score.from_json)")
     if isinstance(labeled, (str, bytes)):
         raise TypeError("labeled must be a list of ids, not one string")
+    labeled = list(labeled)
+    for i in labeled:
+        if not isinstance(i, str):
+            raise TypeError(f"labeled ids must be str, got {i!r}")
     labeled = [_lib.c_string(i, f"labeled id {i!r}") for i in labeled]
     c_opts = opts._to_c()
     handles = (_lib.P * len(scores))(*[s._h.value for s in scores])

@@ -157,5 +157,9 @@ def test_errors_map_to_their_exception_classes():
         asfda.select(scores, 1, labeled="v00")
     with pytest.raises(TypeError):
         asfda.select(scores, 1, budgett=2)
+    with pytest.raises(TypeError, match="must be str"):
+        asfda.select(scores, 1, labeled=[3])
+    with pytest.raises(TypeError, match="method must be a name"):
+        asfda.select(scores, 1, method=0)
     with pytest.raises(ValueError, match="budget"):
         asfda.select(scores, -1)
