@@ -1,6 +1,9 @@
 """asfda.FineTuner over the library's asfda_finetuner_*: the real demo bundle and train step,
 on central crops of pd-site pool volumes (one inference tile each, to keep the debug build
 quick) with their oracle labels."""
+import sys
+import threading
+import time
 from dataclasses import fields
 
 import nibabel as nib
@@ -69,6 +72,33 @@ def test_loss_is_finite_and_falls(engine, pd0):
         assert (r.labeled_in_batch, r.pseudo_in_batch) == (2, 0)
     # Poly schedule from the given base lr, decreasing.
     assert reports[0].lr == pytest.approx(1e-3) and all(a.lr > b.lr for a, b in zip(reports, reports[1:]))
+    # The step releases the GIL: another thread counts while it runs. With the switch interval far
+    # above the step's length the interpreter never forces a hand-over, so that thread (which
+    # sleeps between counts) can only run while this one has released the GIL itself.
+    assert _counts_during(tuner.step) > 0
+
+
+def _counts_during(call) -> int:
+    counter, stop = [0], threading.Event()
+
+    def count():
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0.001)
+
+    old = sys.getswitchinterval()
+    t = threading.Thread(target=count, daemon=True)
+    t.start()
+    time.sleep(0.05)
+    sys.setswitchinterval(300.0)
+    try:
+        before = counter[0]
+        call()
+        return counter[0] - before
+    finally:
+        stop.set()
+        sys.setswitchinterval(old)
+        t.join()
 
 
 def test_resume_continues_exactly_and_evaluate_apply_export(engine, pd0, tmp_path):
