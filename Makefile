@@ -72,6 +72,7 @@ test-python:
 	ASFDA_LIBRARY=$(CURDIR)/target/debug/libasfda.so ASFDA_CLI=$(CURDIR)/target/debug/asfda \
 	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python bindings/python/tests/test_synth.py \
 	  bindings/python/tests/test_volume_numpy.py bindings/python/tests/test_engine.py \
+	  bindings/python/tests/test_select.py bindings/python/tests/test_finetune.py \
 	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py
 
 ## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
