@@ -207,8 +207,15 @@ engine_options_default = _declare("asfda_engine_options_default", [], EngineOpti
 engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
 engine_free = _declare("asfda_engine_free", [P], None)
 engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
-score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, C.POINTER(P)])
-segment_volume = _declare("asfda_segment_volume", [P, P, PROGRESS_FN, P, C.POINTER(P)])
+score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, P, C.POINTER(P)])
+segment_volume = _declare(
+    "asfda_segment_volume", [P, P, PROGRESS_FN, P, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
+)
+cancel_new = _declare("asfda_cancel_new", [C.POINTER(P)])
+cancel_free = _declare("asfda_cancel_free", [P], None)
+cancel_trigger = _declare("asfda_cancel_trigger", [P])
+cancel_reset = _declare("asfda_cancel_reset", [P])
+cancel_is_triggered = _declare("asfda_cancel_is_triggered", [P, C.POINTER(C.c_bool)])
 score_free = _declare("asfda_score_free", [P], None)
 score_values = _declare("asfda_score_values", [P, C.POINTER(ScoreValues)])
 score_embedding = _declare("asfda_score_embedding", [P, C.POINTER(C.c_float), C.c_size_t])
