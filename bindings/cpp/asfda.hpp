@@ -2,9 +2,10 @@
 //
 // - Every failing C call throws asfda::Error (a std::runtime_error) carrying the AsfdaStatus and
 //   the library's thread-local message, read at once on the failing thread.
-// - Handles (Volume, Model, Engine, Score, Cancel) own their C object through a std::unique_ptr with the
-//   matching *_free as deleter: move-only, never leaked, never freed twice. A moved-from object
-//   is empty; calling a method on it throws Error(ASFDA_STATUS_INVALID_ARGUMENT) because the C
+// - Handles (Volume, Model, Engine, Score, Cancel, Selection, FineTuner) own their C object
+//   through a std::unique_ptr with the matching *_free as deleter: move-only, never leaked, never
+//   freed twice. A moved-from object is empty; calling a method on it throws
+//   Error(ASFDA_STATUS_INVALID_ARGUMENT) because the C
 //   API checks every pointer for NULL.
 // - Option structs own their strings (std::string) and start from the library's *_default(),
 //   so the defaults have one source of truth.
@@ -483,21 +484,305 @@ private:
     }
 };
 
+/// Selection method (AsfdaSelectMethod).
+enum class SelectMethod : int32_t {
+    Asfda = ASFDA_SELECT_ASFDA,
+    Random = ASFDA_SELECT_RANDOM,
+    ForegroundRandom = ASFDA_SELECT_FOREGROUND_RANDOM,
+    Entropy = ASFDA_SELECT_ENTROPY,
+    Dkd = ASFDA_SELECT_DKD,
+    Coreset = ASFDA_SELECT_CORESET
+};
+/// Which knowledge gap feeds DKD (AsfdaGapKind).
+enum class GapKind : int32_t { Kl = ASFDA_GAP_KL, Anchor = ASFDA_GAP_ANCHOR };
+
+/// "asfda", "random", "foreground_random", "entropy", "dkd", "coreset" (for command lines and
+/// configuration files).
+inline SelectMethod select_method_from_name(const std::string &name) {
+    AsfdaSelectMethod m = ASFDA_SELECT_ASFDA;
+    detail::check(asfda_select_method_from_name(name.c_str(), &m));
+    return static_cast<SelectMethod>(m);
+}
+/// "kl" or "anchor".
+inline GapKind gap_kind_from_name(const std::string &name) {
+    AsfdaGapKind g = ASFDA_GAP_KL;
+    detail::check(asfda_gap_kind_from_name(name.c_str(), &g));
+    return static_cast<GapKind>(g);
+}
+
+/// Selection settings; defaults from asfda_select_options_default() (budget 1: set it).
+struct SelectOptions {
+    SelectMethod method;
+    std::size_t budget;
+    std::uint64_t seed;
+    double w_dkd;
+    double w_asd;
+    GapKind gap;
+    double duplicate_fraction;
+    double reliable_confidence_quantile;
+    double reliable_distance_quantile;
+
+    SelectOptions() : SelectOptions(asfda_select_options_default().budget) {}
+    explicit SelectOptions(std::size_t budget_) {
+        const AsfdaSelectOptions d = asfda_select_options_default();
+        method = static_cast<SelectMethod>(d.method);
+        budget = budget_;
+        seed = d.seed;
+        w_dkd = d.w_dkd;
+        w_asd = d.w_asd;
+        gap = static_cast<GapKind>(d.gap);
+        duplicate_fraction = d.duplicate_fraction;
+        reliable_confidence_quantile = d.reliable_confidence_quantile;
+        reliable_distance_quantile = d.reliable_distance_quantile;
+    }
+    AsfdaSelectOptions to_c() const noexcept {
+        AsfdaSelectOptions c = asfda_select_options_default();
+        c.method = static_cast<int32_t>(method);
+        c.budget = budget;
+        c.seed = seed;
+        c.w_dkd = w_dkd;
+        c.w_asd = w_asd;
+        c.gap = static_cast<int32_t>(gap);
+        c.duplicate_fraction = duplicate_fraction;
+        c.reliable_confidence_quantile = reliable_confidence_quantile;
+        c.reliable_distance_quantile = reliable_distance_quantile;
+        return c;
+    }
+};
+
+/// One pick: the volume's id and its score components when it was picked (see AsfdaPick).
+struct Pick {
+    std::string id;
+    AsfdaPick components;  // index (into the scores given to select), order, gap, ranks, combined
+};
+
+/// The result of select(): ordered picks and the reliable set. Immutable.
+class Selection : public detail::Owned<AsfdaSelection, asfda_selection_free> {
+public:
+    explicit Selection(AsfdaSelection *adopt) noexcept : Owned(adopt) {}
+
+    /// Number of picks.
+    std::size_t size() const {
+        require();
+        return asfda_selection_count(get());
+    }
+    /// Pick `i` (0 = picked first); Error(ASFDA_STATUS_INVALID_ARGUMENT) when out of range.
+    Pick pick(std::size_t i) const {
+        Pick p{};
+        detail::check(asfda_selection_pick(get(), i, &p.components));
+        p.id = borrowed(asfda_selection_pick_id(get(), i));
+        return p;
+    }
+    std::vector<Pick> picks() const {
+        std::vector<Pick> out;
+        const std::size_t n = size();
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; i++) out.push_back(pick(i));
+        return out;
+    }
+    /// Ids of the reliable volumes (sorted): unpicked, confident and close to the labeled set,
+    /// for FineTuner::add_unlabeled.
+    std::vector<std::string> reliable_ids() const {
+        require();
+        std::vector<std::string> out;
+        const std::size_t n = asfda_selection_reliable_count(get());
+        for (std::size_t i = 0; i < n; i++) out.push_back(borrowed(asfda_selection_reliable_id(get(), i)));
+        return out;
+    }
+    /// Versioned JSON: method, options, picks with components, reliable ids.
+    std::string to_json() const {
+        return detail::read_string(
+            [this](char *b, std::size_t c, std::size_t *n) { return asfda_selection_to_json(get(), b, c, n); });
+    }
+
+private:
+    // The count functions answer 0 for NULL; an empty handle is still an error here, as for the
+    // other classes.
+    void require() const {
+        if (!get()) throw Error(ASFDA_STATUS_INVALID_ARGUMENT, "selection is NULL (moved from or released)");
+    }
+    // The C accessors return a NULL id on error, with the reason in the last error message.
+    static std::string borrowed(const char *id) {
+        if (!id) throw Error(ASFDA_STATUS_INVALID_ARGUMENT, asfda_last_error_message());
+        return id;
+    }
+};
+
+/// Picks `options.budget` volumes to annotate among the scores whose id is not in `labeled_ids`,
+/// and the reliable set of the rest. `scores` holds every volume of the site, labeled ones
+/// included (their embeddings count for diversity); the caller keeps ownership.
+inline Selection select(const std::vector<const Score *> &scores, const SelectOptions &options,
+                        const std::vector<std::string> &labeled_ids = {}) {
+    std::vector<const AsfdaScore *> handles;
+    handles.reserve(scores.size());
+    for (const Score *s : scores) handles.push_back(s ? s->get() : nullptr);
+    std::vector<const char *> ids;
+    ids.reserve(labeled_ids.size());
+    for (const std::string &id : labeled_ids) ids.push_back(id.c_str());
+    const AsfdaSelectOptions c = options.to_c();
+    AsfdaSelection *out = nullptr;
+    detail::check(asfda_select(handles.data(), handles.size(), ids.empty() ? nullptr : ids.data(), ids.size(), &c,
+                               &out));
+    return Selection(out);
+}
+inline Selection select(const std::vector<Score> &scores, const SelectOptions &options,
+                        const std::vector<std::string> &labeled_ids = {}) {
+    std::vector<const Score *> ptrs;
+    ptrs.reserve(scores.size());
+    for (const Score &s : scores) ptrs.push_back(&s);
+    return select(ptrs, options, labeled_ids);
+}
+/// The default ASFDA selection with `budget` picks.
+inline Selection select(const std::vector<Score> &scores, std::size_t budget,
+                        const std::vector<std::string> &labeled_ids = {}) {
+    return select(scores, SelectOptions(budget), labeled_ids);
+}
+
+/// Fine-tuning settings; defaults from asfda_finetune_options_default().
+struct FineTuneOptions {
+    std::array<std::size_t, 3> patch_size;  // z, y, x model-grid voxels; all 0: the model's own
+    std::size_t batch_size;
+    std::uint64_t total_steps;  // length of the lr and pseudo-weight schedules
+    double lr;                  // 0: the manifest's
+    double weight_decay;        // negative: the manifest's
+    double poly_exponent;
+    double foreground_fraction;
+    double labeled_fraction;
+    double pseudo_label_threshold;
+    double ramp_fraction;
+    std::uint64_t pseudo_label_refresh_every;  // 0: never
+    std::uint64_t seed;
+
+    FineTuneOptions() {
+        const AsfdaFineTuneOptions d = asfda_finetune_options_default();
+        patch_size = {d.patch_size[0], d.patch_size[1], d.patch_size[2]};
+        batch_size = d.batch_size;
+        total_steps = d.total_steps;
+        lr = d.lr;
+        weight_decay = d.weight_decay;
+        poly_exponent = d.poly_exponent;
+        foreground_fraction = d.foreground_fraction;
+        labeled_fraction = d.labeled_fraction;
+        pseudo_label_threshold = d.pseudo_label_threshold;
+        ramp_fraction = d.ramp_fraction;
+        pseudo_label_refresh_every = d.pseudo_label_refresh_every;
+        seed = d.seed;
+    }
+    AsfdaFineTuneOptions to_c() const noexcept {
+        AsfdaFineTuneOptions c = asfda_finetune_options_default();
+        for (int i = 0; i < 3; i++) c.patch_size[i] = patch_size[static_cast<std::size_t>(i)];
+        c.batch_size = batch_size;
+        c.total_steps = total_steps;
+        c.lr = lr;
+        c.weight_decay = weight_decay;
+        c.poly_exponent = poly_exponent;
+        c.foreground_fraction = foreground_fraction;
+        c.labeled_fraction = labeled_fraction;
+        c.pseudo_label_threshold = pseudo_label_threshold;
+        c.ramp_fraction = ramp_fraction;
+        c.pseudo_label_refresh_every = pseudo_label_refresh_every;
+        c.seed = seed;
+        return c;
+    }
+};
+
+/// What one FineTuner::step did (loss, loss_ce, loss_dice, lr, lambda, step, patches by kind).
+using StepReport = AsfdaStepReport;
+
+/// A fine-tuning run on an engine's bundle (independent of the engine afterwards). Not
+/// thread-safe: use one FineTuner from one thread at a time.
+class FineTuner : public detail::Owned<AsfdaFineTuner, asfda_finetuner_free> {
+public:
+    explicit FineTuner(AsfdaFineTuner *adopt) noexcept : Owned(adopt) {}
+    /// Starts from the bundle's checkpoint.
+    explicit FineTuner(const Engine &engine, const FineTuneOptions &options = FineTuneOptions())
+        : Owned(create(engine, options)) {}
+
+    /// Continues a run saved with save(); no options = the saved ones. Add the same volumes again.
+    static FineTuner resume(const Engine &engine, const std::string &path,
+                            const std::optional<FineTuneOptions> &options = std::nullopt) {
+        AsfdaFineTuneOptions c{};
+        if (options) c = options->to_c();
+        AsfdaFineTuner *out = nullptr;
+        detail::check(asfda_finetuner_resume(engine.get(), path.c_str(), options ? &c : nullptr, &out));
+        return FineTuner(out);
+    }
+    /// An annotated volume; `label` on `image`'s grid, class indices 0..classes-1; `id` unique.
+    void add_labeled(const std::string &id, const Volume &image, const Volume &label) {
+        detail::check(asfda_finetuner_add_labeled(get(), id.c_str(), image.get(), label.get()));
+    }
+    /// An unannotated (reliable) volume, pseudo-labelled now; returns the share of voxels kept.
+    double add_unlabeled(const std::string &id, const Volume &image) {
+        double kept = 0;
+        detail::check(asfda_finetuner_add_unlabeled(get(), id.c_str(), image.get(), &kept));
+        return kept;
+    }
+    /// One AdamW step on a batch of patches.
+    StepReport step() {
+        StepReport r{};
+        detail::check(asfda_finetune_step(get(), &r));
+        return r;
+    }
+    /// Classes of the model, background included.
+    std::size_t classes() const {
+        std::size_t n = 0;
+        detail::check(asfda_finetuner_classes(get(), &n));
+        return n;
+    }
+    /// Steps taken in this run (resumed ones included).
+    std::uint64_t steps_done() const {
+        std::uint64_t n = 0;
+        detail::check(asfda_finetuner_steps_done(get(), &n));
+        return n;
+    }
+    /// Dice per class (index 0 = background) of the current weights, averaged over the pairs
+    /// images[i] / labels[i].
+    std::vector<double> evaluate(const std::vector<const Volume *> &images,
+                                 const std::vector<const Volume *> &labels) const {
+        if (images.size() != labels.size())
+            throw Error(ASFDA_STATUS_INVALID_ARGUMENT, "evaluate: " + std::to_string(images.size()) + " images but " +
+                                                           std::to_string(labels.size()) + " labels");
+        std::vector<const AsfdaVolume *> im, lb;
+        for (const Volume *v : images) im.push_back(v ? v->get() : nullptr);
+        for (const Volume *v : labels) lb.push_back(v ? v->get() : nullptr);
+        std::vector<double> dice(classes());
+        detail::check(asfda_finetuner_evaluate(get(), im.data(), lb.data(), im.size(), dice.data(), dice.size()));
+        return dice;
+    }
+    std::vector<double> evaluate(const std::vector<Volume> &images, const std::vector<Volume> &labels) const {
+        std::vector<const Volume *> im, lb;
+        for (const Volume &v : images) im.push_back(&v);
+        for (const Volume &v : labels) lb.push_back(&v);
+        return evaluate(im, lb);
+    }
+    /// Saves the run crash-safely (temp file + rename).
+    void save(const std::string &path) const { detail::check(asfda_finetuner_save(get(), path.c_str())); }
+    /// Writes the adapted bundle to the new folder `dir` (must not exist).
+    void export_bundle(const std::string &dir) const {
+        detail::check(asfda_finetuner_export_bundle(get(), dir.c_str()));
+    }
+    /// Switches `engine` (same bundle) to the fine-tuned weights.
+    void apply(Engine &engine) const { detail::check(asfda_finetuner_apply(get(), engine.get())); }
+
+private:
+    static AsfdaFineTuner *create(const Engine &engine, const FineTuneOptions &options) {
+        const AsfdaFineTuneOptions c = options.to_c();
+        AsfdaFineTuner *out = nullptr;
+        detail::check(asfda_finetuner_new(engine.get(), &c, &out));
+        return out;
+    }
+};
+
 }  // namespace asfda
 
-// Adding a class for a new C handle (e.g. AsfdaSelection, the fine-tuner) in the same style:
-//   class Selection : public detail::Owned<AsfdaSelection, asfda_selection_free> {
-//   public:
-//       explicit Selection(AsfdaSelection *adopt) noexcept : Owned(adopt) {}
-//       static Selection from_json(const std::string &json);   // asfda_selection_from_json + check
-//       std::string to_json() const;                           // detail::read_string(...)
-//   };
-// - An options struct owns its strings, starts from asfda_*_options_default() and has to_c().
-// - Every C call goes through detail::check(status); out-handles are wrapped (Selection(out))
-//   right after the call, before anything else can throw.
-// - Long calls with an AsfdaProgressFn use detail::ProgressBridge exactly as Engine::score does:
-//   call, wrap the result, bridge.rethrow_if_thrown(), then detail::check(status).
-// - Functions taking several scores take `const std::vector<Score>&` and pass an array of
-//   `const AsfdaScore *` built from Score::get() (ownership stays with the caller).
+// Adding a class for a new C handle in the same style (see Selection, FineTuner):
+// - derive from detail::Owned<CType, asfda_ctype_free>, with an explicit adopting constructor;
+// - an options struct owns its strings, starts from asfda_*_options_default() and has to_c();
+// - every C call goes through detail::check(status); out-handles are wrapped (Selection(out))
+//   right after the call, before anything else can throw;
+// - long calls with an AsfdaProgressFn use detail::ProgressBridge exactly as Engine::score does:
+//   call, wrap the result, bridge.rethrow_if_thrown(), then detail::check(status);
+// - functions taking several handles take `const std::vector<T>&` (and `const std::vector<const
+//   T *>&`) and pass an array of C pointers built from get() (ownership stays with the caller).
 
 #endif  // ASFDA_HPP

@@ -2,10 +2,13 @@
 // wrapper class, error paths throwing asfda::Error with the right status, move semantics, a
 // cancelling and a throwing progress callback, and concurrent use. Also built with ASan+UBSan
 // (cpp_api_asan), where LeakSanitizer fails the run if any handle is leaked.
+// Selection runs on scores read from JSON; fine-tuning takes a few steps on crops of synthetic
+// target-site volumes (data folder from ASFDA_TEST_DATA, set by ctest).
 // usage: cpp_api_test IMAGE.nii MODEL.onnx WORK_DIR BUNDLE_DIR
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -26,6 +29,9 @@ static_assert(!std::is_copy_constructible_v<asfda::Model>);
 static_assert(std::is_nothrow_move_constructible_v<asfda::Volume> && std::is_nothrow_move_assignable_v<asfda::Volume>);
 static_assert(std::is_nothrow_move_constructible_v<asfda::Engine> && std::is_nothrow_move_constructible_v<asfda::Score>);
 static_assert(std::is_nothrow_move_constructible_v<asfda::Model>);
+static_assert(!std::is_copy_constructible_v<asfda::Selection> && !std::is_copy_constructible_v<asfda::FineTuner>);
+static_assert(std::is_nothrow_move_constructible_v<asfda::Selection> &&
+              std::is_nothrow_move_assignable_v<asfda::FineTuner>);
 static_assert(std::is_base_of_v<std::runtime_error, asfda::Error>);
 
 int failures = 0;
@@ -335,6 +341,190 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT_ERROR(e1.score(vol, "x"), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
 }
 
+// A score in the JSON form (format_version 1) with a 2-bin histogram holding no voxels.
+asfda::Score make_score(const std::string &id, const std::string &embedding, double gap, double asd,
+                        double confidence) {
+    char json[1024];
+    std::snprintf(json, sizeof json,
+                  "{\"format_version\":1,\"id\":\"%s\",\"embedding\":[%s],\"gap_kl\":%.17g,\"gap_anchor\":%.17g,"
+                  "\"asd\":%.17g,\"asd_threshold\":0.0,\"confidence\":%.17g,\"foreground_fraction\":0.2,"
+                  "\"entropy_histogram\":[0,0],\"voxels\":1000,\"foreground_voxels\":0,\"options\":{"
+                  "\"foreground_dilation\":2,\"threshold\":\"first_peak\",\"histogram_bins\":2,"
+                  "\"peak_smoothing\":5,\"class_balanced\":false,\"variance_floor\":0.01}}",
+                  id.c_str(), embedding.c_str(), gap, gap / 10.0, asd, confidence);
+    return asfda::Score::from_json(json);
+}
+
+void test_select() {
+    // Defaults are the library's; the budget constructor sets only the budget.
+    const AsfdaSelectOptions c = asfda_select_options_default();
+    const asfda::SelectOptions d(3);
+    EXPECT(d.budget == 3 && static_cast<int32_t>(d.method) == c.method && d.w_dkd == c.w_dkd);
+    EXPECT(d.duplicate_fraction == c.duplicate_fraction && static_cast<int32_t>(d.gap) == c.gap);
+    EXPECT(asfda::SelectOptions().budget == c.budget);
+    EXPECT(asfda::select_method_from_name("coreset") == asfda::SelectMethod::Coreset);
+    EXPECT(asfda::gap_kind_from_name("anchor") == asfda::GapKind::Anchor);
+    EXPECT_ERROR(asfda::select_method_from_name("best"), ASFDA_STATUS_INVALID_ARGUMENT, "best");
+    EXPECT_ERROR(asfda::gap_kind_from_name("l2"), ASFDA_STATUS_INVALID_ARGUMENT, "l2");
+
+    std::vector<asfda::Score> pool;
+    pool.push_back(make_score("a", "1,0,0,0", 9.0, 0.9, 0.95));
+    pool.push_back(make_score("b", "0,1,0,0", 5.0, 0.8, 0.5));
+    pool.push_back(make_score("c", "0,0,1,0", 4.0, 0.7, 0.6));
+    pool.push_back(make_score("d", "0,0,0,1", 3.0, 0.6, 0.7));
+    pool.push_back(make_score("lab", "0.7,0.7,0,0", 1.0, 0.1, 0.9));
+
+    // Round 1: "a" has the largest gap and ASD, so it is picked first, with its components.
+    const asfda::Selection sel = asfda::select(pool, 2);
+    EXPECT(sel.size() == 2);
+    const std::vector<asfda::Pick> picks = sel.picks();
+    EXPECT(picks.size() == 2 && picks[0].id == "a" && picks[0].components.index == 0);
+    EXPECT(picks[0].components.order == 0 && picks[1].components.order == 1 && picks[1].id != "a");
+    EXPECT(picks[0].components.diversity == 1.0 && picks[0].components.gap == 9.0);
+    EXPECT(std::fabs(picks[0].components.combined -
+                     (picks[0].components.dkd_rank + picks[0].components.asd_rank)) < 1e-12);
+    const std::vector<std::string> reliable = sel.reliable_ids();
+    for (const std::string &id : reliable) EXPECT(id != picks[0].id && id != picks[1].id);
+    const std::string json = sel.to_json();
+    EXPECT(json.find("\"a\"") != std::string::npos && json.find("reliable") != std::string::npos);
+    EXPECT_ERROR(sel.pick(2), ASFDA_STATUS_INVALID_ARGUMENT, "2");
+
+    // Round 2 with "a" and "lab" labeled: neither is picked again. Pointer form, other method.
+    std::vector<const asfda::Score *> ptrs;
+    for (const asfda::Score &s : pool) ptrs.push_back(&s);
+    asfda::SelectOptions entropy(1);
+    entropy.method = asfda::SelectMethod::Entropy;
+    const asfda::Selection round2 = asfda::select(ptrs, entropy, {"a", "lab"});
+    EXPECT(round2.size() == 1 && round2.pick(0).id == "b");  // highest ASD among the rest
+
+    // Error paths: status and a message naming the problem.
+    EXPECT_ERROR(asfda::select(pool, 0), ASFDA_STATUS_INVALID_ARGUMENT, "budget");
+    EXPECT_ERROR(asfda::select(pool, 6), ASFDA_STATUS_INVALID_ARGUMENT, "budget");
+    EXPECT_ERROR(asfda::select(std::vector<asfda::Score>{}, 1), ASFDA_STATUS_INVALID_ARGUMENT, "");
+    EXPECT_ERROR(asfda::select(pool, 1, {"nobody"}), ASFDA_STATUS_INVALID_ARGUMENT, "nobody");
+    EXPECT_ERROR(asfda::select(pool, 1, {"a", "a"}), ASFDA_STATUS_INVALID_ARGUMENT, "a");
+    asfda::SelectOptions bad(1);
+    bad.method = static_cast<asfda::SelectMethod>(77);
+    EXPECT_ERROR(asfda::select(pool, bad), ASFDA_STATUS_INVALID_ARGUMENT, "method");
+    bad = asfda::SelectOptions(1);
+    bad.w_dkd = bad.w_asd = 0;
+    EXPECT_ERROR(asfda::select(pool, bad), ASFDA_STATUS_INVALID_ARGUMENT, "w_");
+    std::vector<const asfda::Score *> with_null = ptrs;
+    with_null.push_back(nullptr);
+    EXPECT_ERROR(asfda::select(with_null, asfda::SelectOptions(1)), ASFDA_STATUS_INVALID_ARGUMENT, "");
+    pool.push_back(make_score("short", "1,0", 1.0, 0.5, 0.5));
+    EXPECT_ERROR(asfda::select(pool, 1), ASFDA_STATUS_INVALID_DATA, "embedding");
+
+    // Moves: a moved-from selection is empty and every method throws.
+    asfda::Selection moved = asfda::select(ptrs, asfda::SelectOptions(1));
+    asfda::Selection kept = std::move(moved);
+    EXPECT(!moved && kept.size() == 1);
+    EXPECT_ERROR(moved.size(), ASFDA_STATUS_INVALID_ARGUMENT, "selection");
+    EXPECT_ERROR(moved.reliable_ids(), ASFDA_STATUS_INVALID_ARGUMENT, "selection");
+    EXPECT_ERROR(moved.pick(0), ASFDA_STATUS_INVALID_ARGUMENT, "selection");
+    EXPECT_ERROR(moved.to_json(), ASFDA_STATUS_INVALID_ARGUMENT, "selection");
+}
+
+// The block of `v` at voxel `origin` (x, y, z) of `size` voxels; the affine moves with it so
+// world positions stay put.
+asfda::Volume crop(const asfda::Volume &v, const asfda::Dims &origin, const asfda::Dims &size) {
+    const asfda::Dims dims = v.dims();
+    const float *src = v.data();
+    std::vector<float> out(size[0] * size[1] * size[2]);
+    for (std::size_t k = 0; k < size[2]; k++)
+        for (std::size_t j = 0; j < size[1]; j++)
+            for (std::size_t i = 0; i < size[0]; i++)
+                out[i + size[0] * (j + size[1] * k)] =
+                    src[origin[0] + i + dims[0] * ((origin[1] + j) + dims[1] * (origin[2] + k))];
+    asfda::Affine a = v.affine();
+    for (std::size_t r = 0; r < 3; r++)
+        for (std::size_t c = 0; c < 3; c++) a[4 * r + 3] += a[4 * r + c] * static_cast<double>(origin[c]);
+    return asfda::Volume::from_voxels(out, size, 1, a);
+}
+
+void test_finetune(const std::string &bundle, const std::string &data, const std::string &work) {
+    const asfda::FineTuneOptions defaults;
+    const AsfdaFineTuneOptions c = asfda_finetune_options_default();
+    EXPECT(defaults.batch_size == c.batch_size && defaults.total_steps == c.total_steps && defaults.lr == c.lr);
+    EXPECT(defaults.patch_size[0] == c.patch_size[0] && defaults.seed == c.seed);
+
+    asfda::EngineOptions eo(bundle);
+    eo.threads = 2;
+    asfda::Engine engine(eo);
+    const asfda::Dims origin{22, 30, 24}, size{56, 64, 48};
+    const asfda::Volume image = crop(asfda::Volume::load(data + "/pd/pool/pd_pool_000_image.nii.gz"), origin, size);
+    const asfda::Volume label =
+        crop(asfda::Volume::load(data + "/pd/pool_labels/pd_pool_000_label.nii.gz"), origin, size);
+    const asfda::Volume shifted =
+        crop(asfda::Volume::load(data + "/pd/pool_labels/pd_pool_000_label.nii.gz"), {20, 30, 24}, size);
+    const asfda::Volume other = crop(asfda::Volume::load(data + "/pd/pool/pd_pool_002_image.nii.gz"), origin, size);
+
+    asfda::FineTuneOptions o;
+    o.batch_size = 0;
+    EXPECT_ERROR(asfda::FineTuner(engine, o), ASFDA_STATUS_INVALID_ARGUMENT, "batch_size");
+    o.batch_size = 1;
+    o.patch_size = {32, 30, 30};
+    EXPECT_ERROR(asfda::FineTuner(engine, o), ASFDA_STATUS_INVALID_ARGUMENT, "multiples of 8");
+    o.patch_size = {32, 32, 32};
+    o.total_steps = 4;
+    o.lr = 1e-3;
+    o.seed = 5;
+    asfda::FineTuner tuner(engine, o);
+    EXPECT(tuner.classes() == 4 && tuner.steps_done() == 0);
+    EXPECT_ERROR(tuner.step(), ASFDA_STATUS_INVALID_ARGUMENT, "annotated");
+    EXPECT_ERROR(tuner.add_labeled("a", image, shifted), ASFDA_STATUS_GEOMETRY_MISMATCH, "grid");
+    tuner.add_labeled("a", image, label);
+    EXPECT_ERROR(tuner.add_labeled("a", image, label), ASFDA_STATUS_INVALID_ARGUMENT, "already added");
+    const double kept = tuner.add_unlabeled("u", other);
+    EXPECT(kept > 0 && kept <= 1);
+
+    const std::vector<double> before = tuner.evaluate({&image}, {&label});
+    EXPECT(before.size() == 4);
+    for (double x : before) EXPECT(x >= 0 && x <= 1);
+    for (std::uint64_t s = 1; s <= 2; s++) {
+        const asfda::StepReport r = tuner.step();
+        EXPECT(r.step == s && std::isfinite(r.loss) && r.loss >= 0 && r.lr > 0);
+        EXPECT(r.labeled_in_batch + r.pseudo_in_batch == 1);
+    }
+    EXPECT(tuner.steps_done() == 2);
+    EXPECT_ERROR(tuner.evaluate({&image}, {}), ASFDA_STATUS_INVALID_ARGUMENT, "1 images but 0 labels");
+    EXPECT_ERROR(tuner.evaluate(std::vector<const asfda::Volume *>{}, {}), ASFDA_STATUS_INVALID_ARGUMENT, "count");
+    EXPECT_ERROR(tuner.evaluate({&image}, {&shifted}), ASFDA_STATUS_GEOMETRY_MISMATCH, "");
+
+    // Save and resume: the next step of both runs is the same.
+    const std::string cp = work + "/cpp_finetune.safetensors";
+    EXPECT_ERROR(tuner.save("/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
+    tuner.save(cp);
+    EXPECT_ERROR(asfda::FineTuner::resume(engine, "/no/such/cp.safetensors"), ASFDA_STATUS_IO, "/no/such/cp");
+    write_file(work + "/not-a-checkpoint.safetensors", "garbage");
+    EXPECT_ERROR(asfda::FineTuner::resume(engine, work + "/not-a-checkpoint.safetensors"), ASFDA_STATUS_FORMAT,
+                 "not-a-checkpoint");
+    asfda::FineTuner resumed = asfda::FineTuner::resume(engine, cp);
+    EXPECT(resumed.steps_done() == 2);
+    resumed.add_unlabeled("u", other);
+    resumed.add_labeled("a", image, label);
+    const asfda::StepReport a = tuner.step(), b = resumed.step();
+    EXPECT(a.step == 3 && b.step == 3 && a.loss == b.loss && a.lr == b.lr);
+    std::remove(cp.c_str());
+
+    // Export refuses an existing folder; apply switches the engine to the tuned weights.
+    EXPECT_ERROR(tuner.export_bundle(work), ASFDA_STATUS_INVALID_ARGUMENT, "already exists");
+    const std::vector<float> seg_before = engine.segment(image).voxels();
+    tuner.apply(engine);
+    const std::vector<double> after = tuner.evaluate({&image}, {&label});
+    EXPECT(after.size() == 4);
+    EXPECT(engine.segment(image).voxels().size() == seg_before.size());
+
+    // Moves: the moved-from tuner throws; an empty engine is refused.
+    asfda::FineTuner taken = std::move(resumed);
+    EXPECT(!resumed && taken.steps_done() == 3);
+    EXPECT_ERROR(resumed.step(), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
+    EXPECT_ERROR(resumed.classes(), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
+    asfda::Engine gone = std::move(engine);
+    EXPECT_ERROR(asfda::FineTuner(engine, o), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    EXPECT_ERROR(tuner.apply(engine), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+}
+
 // The thread-local last error: each thread's exception carries its own message.
 void test_threads(const std::string &image) {
     const asfda::Volume vol = asfda::Volume::load(image);
@@ -376,6 +566,13 @@ int main(int argc, char **argv) {
         test_model(argv[1], argv[2], argv[3]);
         test_engine(argv[1], argv[4]);
         test_threads(argv[1]);
+        test_select();
+        const char *data = std::getenv("ASFDA_TEST_DATA");
+        if (!data || !*data) {
+            std::fprintf(stderr, "ASFDA_TEST_DATA is not set (ctest sets it; the data comes from `make data`)\n");
+            return 1;
+        }
+        test_finetune(argv[4], data, argv[3]);
     } catch (const asfda::Error &e) {
         std::fprintf(stderr, "unexpected asfda::Error %s: %s\n", e.status_name(), e.what());
         return 1;
