@@ -73,7 +73,8 @@ test-python:
 	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python bindings/python/tests/test_synth.py \
 	  bindings/python/tests/test_volume_numpy.py bindings/python/tests/test_engine.py \
 	  bindings/python/tests/test_select.py bindings/python/tests/test_finetune.py \
-	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py
+	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py \
+	  bindings/python/tests/test_quickstart.py
 
 ## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
 test-tools:

@@ -134,11 +134,11 @@ static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     CHECK(needed == 77 && strcmp(buf, "untouched") == 0);
 
     AsfdaVolume *sentinel = (AsfdaVolume *)&failures, *labels = sentinel;
-    EXPECT(asfda_segment_volume(NULL, vol, NULL, NULL, &labels), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
-    EXPECT(asfda_segment_volume(engine, NULL, NULL, NULL, &labels), ASFDA_STATUS_INVALID_ARGUMENT, "'volume'");
-    EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_labels");
+    EXPECT(asfda_segment_volume(NULL, vol, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
+    EXPECT(asfda_segment_volume(engine, NULL, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'volume'");
+    EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, NULL, NULL, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_labels");
     int calls = 0;
-    EXPECT(asfda_segment_volume(engine, vol, cancel_at_once, &calls, &labels), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_segment_volume(engine, vol, cancel_at_once, &calls, NULL, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED, "cancel");
     CHECK(calls == 1 && labels == sentinel);
 
     /* Scores: from JSON, so no model run is needed. */
