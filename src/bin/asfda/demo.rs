@@ -235,9 +235,8 @@ pub fn run(args: &Args) -> Result<()> {
     let t_after = t.elapsed().as_secs_f64();
 
     let fg = |d: &[f64]| d[1..].iter().sum::<f64>() / (d.len() - 1).max(1) as f64;
-    let mut rows: Vec<DiceRow> = (1..classes.len())
-        .map(|c| DiceRow { name: classes[c].clone(), before: before[c], after: after[c] })
-        .collect();
+    let mut rows: Vec<DiceRow> =
+        (1..classes.len()).map(|c| DiceRow { name: classes[c].clone(), before: before[c], after: after[c] }).collect();
     rows.push(DiceRow { name: "mean fg".into(), before: fg(&before), after: fg(&after) });
     let table = DiceTable {
         row_kind: "class".into(),
@@ -258,10 +257,11 @@ pub fn run(args: &Args) -> Result<()> {
         progress.start(i, &pick.id);
         let path = find_image(&pool_dir, &pick.id, "picked volume")?;
         let image = read_nifti(&path, &ReadOptions::default())?;
-        let seg = engine.segment(&image, SegmentOutputs { probabilities: false, entropy: true }, &cancel, &mut |f| {
-            progress.update(f);
-            true
-        })?;
+        let seg =
+            engine.segment(&image, SegmentOutputs { probabilities: false, entropy: true }, &cancel, &mut |f| {
+                progress.update(f);
+                true
+            })?;
         progress.finish_item("done");
         let entropy = seg.entropy.ok_or_else(|| Error::internal("the engine returned no entropy map"))?;
         shown.push((pick.id.clone(), image, entropy));

@@ -84,13 +84,20 @@ pub struct Data {
 
 /// The NIfTI file in `dir` named by the first of `stems` that exists, as .nii.gz or .nii.
 pub fn find_volume(dir: &Path, stems: &[String]) -> Option<PathBuf> {
-    stems.iter().flat_map(|stem| [format!("{stem}.nii.gz"), format!("{stem}.nii")]).map(|n| dir.join(n)).find(|p| p.is_file())
+    stems
+        .iter()
+        .flat_map(|stem| [format!("{stem}.nii.gz"), format!("{stem}.nii")])
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
 }
 
 /// The image of volume `id` in `dir`; the error names `what` the volume is.
 pub fn find_image(dir: &Path, id: &str, what: &str) -> Result<PathBuf> {
     find_volume(dir, &[id.to_string()]).ok_or_else(|| {
-        Error::invalid_argument(format!("no image for {what} '{id}' in '{}' (looked for {id}.nii.gz, {id}.nii)", dir.display()))
+        Error::invalid_argument(format!(
+            "no image for {what} '{id}' in '{}' (looked for {id}.nii.gz, {id}.nii)",
+            dir.display()
+        ))
     })
 }
 
@@ -136,9 +143,9 @@ fn data(args: &Args) -> Result<Data> {
         }
         (Some(_), None) => {
             for pair in args.list("labeled") {
-                let (image, label) = pair.split_once('=').ok_or_else(|| {
-                    Error::invalid_argument(format!("--labeled item '{pair}' is not IMAGE=LABEL"))
-                })?;
+                let (image, label) = pair
+                    .split_once('=')
+                    .ok_or_else(|| Error::invalid_argument(format!("--labeled item '{pair}' is not IMAGE=LABEL")))?;
                 let image = existing(image, "--labeled image")?;
                 data.labeled.push((volume_id(&image), image, existing(label, "--labeled label")?));
             }
@@ -199,7 +206,12 @@ pub fn add_data(tuner: &mut FineTuner, data: &Data) -> Result<Vec<(String, f64)>
 
 /// The FineTuner for `options` (fresh) or continued from `resume` with `options` overriding the
 /// saved ones where `explicit` says a flag set them.
-pub fn tuner(engine: &Engine, options: FineTuneOptions, resume: Option<&Path>, explicit: &Explicit) -> Result<FineTuner> {
+pub fn tuner(
+    engine: &Engine,
+    options: FineTuneOptions,
+    resume: Option<&Path>,
+    explicit: &Explicit,
+) -> Result<FineTuner> {
     let Some(path) = resume else { return FineTuner::new(engine, options) };
     let saved = FineTuner::resume(engine, path, None)?;
     let mut merged = saved.options().clone();
@@ -331,12 +343,9 @@ pub fn options(args: &Args, steps: u64) -> Result<(FineTuneOptions, Explicit)> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let steps: u64 = args
-        .required("steps")?
-        .parse()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| Error::invalid_argument(format!("--steps '{}' is not a positive whole number", args.get("steps").unwrap_or(""))))?;
+    let steps: u64 = args.required("steps")?.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+        Error::invalid_argument(format!("--steps '{}' is not a positive whole number", args.get("steps").unwrap_or("")))
+    })?;
     let (options, explicit) = options(args, steps)?;
     let resume = args.get("resume").map(PathBuf::from);
     if let Some(r) = &resume {
@@ -355,7 +364,10 @@ pub fn run(args: &Args) -> Result<()> {
     let export = args.get("export").map(PathBuf::from);
     if let Some(dir) = &export {
         if dir.exists() {
-            return Err(Error::invalid_argument(format!("--export '{}' already exists; name a new folder", dir.display())));
+            return Err(Error::invalid_argument(format!(
+                "--export '{}' already exists; name a new folder",
+                dir.display()
+            )));
         }
         check_output(dir, "export")?;
     }
