@@ -341,7 +341,7 @@ fn finetune_checkpoints_resumes_exports_and_refuses_bad_inputs() {
         &["finetune", "--steps", "1", "--selection", s(&missing), "--pool", s(dir.path()), "--labels", s(dir.path())],
         &["no-selection.json"],
     );
-    fails(&["finetune", "--steps", "1", "--labeled", &format!("{}", s(&p("case0.nii.gz")))], &["is not IMAGE=LABEL"]);
+    fails(&["finetune", "--steps", "1", "--labeled", s(&p("case0.nii.gz"))], &["is not IMAGE=LABEL"]);
     fails(&["finetune", "--labeled", &labeled], &["--steps is required"]);
     fails(&["finetune", "--steps", "1", "--labeled", &labeled, "--patch", "30"], &["multiples of"]);
     fails(
