@@ -55,8 +55,9 @@ data: $(DATA)/manifest.json
 $(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/synth.py bindings/python/asfda_tools/anatomy.py
 	$(VPY) scripts/make_data.py --out $(DATA)
 
-## The main job on the shipped defaults.
-demo: ort build
+## The main job on the shipped defaults: the whole adaptation loop on the demo model and the
+## synthetic pd site (score, select, fine-tune, Dice before/after, report) into out/demo/.
+demo: ort build data
 	target/release/asfda demo
 
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks

@@ -75,6 +75,14 @@ fn small_volumes(dir: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The `size` centre crop of the pd `split` volume `name` (image or label) written to `to`.
+fn crop_to(split: &str, name: &str, size: [usize; 3], to: &Path) -> PathBuf {
+    let v = read_nifti(&data_dir().join("pd").join(split).join(name), &ReadOptions::default()).unwrap();
+    let kind = if name.contains("_label") { OutputType::U8 } else { OutputType::F32 };
+    write_nifti(&centre_crop(&v, size), to, kind).unwrap();
+    to.to_path_buf()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -249,9 +257,169 @@ fn other_errors_and_help() {
     assert!(stderr(&out).contains("the folder of --out"), "fails before scoring");
     let out = asfda(&["frobnicate"]);
     assert!(!out.status.success() && stderr(&out).contains("unknown command 'frobnicate'"));
-    for command in ["info", "score", "select", "segment", "report", "run-model", "demo"] {
+    for command in ["info", "score", "select", "segment", "finetune", "report", "run-model", "demo"] {
         let out = asfda(&[command, "--help"]);
         assert!(out.status.success(), "{command} --help");
         assert!(stdout(&out).starts_with(&format!("usage: asfda {command}")), "{command}: {}", stdout(&out));
     }
+}
+
+/// JSON step lines of `finetune --json`: their step numbers.
+fn step_numbers(out: &Output) -> Vec<u64> {
+    stdout(out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["loss"].as_f64().unwrap().is_finite() && v["lr"].as_f64().unwrap() > 0.0, "{l}");
+            v["step"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn finetune_checkpoints_resumes_exports_and_refuses_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let size = [48, 56, 48];
+    let mut pairs = Vec::new();
+    for i in 0..2 {
+        let image = crop_to("pool", &format!("pd_pool_{i:03}_image.nii.gz"), size, &p(&format!("case{i}.nii.gz")));
+        let label =
+            crop_to("pool_labels", &format!("pd_pool_{i:03}_label.nii.gz"), size, &p(&format!("case{i}_label.nii.gz")));
+        pairs.push(format!("{}={}", s(&image), s(&label)));
+    }
+    let unlabeled = crop_to("pool", "pd_pool_002_image.nii.gz", size, &p("case2.nii.gz"));
+    let labeled = pairs.join(",");
+    let checkpoint = p("run.safetensors");
+    let common = ["--patch", "32", "--threads", "1", "--json", "--labeled", &labeled, "--unlabeled", s(&unlabeled)];
+
+    // Two steps, saved every step and at the end; one JSON line per step.
+    let mut args = vec!["finetune", "--steps", "2", "--save-every", "1", "--checkpoint", s(&checkpoint)];
+    args.extend(common);
+    let out = asfda(&args);
+    assert!(out.status.success());
+    assert_eq!(step_numbers(&out), [1, 2]);
+    assert!(stderr(&out).contains("step 2/2") && stderr(&out).contains("reliable"), "progress on stderr");
+    assert!(checkpoint.is_file());
+
+    // --resume continues the count (3, 4) into the same file, and exports the adapted bundle.
+    let export = p("adapted");
+    let mut args = vec!["finetune", "--steps", "4", "--resume", s(&checkpoint), "--export", s(&export)];
+    args.extend(common);
+    let out = asfda(&args);
+    assert!(out.status.success());
+    assert_eq!(step_numbers(&out), [3, 4]);
+    assert!(stderr(&out).contains("at step 2 of 4"), "{}", stderr(&out));
+    let note: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("adaptation.json")).unwrap()).unwrap();
+    assert_eq!(note["fine_tuning_steps"], 4);
+    assert_eq!(note["annotated_volumes"], serde_json::json!(["case0", "case1"]));
+    assert!(export.join("manifest.json").is_file());
+    // Resuming a finished run does nothing and says so.
+    let mut args = vec!["finetune", "--steps", "4", "--resume", s(&checkpoint)];
+    args.extend(common);
+    let out = asfda(&args);
+    assert!(out.status.success() && step_numbers(&out).is_empty());
+    assert!(stderr(&out).contains("nothing to do"));
+
+    let fails = |args: &[&str], needles: &[&str]| {
+        let out = asfda(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        for needle in needles {
+            assert!(stderr(&out).contains(needle), "{args:?}: '{needle}' not in {}", stderr(&out));
+        }
+    };
+    // A label on another grid than its image.
+    let small = crop_to("pool_labels", "pd_pool_000_label.nii.gz", [48, 56, 40], &p("small_label.nii.gz"));
+    let mismatched = format!("{}={}", s(&p("case0.nii.gz")), s(&small));
+    fails(
+        &["finetune", "--steps", "1", "--patch", "32", "--labeled", &mismatched],
+        &["case0", "small_label.nii.gz", "different voxel grids"],
+    );
+    let missing = p("no-selection.json");
+    fails(
+        &["finetune", "--steps", "1", "--selection", s(&missing), "--pool", s(dir.path()), "--labels", s(dir.path())],
+        &["no-selection.json"],
+    );
+    fails(&["finetune", "--steps", "1", "--labeled", s(&p("case0.nii.gz"))], &["is not IMAGE=LABEL"]);
+    fails(&["finetune", "--labeled", &labeled], &["--steps is required"]);
+    fails(&["finetune", "--steps", "1", "--labeled", &labeled, "--patch", "30"], &["multiples of"]);
+    fails(
+        &["finetune", "--steps", "1", "--labeled", &labeled, "--save-every", "1"],
+        &["--save-every needs --checkpoint"],
+    );
+    fails(&["finetune", "--steps", "1", "--labeled", &labeled, "--export", s(&export)], &["already exists"]);
+    fails(&["finetune", "--steps", "1"], &["no annotated volumes"]);
+}
+
+#[test]
+fn demo_runs_the_whole_loop_and_writes_the_report() {
+    // A miniature site of crops in the synthetic data's layout, so the debug build runs one tile
+    // per volume; the demo itself is the same code as on the full data.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for sub in ["pool", "pool_labels", "test"] {
+        std::fs::create_dir_all(data.join("pd").join(sub)).unwrap();
+    }
+    std::fs::write(data.join("manifest.json"), "{}").unwrap();
+    let size = [48, 56, 48];
+    for i in 0..3 {
+        for (split, kind) in [("pool", "image"), ("pool_labels", "label")] {
+            let name = format!("pd_pool_{i:03}_{kind}.nii.gz");
+            crop_to(split, &name, size, &data.join("pd").join(split).join(&name));
+        }
+    }
+    for kind in ["image", "label"] {
+        let name = format!("pd_test_000_{kind}.nii.gz");
+        crop_to("test", &name, size, &data.join("pd/test").join(&name));
+    }
+    let out_dir = dir.path().join("out");
+    let out = asfda(&[
+        "demo",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out_dir),
+        "--max-pool",
+        "3",
+        "--budget",
+        "2",
+        "--steps",
+        "2",
+        "--test-volumes",
+        "1",
+        "--max-reliable",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    for phase in ["== 1/6", "== 2/6", "== 3/6", "== 4/6", "== 5/6", "== 6/6", "step 2/2"] {
+        assert!(err.contains(phase), "progress of every phase: '{phase}' not in {err}");
+    }
+    assert!(stdout(&out).contains("mean fg"), "{}", stdout(&out));
+
+    let png = std::fs::read(out_dir.join("report.png")).unwrap();
+    let info = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap().info().clone();
+    assert!(info.width > 400 && info.height > 400, "{}x{}", info.width, info.height);
+    let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    let selection =
+        Selection::from_json(std::fs::read_to_string(out_dir.join("selection.json")).unwrap().trim()).unwrap();
+    assert_eq!(selection.picks.len(), 2);
+    assert!(md.contains(&selection.picks[0].id) && md.contains("synthetic derivatives of real anatomy"), "{md}");
+    assert!(md.contains("--max-pool 3"), "the run's settings are in the report");
+    let dice: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("dice.json")).unwrap()).unwrap();
+    let rows = dice["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "3 foreground classes and their mean");
+    assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r["before"].as_f64().unwrap())));
+    assert_eq!(std::fs::read_to_string(out_dir.join("scores.jsonl")).unwrap().lines().count(), 3);
+    assert!(out_dir.join("checkpoint.safetensors").is_file());
+    assert!(out_dir.join("adapted_bundle/manifest.json").is_file());
+
+    // A data folder without the synthetic data names the fix.
+    let out = asfda(&["demo", "--data", s(&dir.path().join("nothing")), "--out", s(&out_dir)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("make data"));
 }

@@ -94,7 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn print_table(selection: &Selection, pool: usize) {
+pub fn print_table(selection: &Selection, pool: usize) {
     println!(
         "{} of {pool} pool volumes picked by {} (gap {}, seed {})",
         selection.picks.len(),

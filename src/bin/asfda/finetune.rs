@@ -1,0 +1,402 @@
+//! `asfda finetune`: Selective Semi-supervised Fine-tuning of a bundle on annotated volumes (and
+//! pseudo-labelled reliable ones), with checkpoints, resume and bundle export. The training loop
+//! ([`train`]) is shared with `asfda demo`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use asfda::engine::Engine;
+use asfda::finetune::{FineTuneOptions, FineTuner, StepReport};
+use asfda::select::Selection;
+use asfda::volume::{read_nifti, ReadOptions, Volume};
+use asfda::{Error, Result};
+
+use crate::args::{Args, Spec};
+use crate::files::{check_output, volume_id};
+use crate::progress::Progress;
+
+pub const SPEC: Spec = Spec {
+    name: "finetune",
+    help: "usage: asfda finetune [--bundle DIR] --steps N (--labeled IMG=LABEL[,...] | --selection SELECTION.json --pool DIR --labels DIR) [options]
+
+Fine-tunes the bundle's model (SSFT: annotated patches plus pseudo-labelled patches of reliable
+volumes, poly learning rate, ramped pseudo-label weight) and shows a progress bar on stderr.
+
+Data (annotated volumes are required; label maps must be on their image's voxel grid):
+  --labeled IMG=LABEL[,...]  annotated volumes as image=label file pairs (ids: image file names)
+  --selection FILE           selection JSON of `asfda select --out`: its picks are the annotated
+                             volumes, their images in --pool and their labels in --labels (found
+                             by id: ID, ID with _image -> _label, or ID_label; .nii.gz or .nii)
+  --pool DIR, --labels DIR   with --selection
+  --unlabeled IMG[,...]      volumes to pseudo-label (the reliable set)
+  --reliable                 with --selection: pseudo-label its reliable volumes (from --pool)
+
+Training:
+  --steps N                  length of the run (its LR and pseudo-weight schedules); with --resume
+                             the steps continue from the checkpoint's count up to N (required)
+  --patch P                  cubic training patch side in model voxels, a multiple of the model's
+                             size_divisible_by (default: the manifest's patch)
+  --batch B                  patches per step (default 2)
+  --lr LR                    base learning rate (default: the manifest's)
+  --seed S                   seed of the patch sampling (default 0)
+  --checkpoint PATH          save the run here (atomically) every --save-every steps and at the
+                             end (default: the --resume file, else no checkpoint)
+  --resume PATH              continue the run saved in PATH (add the same data again); its saved
+                             options are kept except those given here
+  --save-every K             also save every K steps (needs a checkpoint path; default 0 = end only)
+  --export DIR               write the adapted bundle to DIR (a new folder)
+  --json                     print one JSON line per step on stdout
+  --bundle DIR, --device D, --threads N, --overlap F, --tiles-per-batch N, --mirror, --ort PATH
+                             as for `asfda score` (the model that makes the pseudo-labels)",
+    values: &[
+        "bundle",
+        "labeled",
+        "selection",
+        "pool",
+        "labels",
+        "unlabeled",
+        "steps",
+        "patch",
+        "batch",
+        "lr",
+        "seed",
+        "checkpoint",
+        "resume",
+        "save-every",
+        "export",
+        "device",
+        "threads",
+        "overlap",
+        "tiles-per-batch",
+        "ort",
+    ],
+    switches: &["reliable", "json", "mirror"],
+    max_positional: 0,
+};
+
+/// Training data by file: (id, image, label) and (id, image).
+#[derive(Default)]
+pub struct Data {
+    pub labeled: Vec<(String, PathBuf, PathBuf)>,
+    pub unlabeled: Vec<(String, PathBuf)>,
+}
+
+/// The NIfTI file in `dir` named by the first of `stems` that exists, as .nii.gz or .nii.
+pub fn find_volume(dir: &Path, stems: &[String]) -> Option<PathBuf> {
+    stems
+        .iter()
+        .flat_map(|stem| [format!("{stem}.nii.gz"), format!("{stem}.nii")])
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// The image of volume `id` in `dir`; the error names `what` the volume is.
+pub fn find_image(dir: &Path, id: &str, what: &str) -> Result<PathBuf> {
+    find_volume(dir, &[id.to_string()]).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "no image for {what} '{id}' in '{}' (looked for {id}.nii.gz, {id}.nii)",
+            dir.display()
+        ))
+    })
+}
+
+/// The label file of volume `id` in `dir`: `_image` -> `_label` in the id, `ID_label`, or the id
+/// itself (a folder of labels only); the `_label` names come first since images and labels may
+/// share a folder.
+pub fn find_label(dir: &Path, id: &str) -> Result<PathBuf> {
+    let stems = [id.replace("_image", "_label"), format!("{id}_label"), id.to_string()];
+    find_volume(dir, &stems).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "no label file for '{id}' in '{}' (looked for {}, {} and {}; .nii.gz or .nii)",
+            dir.display(),
+            stems[0],
+            stems[1],
+            stems[2]
+        ))
+    })
+}
+
+/// Reads a selection JSON file; the error names the file.
+pub fn read_selection(path: &Path) -> Result<Selection> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read selection", &e))?;
+    Selection::from_json(text.trim()).map_err(|e| e.context(path.display()))
+}
+
+fn existing(path: &str, what: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    if !p.is_file() {
+        return Err(Error::invalid_argument(format!("{what} '{path}' does not exist or is not a file")));
+    }
+    Ok(p)
+}
+
+/// The data named by the flags, every file checked to exist (before any model work).
+fn data(args: &Args) -> Result<Data> {
+    let mut data = Data::default();
+    match (args.get("labeled"), args.get("selection")) {
+        (Some(_), Some(_)) => return Err(Error::invalid_argument("give either --labeled or --selection, not both")),
+        (None, None) => {
+            return Err(Error::invalid_argument(
+                "no annotated volumes: give --labeled IMG=LABEL[,...] or --selection FILE --pool DIR --labels DIR",
+            ))
+        }
+        (Some(_), None) => {
+            for pair in args.list("labeled") {
+                let (image, label) = pair
+                    .split_once('=')
+                    .ok_or_else(|| Error::invalid_argument(format!("--labeled item '{pair}' is not IMAGE=LABEL")))?;
+                let image = existing(image, "--labeled image")?;
+                data.labeled.push((volume_id(&image), image, existing(label, "--labeled label")?));
+            }
+            if args.has("reliable") {
+                return Err(Error::invalid_argument("--reliable needs --selection (it names the reliable volumes)"));
+            }
+        }
+        (None, Some(file)) => {
+            let selection = read_selection(Path::new(file))?;
+            let pool = args.path("pool")?;
+            let labels = args.path("labels")?;
+            for pick in &selection.picks {
+                let image = find_image(&pool, &pick.id, "picked volume")?;
+                data.labeled.push((pick.id.clone(), image, find_label(&labels, &pick.id)?));
+            }
+            if args.has("reliable") {
+                for id in &selection.reliable {
+                    let image = find_image(&pool, id, "reliable volume")?;
+                    data.unlabeled.push((id.clone(), image));
+                }
+            }
+        }
+    }
+    for image in args.list("unlabeled") {
+        let image = existing(&image, "--unlabeled image")?;
+        data.unlabeled.push((volume_id(&image), image));
+    }
+    if data.labeled.is_empty() {
+        return Err(Error::invalid_argument("no annotated volumes given"));
+    }
+    Ok(data)
+}
+
+/// Reads the volumes and adds them to `tuner` (pseudo-labelling the unannotated ones), with
+/// progress; returns the fraction of voxels kept by each pseudo-label map.
+pub fn add_data(tuner: &mut FineTuner, data: &Data) -> Result<Vec<(String, f64)>> {
+    let total = data.labeled.len() + data.unlabeled.len();
+    let mut progress = Progress::new(total, "loading");
+    for (i, (id, image, label)) in data.labeled.iter().enumerate() {
+        progress.start(i, &format!("{id} (annotated)"));
+        let read = |p: &Path| read_nifti(p, &ReadOptions::default());
+        let (image_v, label_v): (Volume, Volume) = (read(image)?, read(label)?);
+        tuner.add_labeled(id, &image_v, &label_v).map_err(|e| {
+            e.context(format!("annotated volume '{id}' ({} with label {})", image.display(), label.display()))
+        })?;
+        progress.finish_item("done");
+    }
+    let mut kept = Vec::new();
+    for (i, (id, image)) in data.unlabeled.iter().enumerate() {
+        progress.start(data.labeled.len() + i, &format!("{id} (pseudo-labelling)"));
+        let volume = read_nifti(image, &ReadOptions::default())?;
+        let fraction = tuner.add_unlabeled(id, &volume).map_err(|e| e.context(image.display()))?;
+        progress.finish_item(&format!("{:.0}% of voxels reliable", fraction * 100.0));
+        kept.push((id.clone(), fraction));
+    }
+    Ok(kept)
+}
+
+/// The FineTuner for `options` (fresh) or continued from `resume` with `options` overriding the
+/// saved ones where `explicit` says a flag set them.
+pub fn tuner(
+    engine: &Engine,
+    options: FineTuneOptions,
+    resume: Option<&Path>,
+    explicit: &Explicit,
+) -> Result<FineTuner> {
+    let Some(path) = resume else { return FineTuner::new(engine, options) };
+    let saved = FineTuner::resume(engine, path, None)?;
+    let mut merged = saved.options().clone();
+    merged.total_steps = options.total_steps;
+    if explicit.patch {
+        merged.patch_size = options.patch_size;
+    }
+    if explicit.batch {
+        merged.batch_size = options.batch_size;
+    }
+    if explicit.lr {
+        merged.lr = options.lr;
+    }
+    if explicit.seed {
+        merged.seed = options.seed;
+    }
+    if merged == *saved.options() {
+        return Ok(saved);
+    }
+    drop(saved);
+    FineTuner::resume(engine, path, Some(merged))
+}
+
+/// Which training flags were given (the rest keep a resumed run's saved values).
+#[derive(Default)]
+pub struct Explicit {
+    pub patch: bool,
+    pub batch: bool,
+    pub lr: bool,
+    pub seed: bool,
+}
+
+/// Step progress on stderr: a redrawn bar on a terminal, one line per step otherwise.
+struct StepBar {
+    tty: bool,
+    started: Instant,
+    first: u64,
+    total: u64,
+}
+
+impl StepBar {
+    fn show(&self, r: &StepReport, saved: bool) {
+        let done = (r.step - self.first) as f64;
+        let left = (self.total - r.step) as f64;
+        let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * left;
+        let eta = format!("{}:{:02}", eta as u64 / 60, eta.round() as u64 % 60);
+        let line = format!(
+            "step {}/{} loss {:.4} (ce {:.4}, dice {:.4}) lr {:.2e} lambda {:.2} batch {}+{} ETA {eta}{}",
+            r.step,
+            self.total,
+            r.loss,
+            r.loss_ce,
+            r.loss_dice,
+            r.lr,
+            r.lambda,
+            r.labeled_in_batch,
+            r.pseudo_in_batch,
+            if saved { " [checkpoint saved]" } else { "" }
+        );
+        if self.tty {
+            let filled = (r.step as f64 / self.total.max(1) as f64 * 20.0).round() as usize;
+            let bar: String = (0..20).map(|i| if i < filled { '#' } else { '-' }).collect();
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K[{bar}] {line}");
+            if r.step == self.total {
+                let _ = writeln!(err);
+            }
+            let _ = err.flush();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Steps `tuner` until it has done `steps` steps, saving to `checkpoint` every `save_every` steps
+/// (0 = never in between) and at the end; one JSON line per step on stdout with `json`.
+pub fn train(
+    tuner: &mut FineTuner,
+    steps: u64,
+    checkpoint: Option<&Path>,
+    save_every: u64,
+    json: bool,
+) -> Result<Vec<StepReport>> {
+    let first = tuner.steps_done();
+    let bar = StepBar { tty: std::io::stderr().is_terminal(), started: Instant::now(), first, total: steps };
+    let mut reports = Vec::new();
+    while tuner.steps_done() < steps {
+        let started = Instant::now();
+        let r = tuner.step()?;
+        let seconds = started.elapsed().as_secs_f64();
+        let last = r.step == steps;
+        let save = checkpoint.filter(|_| last || (save_every > 0 && r.step.is_multiple_of(save_every)));
+        if let Some(path) = save {
+            tuner.save_checkpoint(path)?;
+        }
+        bar.show(&r, save.is_some());
+        if json {
+            let line = serde_json::json!({
+                "step": r.step, "steps": steps, "loss": r.loss, "loss_ce": r.loss_ce, "loss_dice": r.loss_dice,
+                "lr": r.lr, "lambda": r.lambda, "labeled_in_batch": r.labeled_in_batch,
+                "pseudo_in_batch": r.pseudo_in_batch, "seconds": seconds,
+                "checkpoint": save.map(|p| p.display().to_string()),
+            });
+            println!("{line}");
+        }
+        reports.push(r);
+    }
+    Ok(reports)
+}
+
+/// The fine-tuning options named by the flags (unset ones at their defaults) and which were set.
+pub fn options(args: &Args, steps: u64) -> Result<(FineTuneOptions, Explicit)> {
+    let defaults = FineTuneOptions::default();
+    let patch: Option<usize> = args.parsed("patch", "a whole number")?;
+    let batch: Option<usize> = args.parsed("batch", "a whole number")?;
+    let lr: Option<f64> = args.parsed("lr", "a number")?;
+    let seed: Option<u64> = args.parsed("seed", "a whole number")?;
+    let explicit = Explicit { patch: patch.is_some(), batch: batch.is_some(), lr: lr.is_some(), seed: seed.is_some() };
+    let options = FineTuneOptions {
+        patch_size: patch.map(|p| [p; 3]),
+        batch_size: batch.unwrap_or(defaults.batch_size),
+        total_steps: steps,
+        lr,
+        seed: seed.unwrap_or(defaults.seed),
+        ..defaults
+    };
+    options.validate()?;
+    Ok((options, explicit))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let steps: u64 = args.required("steps")?.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+        Error::invalid_argument(format!("--steps '{}' is not a positive whole number", args.get("steps").unwrap_or("")))
+    })?;
+    let (options, explicit) = options(args, steps)?;
+    let resume = args.get("resume").map(PathBuf::from);
+    if let Some(r) = &resume {
+        if !r.is_file() {
+            return Err(Error::invalid_argument(format!("--resume '{}' does not exist", r.display())));
+        }
+    }
+    let checkpoint = args.get("checkpoint").map(PathBuf::from).or_else(|| resume.clone());
+    let save_every: u64 = args.parsed("save-every", "a whole number")?.unwrap_or(0);
+    if save_every > 0 && checkpoint.is_none() {
+        return Err(Error::invalid_argument("--save-every needs --checkpoint PATH (or --resume PATH)"));
+    }
+    if let Some(c) = &checkpoint {
+        check_output(c, "checkpoint")?;
+    }
+    let export = args.get("export").map(PathBuf::from);
+    if let Some(dir) = &export {
+        if dir.exists() {
+            return Err(Error::invalid_argument(format!(
+                "--export '{}' already exists; name a new folder",
+                dir.display()
+            )));
+        }
+        check_output(dir, "export")?;
+    }
+    let data = data(args)?;
+
+    let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
+    let mut tuner = tuner(&engine, options, resume.as_deref(), &explicit)?;
+    let start = tuner.steps_done();
+    if let Some(r) = &resume {
+        eprintln!("resuming {} at step {start} of {steps}", r.display());
+    }
+    add_data(&mut tuner, &data)?;
+    let reports = train(&mut tuner, steps, checkpoint.as_deref(), save_every, args.has("json"))?;
+    if reports.is_empty() {
+        eprintln!("the run is already at step {start} of {steps}: nothing to do");
+    }
+    if let Some(dir) = &export {
+        tuner.export_bundle(dir)?;
+    }
+    if !args.has("json") {
+        if let Some(last) = reports.last() {
+            println!("fine-tuned steps {}..{} of {steps}; last loss {:.4}", start + 1, last.step, last.loss);
+        }
+        if let Some(c) = &checkpoint {
+            println!("checkpoint {} (step {})", c.display(), tuner.steps_done());
+        }
+        if let Some(dir) = &export {
+            println!("adapted bundle {}", dir.display());
+        }
+    }
+    Ok(())
+}
