@@ -1,6 +1,7 @@
-//! Fine-tuning: runs a bundle's standard-op train-step graph (DiceCE forward + backward + AdamW)
-//! in an ordinary ONNX Runtime session, feeding each step's updated parameters and moments back
-//! as the next step's inputs. See shared/design/fine-tuning.md for why training is a graph.
+//! The train-step graph driver: runs a bundle's standard-op train-step graph (DiceCE forward +
+//! backward + AdamW) in an ordinary ONNX Runtime session, feeding each step's updated parameters
+//! and moments back as the next step's inputs. See shared/design/fine-tuning.md for why training
+//! is a graph. Batches, schedules and data live one level up ([`super::FineTuner`]).
 
 use std::borrow::Cow;
 
@@ -21,9 +22,9 @@ pub struct Batch<'a> {
     pub loss_weight: &'a [f32],
 }
 
-/// The loss of one step (computed before that step's update) and the step's number.
+/// The loss of one graph step (computed before that step's update) and the step's number.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepReport {
+pub struct StepLoss {
     pub loss: f32,
     pub loss_ce: f32,
     pub loss_dice: f32,
@@ -72,6 +73,45 @@ impl Trainer {
         self.step
     }
 
+    /// Every state tensor as (train-step input name, value): `param.*`, `m.*`, `v.*`, in the
+    /// manifest's parameter order — what a checkpoint holds besides the step count.
+    pub fn state(&self) -> impl Iterator<Item = (&str, &ArrayD<f32>)> {
+        self.state.iter().map(|s| (s.input.as_str(), &s.value))
+    }
+
+    /// The name of the step-count tensor in checkpoints.
+    pub fn step_key(&self) -> &str {
+        &self.spec.io.step_checkpoint_key
+    }
+
+    /// Replaces the whole state (every tensor of [`Trainer::state`], by name) and the step count.
+    /// Nothing changes unless every tensor is present with the shape the bundle declares.
+    pub fn restore(&mut self, mut lookup: impl FnMut(&str) -> Option<ArrayD<f32>>, step: i64) -> Result<()> {
+        let mut values = Vec::with_capacity(self.state.len());
+        for s in &self.state {
+            let value = lookup(&s.input).ok_or_else(|| {
+                Error::invalid_data(format!("the checkpoint has no tensor '{}', which this bundle trains", s.input))
+            })?;
+            if value.shape() != s.value.shape() {
+                return Err(Error::invalid_data(format!(
+                    "checkpoint tensor '{}' has shape {:?}; this bundle's is {:?}",
+                    s.input,
+                    value.shape(),
+                    s.value.shape()
+                )));
+            }
+            values.push(value);
+        }
+        if step < 0 {
+            return Err(Error::invalid_data(format!("the checkpoint's step count is negative ({step})")));
+        }
+        for (s, value) in self.state.iter_mut().zip(values) {
+            s.value = value;
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// Current parameters as (inference-graph initializer name, value), to run the model with
     /// the fine-tuned weights.
     pub fn weights(&self) -> Vec<(&str, &ArrayD<f32>)> {
@@ -86,7 +126,7 @@ impl Trainer {
     }
 
     /// One AdamW step on `batch` with learning rate `lr` and decoupled weight decay.
-    pub fn step(&mut self, batch: &Batch<'_>, lr: f32, weight_decay: f32) -> Result<StepReport> {
+    pub fn step(&mut self, batch: &Batch<'_>, lr: f32, weight_decay: f32) -> Result<StepLoss> {
         self.check_batch(batch)?;
         let io = &self.spec.io;
         let step_number = self.step + 1;
@@ -114,7 +154,7 @@ impl Trainer {
                 .next()
                 .ok_or_else(|| Error::new(ErrorKind::Model, format!("output '{name}' is empty")))?)
         };
-        let report = StepReport {
+        let report = StepLoss {
             loss: scalar(&io.loss)?,
             loss_ce: scalar(&io.loss_ce)?,
             loss_dice: scalar(&io.loss_dice)?,

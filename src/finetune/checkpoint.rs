@@ -1,0 +1,148 @@
+//! Fine-tuning checkpoints: one safetensors file with the train step's whole state (`param.*`,
+//! `m.*`, `v.*` as f32 and the step count as an i64 scalar, the same layout as a bundle's
+//! `checkpoint.safetensors`, so a checkpoint can serve as an adapted bundle's checkpoint) plus
+//! string metadata: the format tag, the bundle's name, the step the run started from and the
+//! options as JSON.
+//!
+//! Files are written crash-safely: a temporary file in the same folder, fsync, rename over the
+//! target, fsync of the folder. A process killed at any moment leaves either the previous file
+//! or the new one at the path, never a mix (and possibly a stray `.<name>.tmp-<pid>` file).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Metadata value of [`KEY_FORMAT`] in checkpoints this build writes and reads.
+pub const FORMAT: &str = "asfda.finetune.v1";
+pub const KEY_FORMAT: &str = "format";
+pub const KEY_BUNDLE: &str = "bundle";
+pub const KEY_BASE_STEP: &str = "base_step";
+pub const KEY_OPTIONS: &str = "options";
+
+/// A checkpoint read back: state tensors by name, the step count and the metadata.
+pub struct Checkpoint {
+    pub tensors: HashMap<String, ArrayD<f32>>,
+    pub step: i64,
+    pub metadata: HashMap<String, String>,
+}
+
+/// Serialises `state` (name, value), the step count under `step_key` and `metadata`.
+pub fn encode<'a>(
+    state: impl Iterator<Item = (&'a str, &'a ArrayD<f32>)>,
+    step_key: &str,
+    step: i64,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = state
+        .map(|(name, value)| {
+            let bytes = value.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.to_string(), value.shape().to_vec(), bytes)
+        })
+        .collect();
+    let step_bytes = step.to_le_bytes();
+    let mut views = Vec::with_capacity(owned.len() + 1);
+    for (name, shape, bytes) in &owned {
+        views.push((name.as_str(), view(Dtype::F32, shape.clone(), bytes)?));
+    }
+    views.push((step_key, view(Dtype::I64, vec![], &step_bytes)?));
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::internal(format!("serialising a checkpoint: {e}")))
+}
+
+fn view(dtype: Dtype, shape: Vec<usize>, bytes: &[u8]) -> Result<safetensors::tensor::TensorView<'_>> {
+    safetensors::tensor::TensorView::new(dtype, shape, bytes).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Reads a checkpoint written by [`encode`]. `Format` for a file that is not safetensors (e.g.
+/// truncated); `InvalidData` for a safetensors file that is not an asfda fine-tuning checkpoint.
+pub fn read(path: &Path, step_key: &str) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read the checkpoint", &e))?;
+    let bad = |e: safetensors::SafeTensorError| {
+        Error::new(
+            ErrorKind::Format,
+            format!("'{}' is not a readable checkpoint (truncated or corrupt safetensors file): {e}", path.display()),
+        )
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    if metadata.get(KEY_FORMAT).map(String::as_str) != Some(FORMAT) {
+        return Err(Error::invalid_data(format!(
+            "'{}' is not an asfda fine-tuning checkpoint (its metadata has no \"{KEY_FORMAT}\": \"{FORMAT}\"); \
+             a bundle's own checkpoint is loaded with the bundle",
+            path.display()
+        )));
+    }
+    let tensors = SafeTensors::deserialize(&bytes).map_err(bad)?;
+    let mut state = HashMap::new();
+    let mut step = None;
+    for (name, t) in tensors.tensors() {
+        match t.dtype() {
+            Dtype::F32 => {
+                let data = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let array = ArrayD::from_shape_vec(t.shape(), data).map_err(|e| Error::internal(e.to_string()))?;
+                state.insert(name, array);
+            }
+            Dtype::I64 if name == step_key && t.data().len() == 8 => {
+                step = Some(i64::from_le_bytes(t.data().try_into().expect("8 bytes")));
+            }
+            other => {
+                return Err(Error::invalid_data(format!(
+                    "'{}': tensor '{name}' is {other:?} with shape {:?}; checkpoints hold f32 state and one i64 '{step_key}'",
+                    path.display(),
+                    t.shape()
+                )))
+            }
+        }
+    }
+    let step =
+        step.ok_or_else(|| Error::invalid_data(format!("'{}' has no step count '{step_key}'", path.display())))?;
+    Ok(Checkpoint { tensors: state, step, metadata })
+}
+
+/// Writes `bytes` to `path` crash-safely (temp file in the same folder, fsync, rename, fsync of
+/// the folder).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid_argument(format!("'{}' names no file", path.display())))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", &e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", &e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, "flush to disk", &e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename the finished file onto", &e))?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The folder holding `path` ("." for a bare file name).
+pub fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// fsync of a folder, so a rename in it survives a power cut.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "flush the folder to disk", &e))
+}
+
+/// Writes a file and fsyncs it (inside a folder that is renamed into place afterwards).
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, "create", &e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, "write", &e))?;
+    f.sync_all().map_err(|e| Error::io(path, "flush to disk", &e))
+}

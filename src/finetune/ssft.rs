@@ -1,0 +1,659 @@
+//! Selective Semi-supervised Fine-tuning (method.md section 2): the [`FineTuner`] mixes patches
+//! of annotated volumes with patches of reliable pseudo-labelled ones, ramps the pseudo-label
+//! weight, decays the learning rate, and saves, resumes, evaluates and exports the result.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::{s, Array3, Array4, Array5, Axis};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, Checkpoint};
+use super::onnx_weights::bake_weights;
+use super::sampling::{
+    crop_image, crop_labels, poly_lr, ramp_weight, sample_patch, step_rng, uniform, ForegroundIndex, Patch,
+};
+use super::step::{Batch, Trainer};
+use crate::bundle::Manifest;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::preprocess::prepare;
+use crate::volume::Volume;
+use crate::window::Cancel;
+
+/// Fine-tuning settings. `Default` gives the documented defaults; `None` fields take the
+/// bundle manifest's value. Choices marked [RECON] are this project's reconstruction of what
+/// the paper leaves open (method.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FineTuneOptions {
+    /// Training patch (z, y, x) in model-grid voxels; each a multiple of the manifest's
+    /// `size_divisible_by`. Default (None): the manifest's patch size (nnU-Net trains on the
+    /// patch it infers with).
+    pub patch_size: Option<[usize; 3]>,
+    /// Patches per step. Default 2 (nnU-Net's 3D default).
+    pub batch_size: usize,
+    /// Length T of the schedules (poly LR, lambda ramp). Default 100 [RECON]: few labelled
+    /// volumes over-fit quickly; steps past T run with learning rate 0.
+    pub total_steps: u64,
+    /// Base learning rate. Default (None): the manifest's `optimizer.lr`.
+    pub lr: Option<f64>,
+    /// AdamW's decoupled weight decay. Default (None): the manifest's `optimizer.weight_decay`.
+    pub weight_decay: Option<f64>,
+    /// Exponent of the poly schedule `lr (1 - t/T)^e`. Default 0.9 (nnU-Net).
+    pub poly_exponent: f64,
+    /// Probability that a patch is centred on a foreground voxel. Default 1/3 (nnU-Net's
+    /// `oversample_foreground_percent`, drawn per patch as in its probabilistic variant, since
+    /// nnU-Net's per-batch rule gives 1 of 2 at batch size 2).
+    pub foreground_fraction: f64,
+    /// Probability that a patch comes from an annotated volume rather than a pseudo-labelled one
+    /// (when both exist). Default 0.5 [RECON]: equal shares of the two loss terms of method.md.
+    pub labeled_fraction: f64,
+    /// tau_pl: pseudo-label voxels whose top probability is below this are ignored by the loss.
+    /// Default 0.9 (method.md).
+    pub pseudo_label_threshold: f64,
+    /// Share of `total_steps` over which lambda ramps from ~0 to 1 (see
+    /// [`super::sampling::ramp_weight`]). Default 0.2 (method.md).
+    pub ramp_fraction: f64,
+    /// Recompute pseudo-labels with the current fine-tuned weights every this many steps
+    /// (0 = never: they come from the bundle's weights). Default 0 [RECON].
+    pub pseudo_label_refresh_every: u64,
+    /// Seed of every random draw (patch sources, positions). Default 0.
+    pub seed: u64,
+}
+
+impl Default for FineTuneOptions {
+    fn default() -> Self {
+        FineTuneOptions {
+            patch_size: None,
+            batch_size: 2,
+            total_steps: 100,
+            lr: None,
+            weight_decay: None,
+            poly_exponent: 0.9,
+            foreground_fraction: 1.0 / 3.0,
+            labeled_fraction: 0.5,
+            pseudo_label_threshold: 0.9,
+            ramp_fraction: 0.2,
+            pseudo_label_refresh_every: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl FineTuneOptions {
+    /// Checks every value on its own (the patch against the model is checked by [`FineTuner::new`]).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid_argument(format!("fine-tuning options: {what}")));
+        if let Some(p) = self.patch_size {
+            if p.contains(&0) {
+                return bad(format!("patch_size {p:?} has a zero side"));
+            }
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.total_steps == 0 {
+            return bad("total_steps must be at least 1".into());
+        }
+        if let Some(lr) = self.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(format!("lr must be a positive number, got {lr}"));
+            }
+        }
+        if let Some(wd) = self.weight_decay {
+            if !(wd.is_finite() && wd >= 0.0) {
+                return bad(format!("weight_decay must be >= 0, got {wd}"));
+            }
+        }
+        if !(self.poly_exponent.is_finite() && self.poly_exponent >= 0.0) {
+            return bad(format!("poly_exponent must be >= 0, got {}", self.poly_exponent));
+        }
+        for (name, v) in [
+            ("foreground_fraction", self.foreground_fraction),
+            ("labeled_fraction", self.labeled_fraction),
+            ("pseudo_label_threshold", self.pseudo_label_threshold),
+            ("ramp_fraction", self.ramp_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{name} must be in [0, 1], got {v}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one [`FineTuner::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// The batch loss before the update: `sum_n w_n DiceCE_n / N` (w = 1 labelled, lambda pseudo).
+    pub loss: f32,
+    pub loss_ce: f32,
+    pub loss_dice: f32,
+    /// Learning rate of this step (poly schedule).
+    pub lr: f64,
+    /// Weight of the pseudo-labelled patches in this step.
+    pub lambda: f64,
+    /// 1-based number of this step within the fine-tuning run.
+    pub step: u64,
+    pub labeled_in_batch: usize,
+    pub pseudo_in_batch: usize,
+}
+
+/// One patch of a planned batch ([`FineTuner::plan_batch`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedPatch {
+    /// From the annotated set (else the pseudo-labelled one).
+    pub labeled: bool,
+    /// Index of the volume in its set, in id order.
+    pub volume: usize,
+    pub id: String,
+    pub patch: Patch,
+}
+
+/// One volume ready for patch sampling, on the padded model grid.
+struct Sample {
+    id: String,
+    /// [C, Z, Y, X], preprocessed.
+    image: Array4<f32>,
+    /// [Z, Y, X]: classes, or the ignore label (padding, unreliable pseudo-labels).
+    labels: Array3<i64>,
+    /// Per-channel background (minimum), to pad patches reaching outside the grid.
+    fill: Vec<f32>,
+    foreground: ForegroundIndex,
+}
+
+struct Unlabeled {
+    sample: Sample,
+    /// Kept only when pseudo-labels are refreshed (re-inference needs the caller's volume).
+    volume: Option<Volume>,
+}
+
+/// The SSFT trainer. It starts from the bundle's checkpoint (or a saved fine-tuning checkpoint,
+/// [`FineTuner::resume`]); annotated and pseudo-labelled volumes are added, then each
+/// [`FineTuner::step`] takes one AdamW step.
+///
+/// Determinism: a step's random draws are a function of `(seed, step index)` only, and volumes
+/// are sampled in id order (not in the order they were added), so the same data and options
+/// give the same steps, and a resumed run continues exactly like the uninterrupted one.
+pub struct FineTuner {
+    /// Produces pseudo-labels and runs evaluation: the bundle's weights, or the fine-tuned ones
+    /// of the last refresh. Private, so the caller's engine is never changed behind its back.
+    labeler: Engine,
+    trainer: Trainer,
+    manifest: Manifest,
+    options: FineTuneOptions,
+    patch: [usize; 3],
+    lr: f64,
+    weight_decay: f64,
+    ignore: i64,
+    /// The trainer's step count when this run began (the bundle checkpoint's own count).
+    base_step: i64,
+    /// Step index whose weights made the current pseudo-labels (None: the bundle's weights).
+    labeler_step: Option<u64>,
+    labeled: Vec<Sample>,
+    unlabeled: Vec<Unlabeled>,
+}
+
+impl FineTuner {
+    /// A trainer on `engine`'s bundle, starting from the bundle's checkpoint. Reads the
+    /// train-step graph and checkpoint from the bundle folder; `engine` itself is not changed
+    /// (nor borrowed afterwards).
+    pub fn new(engine: &Engine, options: FineTuneOptions) -> Result<FineTuner> {
+        options.validate()?;
+        let bundle = engine.bundle();
+        let manifest = bundle.manifest().clone();
+        let training = bundle.training()?.clone();
+        let divisor = manifest.input.size_divisible_by;
+        let patch = options.patch_size.unwrap_or(manifest.input.patch_size);
+        if patch.iter().any(|&p| p % divisor != 0) {
+            return Err(Error::invalid_argument(format!(
+                "fine-tuning options: patch_size {patch:?} must be multiples of {divisor} (the model's size_divisible_by)"
+            )));
+        }
+        let trainer = Trainer::new(bundle, &engine.options().runtime)?;
+        let base_step = trainer.steps_taken();
+        Ok(FineTuner {
+            labeler: engine.with_weights(&[])?,
+            trainer,
+            patch,
+            lr: options.lr.unwrap_or(training.optimizer.lr),
+            weight_decay: options.weight_decay.unwrap_or(training.optimizer.weight_decay),
+            ignore: training.loss.ignore_label,
+            manifest,
+            options,
+            base_step,
+            labeler_step: None,
+            labeled: Vec::new(),
+            unlabeled: Vec::new(),
+        })
+    }
+
+    /// Continues the run saved at `path` by [`FineTuner::save_checkpoint`]: weights, AdamW
+    /// moments and step count exactly as saved, and the saved options unless `options` is given
+    /// (e.g. to extend `total_steps`). The data are not in the checkpoint: add the same volumes
+    /// again (any order; sampling goes by id).
+    ///
+    /// Pseudo-labels: with refresh off they come from the bundle's weights, as in the original
+    /// run, so the resumed steps equal the uninterrupted ones exactly. With refresh every N
+    /// steps, volumes added after resuming are labelled with the checkpoint's weights (after
+    /// step 0, the bundle's); that equals the original run exactly when the checkpoint was
+    /// saved at a refresh boundary (step a multiple of N), otherwise the pseudo-labels differ
+    /// until the next refresh.
+    ///
+    /// Errors: `Format` for a file that is not a (complete) safetensors file; `InvalidData` for a
+    /// file that is not an asfda fine-tuning checkpoint, one of another bundle, or one whose
+    /// tensors do not match this bundle's parameters.
+    pub fn resume(engine: &Engine, path: &Path, options: Option<FineTuneOptions>) -> Result<FineTuner> {
+        let training = engine.bundle().training()?;
+        let cp = checkpoint::read(path, &training.io.step_checkpoint_key)?;
+        let name = &engine.bundle().manifest().name;
+        let saved_for = cp.metadata.get(checkpoint::KEY_BUNDLE).map(String::as_str).unwrap_or("");
+        if saved_for != name {
+            return Err(Error::invalid_data(format!(
+                "checkpoint '{}' was saved for model bundle '{saved_for}', not '{name}'",
+                path.display()
+            )));
+        }
+        let base_step: i64 =
+            cp.metadata.get(checkpoint::KEY_BASE_STEP).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Error::invalid_data(format!(
+                    "checkpoint '{}' has no valid '{}' metadata",
+                    path.display(),
+                    checkpoint::KEY_BASE_STEP
+                ))
+            })?;
+        let options = match options {
+            Some(o) => o,
+            None => {
+                let json = cp.metadata.get(checkpoint::KEY_OPTIONS).map(String::as_str).unwrap_or("");
+                serde_json::from_str(json).map_err(|e| {
+                    Error::invalid_data(format!("checkpoint '{}': unreadable options ({e})", path.display()))
+                })?
+            }
+        };
+        if cp.step < base_step {
+            return Err(Error::invalid_data(format!(
+                "checkpoint '{}': step {} is before the run's start {base_step}",
+                path.display(),
+                cp.step
+            )));
+        }
+        let mut tuner = FineTuner::new(engine, options)?;
+        let Checkpoint { mut tensors, step, .. } = cp;
+        if let Some(extra) = tensors.keys().find(|k| !tuner.trainer.state().any(|(n, _)| n == k.as_str())) {
+            return Err(Error::invalid_data(format!(
+                "checkpoint '{}' has tensor '{extra}', which bundle '{name}' does not train",
+                path.display()
+            )));
+        }
+        tuner.trainer.restore(|n| tensors.remove(n), step)?;
+        tuner.base_step = base_step;
+        let t = tuner.steps_done();
+        if tuner.options.pseudo_label_refresh_every > 0 && t > 0 {
+            tuner.labeler = engine.with_weights(&tuner.trainer.weights())?;
+            tuner.labeler_step = Some(t);
+        }
+        Ok(tuner)
+    }
+
+    pub fn options(&self) -> &FineTuneOptions {
+        &self.options
+    }
+
+    /// The training patch (z, y, x) in use.
+    pub fn patch_size(&self) -> [usize; 3] {
+        self.patch
+    }
+
+    /// Steps taken in this fine-tuning run (resumed steps included).
+    pub fn steps_done(&self) -> u64 {
+        (self.trainer.steps_taken() - self.base_step) as u64
+    }
+
+    /// Number of classes of the model (background included).
+    pub fn classes(&self) -> usize {
+        self.manifest.classes.len()
+    }
+
+    /// Ids of the annotated and the pseudo-labelled volumes, each in sampling (id) order.
+    pub fn ids(&self) -> (Vec<&str>, Vec<&str>) {
+        (
+            self.labeled.iter().map(|s| s.id.as_str()).collect(),
+            self.unlabeled.iter().map(|u| u.sample.id.as_str()).collect(),
+        )
+    }
+
+    /// The training labels of an added volume on the padded model grid [Z, Y, X]: its annotation,
+    /// or its pseudo-labels; the ignore label on padding and unreliable voxels.
+    pub fn labels(&self, id: &str) -> Option<&Array3<i64>> {
+        self.labeled.iter().chain(self.unlabeled.iter().map(|u| &u.sample)).find(|s| s.id == id).map(|s| &s.labels)
+    }
+
+    /// The label value the loss ignores (from the manifest).
+    pub fn ignore_label(&self) -> i64 {
+        self.ignore
+    }
+
+    /// The current parameters as (inference initializer name, value).
+    pub fn weights(&self) -> Vec<(&str, &ndarray::ArrayD<f32>)> {
+        self.trainer.weights()
+    }
+
+    /// Adds an annotated volume. `label` must be on `image`'s voxel grid (`GeometryMismatch`),
+    /// have one channel and integer class values in `0..classes` (`InvalidData` naming the first
+    /// bad value). Ids must be unique across both sets.
+    pub fn add_labeled(&mut self, id: &str, image: &Volume, label: &Volume) -> Result<()> {
+        self.check_new_id(id)?;
+        image.check_same_grid(label, &format!("add_labeled('{id}'): the image and its label volume"))?;
+        self.check_label_values(id, label)?;
+        let prepared = prepare(image, &self.manifest.input)?;
+        let labels = prepared.grid.labels_to_model(label, self.ignore)?;
+        let sample = self.sample(id, prepared.image, labels);
+        let at = self.labeled.partition_point(|s| s.id.as_str() < id);
+        self.labeled.insert(at, sample);
+        Ok(())
+    }
+
+    /// Adds an unannotated volume (meant for the reliable set of the selection): its
+    /// pseudo-labels are the argmax of the current labelling model's probabilities, with voxels
+    /// whose top probability is below `pseudo_label_threshold` (and the padding) set to the
+    /// ignore label. Returns the fraction of the volume's (unpadded) voxels that stay labelled.
+    pub fn add_unlabeled(&mut self, id: &str, image: &Volume) -> Result<f64> {
+        self.check_new_id(id)?;
+        let (sample, kept) = self.pseudo_label(id, image)?;
+        let volume = (self.options.pseudo_label_refresh_every > 0).then(|| image.clone());
+        let at = self.unlabeled.partition_point(|u| u.sample.id.as_str() < id);
+        self.unlabeled.insert(at, Unlabeled { sample, volume });
+        Ok(kept)
+    }
+
+    fn check_new_id(&self, id: &str) -> Result<()> {
+        if self.labeled.iter().any(|s| s.id == id) || self.unlabeled.iter().any(|u| u.sample.id == id) {
+            return Err(Error::invalid_argument(format!("a volume with id '{id}' was already added")));
+        }
+        Ok(())
+    }
+
+    fn check_label_values(&self, id: &str, label: &Volume) -> Result<()> {
+        if label.channels() != 1 {
+            return Err(Error::invalid_argument(format!(
+                "label volume '{id}' has {} channels, expected 1",
+                label.channels()
+            )));
+        }
+        let classes = self.classes();
+        if let Some(bad) = label.data().iter().find(|v| !(v.fract() == 0.0 && **v >= 0.0 && **v < classes as f32)) {
+            return Err(Error::invalid_data(format!(
+                "label volume '{id}' has the value {bad}, which is not a class index of this model (0..{})",
+                classes - 1
+            )));
+        }
+        Ok(())
+    }
+
+    fn sample(&self, id: &str, image: Array4<f32>, labels: Array3<i64>) -> Sample {
+        let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
+        let foreground = ForegroundIndex::new(&labels, &self.manifest.foreground_classes);
+        Sample { id: id.to_string(), image, labels, fill, foreground }
+    }
+
+    fn pseudo_label(&self, id: &str, image: &Volume) -> Result<(Sample, f64)> {
+        let inference = self.labeler.infer(image, &Cancel::new()?, &mut |_| true)?;
+        let prepared = prepare(image, &self.manifest.input)?;
+        let probs = &inference.probabilities;
+        let (_, z, y, x) = probs.dim();
+        let tau = self.options.pseudo_label_threshold as f32;
+        let mut labels = Array3::from_elem((z, y, x), self.ignore);
+        let [rz, ry, rx] = inference.grid.valid_region();
+        let mut kept = 0usize;
+        for k in rz.clone() {
+            for j in ry.clone() {
+                for i in rx.clone() {
+                    let lane = probs.slice(s![.., k, j, i]);
+                    let (best, p) =
+                        lane.iter()
+                            .enumerate()
+                            .fold((0, f32::NEG_INFINITY), |b, (c, &p)| if p > b.1 { (c, p) } else { b });
+                    if p >= tau {
+                        labels[[k, j, i]] = best as i64;
+                        kept += 1;
+                    }
+                }
+            }
+        }
+        if prepared.image.shape()[1..] != [z, y, x] {
+            return Err(Error::internal(format!(
+                "the engine's model grid {:?} differs from preprocessing's {:?}",
+                [z, y, x],
+                &prepared.image.shape()[1..]
+            )));
+        }
+        let valid = rz.len() * ry.len() * rx.len();
+        Ok((self.sample(id, prepared.image, labels), kept as f64 / valid.max(1) as f64))
+    }
+
+    /// Relabels every unlabelled volume with the current weights.
+    fn refresh_pseudo_labels(&mut self, t: u64) -> Result<()> {
+        self.labeler = self.labeler.with_weights(&self.trainer.weights())?;
+        self.labeler_step = Some(t);
+        for i in 0..self.unlabeled.len() {
+            let volume =
+                self.unlabeled[i].volume.take().ok_or_else(|| Error::internal("refresh without the volume"))?;
+            let id = self.unlabeled[i].sample.id.clone();
+            let result = self.pseudo_label(&id, &volume);
+            self.unlabeled[i].volume = Some(volume);
+            self.unlabeled[i].sample = result?.0;
+        }
+        Ok(())
+    }
+
+    /// The patches step `t` (0-based) draws, as [`FineTuner::step`] describes; a pure function
+    /// of the seed, `t` and the data (exposed to inspect the sampling).
+    pub fn plan_batch(&self, t: u64) -> Vec<PlannedPatch> {
+        let o = &self.options;
+        // Pseudo-labelled volumes with at least one reliable voxel (the rest teach nothing).
+        let pseudo: Vec<usize> = (0..self.unlabeled.len())
+            .filter(|&i| self.unlabeled[i].sample.labels.iter().any(|&l| l != self.ignore))
+            .collect();
+        let mut rng = step_rng(o.seed, t);
+        (0..o.batch_size)
+            .map(|_| {
+                let labeled = uniform(&mut rng) < o.labeled_fraction || pseudo.is_empty();
+                let volume = if labeled {
+                    rng.below(self.labeled.len() as u64) as usize
+                } else {
+                    pseudo[rng.below(pseudo.len() as u64) as usize]
+                };
+                let sample = if labeled { &self.labeled[volume] } else { &self.unlabeled[volume].sample };
+                let foreground = uniform(&mut rng) < o.foreground_fraction;
+                let (z, y, x) = sample.labels.dim();
+                let patch = sample_patch(&mut rng, [z, y, x], self.patch, &sample.foreground, foreground);
+                PlannedPatch { labeled, volume, id: sample.id.clone(), patch }
+            })
+            .collect()
+    }
+
+    /// One AdamW step on a batch of `batch_size` patches.
+    ///
+    /// With `t` the 0-based index of this step and `T = total_steps`: learning rate
+    /// `lr (1 - t/T)^poly_exponent`, pseudo weight `lambda(t)` ([`super::sampling::ramp_weight`]).
+    /// Each patch, drawn from `step_rng(seed, t)`: from the annotated set with probability
+    /// `labeled_fraction` (always, when no pseudo-labelled volume has a reliable voxel), else
+    /// from the pseudo-labelled set; the volume uniformly within its set; foreground-centred
+    /// with probability `foreground_fraction`; loss weight 1 (annotated) or lambda (pseudo).
+    ///
+    /// Errors: `InvalidArgument` when no annotated volume was added. A step whose loss is not
+    /// finite leaves the state unchanged and returns `InvalidData`.
+    pub fn step(&mut self) -> Result<StepReport> {
+        if self.labeled.is_empty() {
+            return Err(Error::invalid_argument(
+                "fine-tuning needs at least one annotated volume: add one with add_labeled before stepping",
+            ));
+        }
+        let o = &self.options;
+        let t = self.steps_done();
+        if o.pseudo_label_refresh_every > 0
+            && t > 0
+            && t % o.pseudo_label_refresh_every == 0
+            && self.labeler_step != Some(t)
+        {
+            self.refresh_pseudo_labels(t)?;
+        }
+        let o = &self.options;
+        let lr = poly_lr(self.lr, t, o.total_steps, o.poly_exponent);
+        let lambda = ramp_weight(t, o.total_steps, o.ramp_fraction);
+        let plan = self.plan_batch(t);
+        let channels = self.manifest.input.channels;
+        let [pz, py, px] = self.patch;
+        let n = plan.len();
+        let mut image = Array5::<f32>::zeros((n, channels, pz, py, px));
+        let mut labels = Array4::<i64>::zeros((n, pz, py, px));
+        let mut weights = Vec::with_capacity(n);
+        for (b, p) in plan.iter().enumerate() {
+            let sample = if p.labeled { &self.labeled[p.volume] } else { &self.unlabeled[p.volume].sample };
+            crop_image(&sample.image, p.patch.start, &sample.fill, image.index_axis_mut(Axis(0), b));
+            crop_labels(&sample.labels, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
+            weights.push(if p.labeled { 1.0f32 } else { lambda as f32 });
+        }
+        let n_labeled = plan.iter().filter(|p| p.labeled).count();
+        let n_pseudo = n - n_labeled;
+        let batch = Batch { image: image.view().into_dyn(), labels: labels.view().into_dyn(), loss_weight: &weights };
+        let loss = self.trainer.step(&batch, lr as f32, self.weight_decay as f32)?;
+        Ok(StepReport {
+            loss: loss.loss,
+            loss_ce: loss.loss_ce,
+            loss_dice: loss.loss_dice,
+            lr,
+            lambda,
+            step: t + 1,
+            labeled_in_batch: n_labeled,
+            pseudo_in_batch: n_pseudo,
+        })
+    }
+
+    /// Dice per class (index 0 = background) of the current fine-tuned weights on annotated
+    /// volumes: each volume is segmented, compared with its label on the caller's grid, and the
+    /// per-volume Dice is averaged over volumes. A class absent from both the prediction and the
+    /// label of a volume scores 1 for it. Errors as [`FineTuner::add_labeled`] for bad labels.
+    pub fn evaluate(&self, cases: &[(&Volume, &Volume)]) -> Result<Vec<f64>> {
+        if cases.is_empty() {
+            return Err(Error::invalid_argument("evaluate needs at least one (image, label) pair"));
+        }
+        let classes = self.classes();
+        for (i, (image, label)) in cases.iter().enumerate() {
+            image.check_same_grid(label, &format!("evaluate: case {i}'s image and label"))?;
+            self.check_label_values(&format!("case {i}"), label)?;
+        }
+        let engine = self.labeler.with_weights(&self.trainer.weights())?;
+        let mut sum = vec![0.0; classes];
+        for (image, label) in cases {
+            let seg = engine.segment(image, Default::default(), &Cancel::new()?, &mut |_| true)?;
+            let (mut inter, mut pred, mut truth) =
+                (vec![0usize; classes], vec![0usize; classes], vec![0usize; classes]);
+            for (&p, &t) in seg.labels.data().iter().zip(label.data()) {
+                let (p, t) = (p as usize, t as usize);
+                pred[p] += 1;
+                truth[t] += 1;
+                if p == t {
+                    inter[p] += 1;
+                }
+            }
+            for c in 0..classes {
+                let denom = pred[c] + truth[c];
+                sum[c] += if denom == 0 { 1.0 } else { 2.0 * inter[c] as f64 / denom as f64 };
+            }
+        }
+        Ok(sum.into_iter().map(|s| s / cases.len() as f64).collect())
+    }
+
+    /// The checkpoint bytes (see [`super::checkpoint`]).
+    fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        let options = serde_json::to_string(&self.options).map_err(|e| Error::internal(e.to_string()))?;
+        let metadata = HashMap::from([
+            (checkpoint::KEY_FORMAT.to_string(), checkpoint::FORMAT.to_string()),
+            (checkpoint::KEY_BUNDLE.to_string(), self.manifest.name.clone()),
+            (checkpoint::KEY_BASE_STEP.to_string(), self.base_step.to_string()),
+            (checkpoint::KEY_OPTIONS.to_string(), options),
+        ]);
+        checkpoint::encode(self.trainer.state(), self.trainer.step_key(), self.trainer.steps_taken(), metadata)
+    }
+
+    /// Saves weights, AdamW moments, step count, options and the bundle's name to `path`
+    /// (safetensors), crash-safely: a killed process leaves the previous file or the new one.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        checkpoint::write_atomic(path, &self.checkpoint_bytes()?)
+    }
+
+    /// Writes an adapted model bundle to the new folder `dir`: the manifest, train-step graph and
+    /// source knowledge copied, the checkpoint replaced by this run's state (so fine-tuning can
+    /// continue from it), and the inference model with the fine-tuned weights baked into its
+    /// initializers (a standalone ONNX file any runtime can use), plus `adaptation.json`
+    /// (what was done). Built in `<dir>.partial` and renamed into place, so `dir` is either
+    /// complete or absent. `dir` must not exist yet.
+    pub fn export_bundle(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            return Err(Error::invalid_argument(format!(
+                "'{}' already exists; export the adapted bundle to a new folder",
+                dir.display()
+            )));
+        }
+        let name = dir
+            .file_name()
+            .ok_or_else(|| Error::invalid_argument(format!("'{}' names no folder", dir.display())))?
+            .to_string_lossy();
+        let partial = checkpoint::parent(dir).join(format!("{name}.partial"));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, "remove the unfinished export", &e))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, "create", &e))?;
+        let result = self.write_bundle(&partial).and_then(|()| {
+            std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, "rename the finished bundle to", &e))?;
+            checkpoint::sync_dir(&checkpoint::parent(dir))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        result
+    }
+
+    fn write_bundle(&self, out: &Path) -> Result<()> {
+        let bundle = self.labeler.bundle();
+        let training = bundle.training()?;
+        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| Error::io(&p, "read", &e));
+        let mut copies = vec!["manifest.json".to_string(), training.train_step.clone()];
+        if let Some(k) = &self.manifest.source_knowledge {
+            copies.push(k.file.clone());
+        }
+        for file in copies {
+            checkpoint::write_synced(&out.join(&file), &read(bundle.path(&file))?)?;
+        }
+        checkpoint::write_synced(&out.join(&training.checkpoint), &self.checkpoint_bytes()?)?;
+        let model = bake_weights(&read(bundle.inference_path())?, &self.trainer.weights())?;
+        checkpoint::write_synced(&out.join(&self.manifest.inference.file), &model)?;
+        let note = serde_json::json!({
+            "adapted_from": self.manifest.name,
+            "source_bundle": bundle.dir().display().to_string(),
+            "fine_tuning_steps": self.steps_done(),
+            "annotated_volumes": self.labeled.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            "pseudo_labelled_volumes": self.unlabeled.iter().map(|u| u.sample.id.as_str()).collect::<Vec<_>>(),
+            "options": self.options,
+        });
+        let text = serde_json::to_string_pretty(&note).map_err(|e| Error::internal(e.to_string()))?;
+        checkpoint::write_synced(&out.join("adaptation.json"), text.as_bytes())?;
+        checkpoint::sync_dir(out)
+    }
+
+    /// Makes `engine` run the fine-tuned weights from now on (no disk access); calls already in
+    /// flight finish on the weights they started with. `engine` must be on the same bundle.
+    pub fn apply_to(&self, engine: &Engine) -> Result<()> {
+        let theirs = &engine.bundle().manifest().name;
+        if *theirs != self.manifest.name {
+            return Err(Error::invalid_argument(format!(
+                "the engine runs bundle '{theirs}', these weights are for '{}'",
+                self.manifest.name
+            )));
+        }
+        engine.set_weights(&self.trainer.weights())
+    }
+}
