@@ -1,9 +1,10 @@
 //! A small SSFT run on a synthetic target site, timing each step.
 //!
-//!   cargo run --release --example ssft_run -- [SITE] [LABELED] [UNLABELED] [STEPS] [PATCH] [BATCH]
+//!   cargo run --release --example ssft_run -- [SITE] [LABELED] [UNLABELED] [STEPS] [PATCH] [BATCH] [EXPORT_DIR]
 //!
 //! Defaults: site pd, 2 annotated + 2 pseudo-labelled pool volumes, 20 steps of batch 2 at 32^3,
-//! then Dice per class on two held-out volumes before and after. Needs `make ort data`.
+//! then Dice per class on two held-out volumes before and after (skipped with ASFDA_SSFT_EVAL=0),
+//! and the adapted bundle exported to EXPORT_DIR if given. Needs `make ort data`.
 //! Subjects are synthetic derivatives of real anatomy; the site shifts are simulated.
 
 use std::path::{Path, PathBuf};
@@ -58,7 +59,10 @@ fn main() -> asfda::Result<()> {
         })
         .collect::<asfda::Result<_>>()?;
     let cases: Vec<(&Volume, &Volume)> = test.iter().map(|(a, b)| (a, b)).collect();
-    println!("Dice before: {:?}", tuner.evaluate(&cases)?);
+    let evaluate = std::env::var("ASFDA_SSFT_EVAL").map_or(true, |v| v != "0");
+    if evaluate {
+        println!("Dice before: {:?}", tuner.evaluate(&cases)?);
+    }
     let mut times = Vec::new();
     for _ in 0..steps {
         let t = Instant::now();
@@ -77,7 +81,13 @@ fn main() -> asfda::Result<()> {
             times.last().unwrap()
         );
     }
-    println!("Dice after: {:?}", tuner.evaluate(&cases)?);
+    if evaluate {
+        println!("Dice after: {:?}", tuner.evaluate(&cases)?);
+    }
+    if let Some(dir) = args.get(6) {
+        tuner.export_bundle(Path::new(dir))?;
+        println!("adapted bundle written to {dir}");
+    }
     times.sort_by(f64::total_cmp);
     println!("median step {:.3} s (batch {batch}, {patch}^3)", times[times.len() / 2]);
     Ok(())

@@ -205,6 +205,13 @@ typedef enum AsfdaNonFinite {
 typedef struct AsfdaEngine AsfdaEngine;
 
 /**
+ * A fine-tuning run on an engine's bundle: annotated and pseudo-labelled volumes, the weights
+ * and AdamW state. Independent of the engine it was made from (which may be freed first). Not
+ * thread-safe: use one fine-tuner from one thread at a time.
+ */
+typedef struct AsfdaFineTuner AsfdaFineTuner;
+
+/**
  * An ONNX model loaded into an ONNX Runtime session. Thread-safe: runs are serialised.
  */
 typedef struct AsfdaModel AsfdaModel;
@@ -297,6 +304,94 @@ typedef struct AsfdaScoreValues {
    */
   size_t embedding_len;
 } AsfdaScoreValues;
+
+/**
+ * Fine-tuning settings. Start from asfda_finetune_options_default() and set what you need.
+ */
+typedef struct AsfdaFineTuneOptions {
+  /**
+   * Training patch (z, y, x) in model-grid voxels, multiples of the model's size_divisible_by;
+   * all three 0 = the model's own patch size. Default 0, 0, 0.
+   */
+  size_t patch_size[3];
+  /**
+   * Patches per step. Default 2.
+   */
+  size_t batch_size;
+  /**
+   * Length of the learning-rate and pseudo-weight schedules, in steps. Default 100.
+   */
+  uint64_t total_steps;
+  /**
+   * Base learning rate; 0 = the model manifest's. Default 0.
+   */
+  double lr;
+  /**
+   * AdamW weight decay; negative = the model manifest's. Default -1.
+   */
+  double weight_decay;
+  /**
+   * Poly schedule exponent: lr (1 - t/T)^e. Default 0.9.
+   */
+  double poly_exponent;
+  /**
+   * Probability that a patch is centred on a foreground voxel. Default 1/3.
+   */
+  double foreground_fraction;
+  /**
+   * Probability that a patch comes from an annotated (not a pseudo-labelled) volume. Default 0.5.
+   */
+  double labeled_fraction;
+  /**
+   * Pseudo-label voxels with a top probability below this are ignored. Default 0.9.
+   */
+  double pseudo_label_threshold;
+  /**
+   * Share of total_steps over which the pseudo-label weight ramps from ~0 to 1. Default 0.2.
+   */
+  double ramp_fraction;
+  /**
+   * Recompute pseudo-labels with the fine-tuned weights every this many steps; 0 = never. Default 0.
+   */
+  uint64_t pseudo_label_refresh_every;
+  /**
+   * Seed of all random draws. Default 0.
+   */
+  uint64_t seed;
+} AsfdaFineTuneOptions;
+
+/**
+ * What one asfda_finetune_step did.
+ */
+typedef struct AsfdaStepReport {
+  /**
+   * Batch loss before the update: loss_ce + loss_dice, each sample weighted (1 annotated,
+   * lambda pseudo-labelled) and averaged.
+   */
+  double loss;
+  double loss_ce;
+  double loss_dice;
+  /**
+   * Learning rate of this step.
+   */
+  double lr;
+  /**
+   * Weight of pseudo-labelled patches in this step.
+   */
+  double lambda;
+  /**
+   * 1-based number of this step in the fine-tuning run.
+   */
+  uint64_t step;
+  /**
+   * Patches from annotated volumes in this batch.
+   */
+  size_t labeled_in_batch;
+  /**
+   * Patches from pseudo-labelled volumes in this batch.
+   */
+  size_t pseudo_in_batch;
+} AsfdaStepReport;
 
 /**
  * Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
@@ -530,6 +625,109 @@ enum AsfdaStatus asfda_score_to_json(const struct AsfdaScore *score,
  * Reads a score from its JSON form.
  */
 enum AsfdaStatus asfda_score_from_json(const char *json, struct AsfdaScore **out_score);
+
+/**
+ * The default fine-tuning options.
+ */
+struct AsfdaFineTuneOptions asfda_finetune_options_default(void);
+
+/**
+ * Starts fine-tuning on `engine`'s bundle from the bundle's checkpoint. `options` NULL = the
+ * defaults. The engine is not changed and not referenced afterwards.
+ */
+enum AsfdaStatus asfda_finetuner_new(const struct AsfdaEngine *engine,
+                                     const struct AsfdaFineTuneOptions *options,
+                                     struct AsfdaFineTuner **out_tuner);
+
+/**
+ * Continues a run saved with asfda_finetuner_save: weights, optimizer state and step count as
+ * saved; `options` NULL = the saved options. Add the same volumes again afterwards (any order).
+ * ASFDA_STATUS_FORMAT for a truncated or corrupt file, ASFDA_STATUS_INVALID_DATA for a file that
+ * is not a fine-tuning checkpoint of this engine's bundle.
+ */
+enum AsfdaStatus asfda_finetuner_resume(const struct AsfdaEngine *engine,
+                                        const char *path,
+                                        const struct AsfdaFineTuneOptions *options,
+                                        struct AsfdaFineTuner **out_tuner);
+
+/**
+ * Frees a fine-tuner; NULL is a no-op.
+ */
+void asfda_finetuner_free(struct AsfdaFineTuner *tuner);
+
+/**
+ * Adds an annotated volume. `label` must be on `image`'s voxel grid
+ * (ASFDA_STATUS_GEOMETRY_MISMATCH) with one channel of class indices 0..classes-1
+ * (ASFDA_STATUS_INVALID_DATA names a bad value). `id` must be unique within the run.
+ */
+enum AsfdaStatus asfda_finetuner_add_labeled(struct AsfdaFineTuner *tuner,
+                                             const char *id,
+                                             const struct AsfdaVolume *image,
+                                             const struct AsfdaVolume *label);
+
+/**
+ * Adds an unannotated volume (from the reliable set of asfda_select): it is segmented now and
+ * its confident voxels become pseudo-labels. `out_reliable_fraction` (may be NULL) receives the
+ * share of its voxels kept.
+ */
+enum AsfdaStatus asfda_finetuner_add_unlabeled(struct AsfdaFineTuner *tuner,
+                                               const char *id,
+                                               const struct AsfdaVolume *image,
+                                               double *out_reliable_fraction);
+
+/**
+ * One AdamW step on a batch of patches (labelled and pseudo-labelled mixed; poly learning
+ * rate; ramped pseudo-label weight). ASFDA_STATUS_INVALID_ARGUMENT before any annotated volume
+ * was added; ASFDA_STATUS_INVALID_DATA for a non-finite loss (the state is then unchanged).
+ */
+enum AsfdaStatus asfda_finetune_step(struct AsfdaFineTuner *tuner,
+                                     struct AsfdaStepReport *out_report);
+
+/**
+ * The number of classes of the model (background included): the length of the Dice array of
+ * asfda_finetuner_evaluate.
+ */
+enum AsfdaStatus asfda_finetuner_classes(const struct AsfdaFineTuner *tuner, size_t *out_classes);
+
+/**
+ * Steps taken in this fine-tuning run (resumed ones included).
+ */
+enum AsfdaStatus asfda_finetuner_steps_done(const struct AsfdaFineTuner *tuner,
+                                            uint64_t *out_steps);
+
+/**
+ * Dice per class (index 0 = background) of the current weights on `count` annotated volumes
+ * (images[i] with labels[i], same grid), averaged over volumes; a class absent from both
+ * prediction and label scores 1. `dice_per_class` must hold `classes` doubles, `classes` being
+ * asfda_finetuner_classes.
+ */
+enum AsfdaStatus asfda_finetuner_evaluate(const struct AsfdaFineTuner *tuner,
+                                          const struct AsfdaVolume *const *images,
+                                          const struct AsfdaVolume *const *labels,
+                                          size_t count,
+                                          double *dice_per_class,
+                                          size_t classes);
+
+/**
+ * Saves the run (weights, optimizer state, step count, options) to `path` crash-safely: a
+ * temporary file in the same folder renamed over `path`, so a killed process leaves the
+ * previous checkpoint or the new one.
+ */
+enum AsfdaStatus asfda_finetuner_save(const struct AsfdaFineTuner *tuner, const char *path);
+
+/**
+ * Writes the adapted model bundle to the new folder `dir` (must not exist): manifest, train
+ * step and source knowledge copied, this run's checkpoint, and model.onnx with the fine-tuned
+ * weights baked in (usable by any ONNX runtime). Complete or absent, never half-written.
+ */
+enum AsfdaStatus asfda_finetuner_export_bundle(const struct AsfdaFineTuner *tuner, const char *dir);
+
+/**
+ * Switches `engine` (same bundle) to the fine-tuned weights, without reading the disk; calls
+ * already running on it finish with the weights they started with.
+ */
+enum AsfdaStatus asfda_finetuner_apply(const struct AsfdaFineTuner *tuner,
+                                       struct AsfdaEngine *engine);
 
 /**
  * Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).

@@ -11,6 +11,7 @@ pub mod finetune;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod report;
 pub mod score;
 pub mod select;
 pub mod tensors;

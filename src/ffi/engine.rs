@@ -13,7 +13,7 @@ use crate::window::{Cancel, WindowOptions};
 
 /// A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
 /// from several threads at once (model runs are serialised; results equal serial ones).
-pub struct AsfdaEngine(Engine);
+pub struct AsfdaEngine(pub(crate) Engine);
 
 /// The scores of one volume (see method.md). Immutable.
 pub struct AsfdaScore(pub(crate) Score);

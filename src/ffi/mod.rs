@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use crate::error::{Error, ErrorKind, Result};
 
 pub mod engine;
+pub mod finetune;
 pub mod runtime;
 pub mod select;
 pub mod volume;

@@ -12,5 +12,5 @@ pub mod sampling;
 pub mod ssft;
 pub mod step;
 
-pub use ssft::{FineTuneOptions, FineTuner, PlannedPatch, StepReport};
+pub use ssft::{FineTuneOptions, FineTuner, PlannedPatch, PseudoLabeled, StepReport};
 pub use step::{Batch, StepLoss, Trainer};

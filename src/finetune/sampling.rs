@@ -57,12 +57,12 @@ pub struct ForegroundIndex {
 }
 
 impl ForegroundIndex {
-    /// Indexes the voxels of `labels` whose value is one of `foreground` (ignore-label voxels are
-    /// never foreground, so unreliable pseudo-labels are not used as centres).
-    pub fn new(labels: &Array3<i64>, foreground: &[usize]) -> ForegroundIndex {
+    /// Indexes the voxels of `labels` whose value is one of `foreground` (ignored voxels carry
+    /// no class, so unreliable pseudo-labels are never centres).
+    pub fn new(labels: &Array3<u8>, foreground: &[usize]) -> ForegroundIndex {
         let mut per_class: Vec<(usize, Vec<u32>)> = foreground.iter().map(|&c| (c, Vec::new())).collect();
         for (i, &l) in labels.iter().enumerate() {
-            if let Some((_, list)) = per_class.iter_mut().find(|(c, _)| l == *c as i64) {
+            if let Some((_, list)) = per_class.iter_mut().find(|(c, _)| usize::from(l) == *c) {
                 list.push(i as u32);
             }
         }
@@ -162,17 +162,19 @@ pub fn crop_image(image: &Array4<f32>, start: [isize; 3], fill: &[f32], mut out:
     out.slice_mut(s![.., oz..oz + nz, oy..oy + ny, ox..ox + nx]).assign(&image.slice(s![.., rz, ry, rx]));
 }
 
-/// Copies the patch of `labels` ([Z, Y, X]) at `start` into `out`; voxels outside get `fill`
-/// (the ignore label).
-pub fn crop_labels(labels: &Array3<i64>, start: [isize; 3], fill: i64, mut out: ArrayViewMut3<'_, i64>) {
+/// Copies the patch of `labels` ([Z, Y, X], one byte a voxel, `ignored` marking voxels without a
+/// label) at `start` into `out` as the train step's i64 labels; ignored voxels and voxels outside
+/// the map get `ignore` (the loss's ignore label).
+pub fn crop_labels(labels: &Array3<u8>, ignored: u8, start: [isize; 3], ignore: i64, mut out: ArrayViewMut3<'_, i64>) {
     let (z, y, x) = labels.dim();
     let (pz, py, px) = out.dim();
-    out.fill(fill);
+    out.fill(ignore);
     let (rz, oz) = overlap(start[0], pz, z);
     let (ry, oy) = overlap(start[1], py, y);
     let (rx, ox) = overlap(start[2], px, x);
     let (nz, ny, nx) = (rz.len(), ry.len(), rx.len());
-    out.slice_mut(s![oz..oz + nz, oy..oy + ny, ox..ox + nx]).assign(&labels.slice(s![rz, ry, rx]));
+    out.slice_mut(s![oz..oz + nz, oy..oy + ny, ox..ox + nx])
+        .zip_mut_with(&labels.slice(s![rz, ry, rx]), |o, &l| *o = if l == ignored { ignore } else { i64::from(l) });
 }
 
 #[cfg(test)]
@@ -215,7 +217,7 @@ mod tests {
     #[test]
     fn patches_stay_inside_and_foreground_patches_contain_their_voxel() {
         let shape = [40, 30, 20];
-        let mut labels = Array3::<i64>::zeros(shape);
+        let mut labels = Array3::<u8>::zeros(shape);
         labels[[35, 2, 19]] = 2; // a corner voxel: the clamp must keep it inside
         labels[[10, 10, 10]] = 1;
         let index = ForegroundIndex::new(&labels, &[1, 2, 3]);
@@ -232,7 +234,7 @@ mod tests {
             }
             assert_eq!(p.centre.is_some(), fg);
             if let Some((class, v)) = p.centre {
-                assert_eq!(labels[v], class as i64);
+                assert_eq!(usize::from(labels[v]), class);
                 for a in 0..3 {
                     assert!(p.start[a] <= v[a] as isize && (v[a] as isize) < p.start[a] + patch[a] as isize);
                 }
@@ -252,10 +254,11 @@ mod tests {
         assert_eq!(out[[0, 0, 0, 2]], 0.0);
         assert_eq!(out[[0, 1, 2, 5]], image[[0, 1, 2, 3]]);
         assert_eq!(out[[0, 1, 2, 6]], -1.0);
-        let labels = Array3::from_shape_fn((4, 4, 4), |(z, _, _)| z as i64);
-        let mut lab = Array3::<i64>::zeros((2, 2, 2));
-        crop_labels(&labels, [3, 0, 0], 255, lab.view_mut());
-        assert_eq!(lab[[0, 0, 0]], 3);
-        assert_eq!(lab[[1, 0, 0]], 255);
+        let labels = Array3::from_shape_fn((4, 4, 4), |(z, _, _)| if z == 2 { 255 } else { z as u8 });
+        let mut lab = Array3::<i64>::zeros((3, 1, 1));
+        crop_labels(&labels, 255, [1, 0, 0], -100, lab.view_mut());
+        assert_eq!(lab.iter().copied().collect::<Vec<_>>(), vec![1, -100, 3]);
+        crop_labels(&labels, 255, [3, 0, 0], -100, lab.view_mut());
+        assert_eq!(lab.iter().copied().collect::<Vec<_>>(), vec![3, -100, -100]);
     }
 }

@@ -2,7 +2,6 @@
 //! of annotated volumes with patches of reliable pseudo-labelled ones, ramps the pseudo-label
 //! weight, decays the learning rate, and saves, resumes, evaluates and exports the result.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{s, Array3, Array4, Array5, Axis};
@@ -52,8 +51,9 @@ pub struct FineTuneOptions {
     /// tau_pl: pseudo-label voxels whose top probability is below this are ignored by the loss.
     /// Default 0.9 (method.md).
     pub pseudo_label_threshold: f64,
-    /// Share of `total_steps` over which lambda ramps from ~0 to 1 (see
-    /// [`super::sampling::ramp_weight`]). Default 0.2 (method.md).
+    /// Share of `total_steps` over which lambda ramps from ~0 to 1: with `R = ramp_fraction * T`
+    /// and `x = clamp(t / R, 0, 1)`, `lambda(t) = exp(-5 (1 - x)^2)` (the "sigmoid" ramp-up of
+    /// Laine & Aila and Mean Teacher; [`super::sampling::ramp_weight`]). Default 0.2 (method.md).
     pub ramp_fraction: f64,
     /// Recompute pseudo-labels with the current fine-tuned weights every this many steps
     /// (0 = never: they come from the bundle's weights). Default 0 [RECON].
@@ -140,6 +140,9 @@ pub struct StepReport {
     pub pseudo_in_batch: usize,
 }
 
+/// Marks ignored voxels in the stored label maps (models have at most 255 classes here).
+const IGNORED: u8 = u8::MAX;
+
 /// One patch of a planned batch ([`FineTuner::plan_batch`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedPatch {
@@ -152,15 +155,46 @@ pub struct PlannedPatch {
 }
 
 /// One volume ready for patch sampling, on the padded model grid.
+#[derive(Clone)]
 struct Sample {
     id: String,
     /// [C, Z, Y, X], preprocessed.
     image: Array4<f32>,
-    /// [Z, Y, X]: classes, or the ignore label (padding, unreliable pseudo-labels).
-    labels: Array3<i64>,
+    /// [Z, Y, X]: class indices, or [`IGNORED`] (padding, unreliable pseudo-labels); one byte a
+    /// voxel instead of the train step's i64, converted per patch.
+    labels: Array3<u8>,
+    /// Voxels not [`IGNORED`] (a pseudo-labelled volume without any teaches nothing).
+    reliable: usize,
     /// Per-channel background (minimum), to pad patches reaching outside the grid.
     fill: Vec<f32>,
     foreground: ForegroundIndex,
+}
+
+/// A pseudo-labelled volume ready to add to a [`FineTuner`] ([`FineTuner::pseudo_label_volume`]).
+#[derive(Clone)]
+pub struct PseudoLabeled {
+    sample: Sample,
+    kept: f64,
+    origin: PseudoOrigin,
+}
+
+impl PseudoLabeled {
+    pub fn id(&self) -> &str {
+        &self.sample.id
+    }
+
+    /// Fraction of the volume's voxels whose pseudo-label is kept (confidence >= threshold).
+    pub fn kept_fraction(&self) -> f64 {
+        self.kept
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct PseudoOrigin {
+    bundle: String,
+    /// Step whose weights labelled (None: the bundle's).
+    labeler_step: Option<u64>,
+    threshold_bits: u64,
 }
 
 struct Unlabeled {
@@ -211,6 +245,12 @@ impl FineTuner {
                 "fine-tuning options: patch_size {patch:?} must be multiples of {divisor} (the model's size_divisible_by)"
             )));
         }
+        if manifest.classes.len() > usize::from(IGNORED) {
+            return Err(Error::unsupported(format!(
+                "fine-tuning supports models with up to {IGNORED} classes; this one has {}",
+                manifest.classes.len()
+            )));
+        }
         let trainer = Trainer::new(bundle, &engine.options().runtime)?;
         let base_step = trainer.steps_taken();
         Ok(FineTuner {
@@ -248,29 +288,19 @@ impl FineTuner {
         let training = engine.bundle().training()?;
         let cp = checkpoint::read(path, &training.io.step_checkpoint_key)?;
         let name = &engine.bundle().manifest().name;
-        let saved_for = cp.metadata.get(checkpoint::KEY_BUNDLE).map(String::as_str).unwrap_or("");
-        if saved_for != name {
+        if cp.meta.bundle != *name {
             return Err(Error::invalid_data(format!(
-                "checkpoint '{}' was saved for model bundle '{saved_for}', not '{name}'",
-                path.display()
+                "checkpoint '{}' was saved for model bundle '{}', not '{name}'",
+                path.display(),
+                cp.meta.bundle
             )));
         }
-        let base_step: i64 =
-            cp.metadata.get(checkpoint::KEY_BASE_STEP).and_then(|s| s.parse().ok()).ok_or_else(|| {
-                Error::invalid_data(format!(
-                    "checkpoint '{}' has no valid '{}' metadata",
-                    path.display(),
-                    checkpoint::KEY_BASE_STEP
-                ))
-            })?;
+        let base_step = cp.meta.base_step;
         let options = match options {
             Some(o) => o,
-            None => {
-                let json = cp.metadata.get(checkpoint::KEY_OPTIONS).map(String::as_str).unwrap_or("");
-                serde_json::from_str(json).map_err(|e| {
-                    Error::invalid_data(format!("checkpoint '{}': unreadable options ({e})", path.display()))
-                })?
-            }
+            None => serde_json::from_value(cp.meta.options.clone()).map_err(|e| {
+                Error::invalid_data(format!("checkpoint '{}': unreadable options ({e})", path.display()))
+            })?,
         };
         if cp.step < base_step {
             return Err(Error::invalid_data(format!(
@@ -326,8 +356,9 @@ impl FineTuner {
 
     /// The training labels of an added volume on the padded model grid [Z, Y, X]: its annotation,
     /// or its pseudo-labels; the ignore label on padding and unreliable voxels.
-    pub fn labels(&self, id: &str) -> Option<&Array3<i64>> {
-        self.labeled.iter().chain(self.unlabeled.iter().map(|u| &u.sample)).find(|s| s.id == id).map(|s| &s.labels)
+    pub fn labels(&self, id: &str) -> Option<Array3<i64>> {
+        let sample = self.labeled.iter().chain(self.unlabeled.iter().map(|u| &u.sample)).find(|s| s.id == id)?;
+        Some(sample.labels.mapv(|l| if l == IGNORED { self.ignore } else { i64::from(l) }))
     }
 
     /// The label value the loss ignores (from the manifest).
@@ -348,7 +379,12 @@ impl FineTuner {
         image.check_same_grid(label, &format!("add_labeled('{id}'): the image and its label volume"))?;
         self.check_label_values(id, label)?;
         let prepared = prepare(image, &self.manifest.input)?;
-        let labels = prepared.grid.labels_to_model(label, self.ignore)?;
+        // Values were checked to be classes, so everything else is the padding's ignore label.
+        let labels =
+            prepared
+                .grid
+                .labels_to_model(label, self.ignore)?
+                .mapv(|l| if l == self.ignore { IGNORED } else { l as u8 });
         let sample = self.sample(id, prepared.image, labels);
         let at = self.labeled.partition_point(|s| s.id.as_str() < id);
         self.labeled.insert(at, sample);
@@ -366,6 +402,48 @@ impl FineTuner {
         let at = self.unlabeled.partition_point(|u| u.sample.id.as_str() < id);
         self.unlabeled.insert(at, Unlabeled { sample, volume });
         Ok(kept)
+    }
+
+    /// Pseudo-labels `image` like [`FineTuner::add_unlabeled`] without adding it, so that several
+    /// fine-tuners on the same bundle (e.g. the runs of a benchmark, or retries with other
+    /// options) can share one inference per volume: add the result with
+    /// [`FineTuner::add_pseudo_labeled`].
+    pub fn pseudo_label_volume(&self, id: &str, image: &Volume) -> Result<PseudoLabeled> {
+        let (sample, kept) = self.pseudo_label(id, image)?;
+        Ok(PseudoLabeled { sample, kept, origin: self.pseudo_origin() })
+    }
+
+    /// Adds a volume pseudo-labelled by [`FineTuner::pseudo_label_volume`] (of this or another
+    /// fine-tuner). It must come from the same labelling weights and threshold as this
+    /// fine-tuner's own pseudo-labels, and refresh must be off (a refresh needs the volume).
+    /// Returns the fraction of voxels kept, as [`FineTuner::add_unlabeled`].
+    pub fn add_pseudo_labeled(&mut self, labeled: &PseudoLabeled) -> Result<f64> {
+        self.check_new_id(&labeled.sample.id)?;
+        if self.options.pseudo_label_refresh_every > 0 {
+            return Err(Error::invalid_argument(
+                "add_pseudo_labeled: pseudo-labels are refreshed in this run, which needs the volume: use add_unlabeled",
+            ));
+        }
+        if labeled.origin != self.pseudo_origin() {
+            return Err(Error::invalid_argument(format!(
+                "add_pseudo_labeled('{}'): made by {:?}, this fine-tuner labels with {:?}",
+                labeled.sample.id,
+                labeled.origin,
+                self.pseudo_origin()
+            )));
+        }
+        let at = self.unlabeled.partition_point(|u| u.sample.id < labeled.sample.id);
+        self.unlabeled.insert(at, Unlabeled { sample: labeled.sample.clone(), volume: None });
+        Ok(labeled.kept)
+    }
+
+    /// What pseudo-labels depend on besides the volume.
+    fn pseudo_origin(&self) -> PseudoOrigin {
+        PseudoOrigin {
+            bundle: self.manifest.name.clone(),
+            labeler_step: self.labeler_step,
+            threshold_bits: self.options.pseudo_label_threshold.to_bits(),
+        }
     }
 
     fn check_new_id(&self, id: &str) -> Result<()> {
@@ -392,10 +470,11 @@ impl FineTuner {
         Ok(())
     }
 
-    fn sample(&self, id: &str, image: Array4<f32>, labels: Array3<i64>) -> Sample {
+    fn sample(&self, id: &str, image: Array4<f32>, labels: Array3<u8>) -> Sample {
         let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
         let foreground = ForegroundIndex::new(&labels, &self.manifest.foreground_classes);
-        Sample { id: id.to_string(), image, labels, fill, foreground }
+        let reliable = labels.iter().filter(|&&l| l != IGNORED).count();
+        Sample { id: id.to_string(), image, labels, reliable, fill, foreground }
     }
 
     fn pseudo_label(&self, id: &str, image: &Volume) -> Result<(Sample, f64)> {
@@ -404,7 +483,7 @@ impl FineTuner {
         let probs = &inference.probabilities;
         let (_, z, y, x) = probs.dim();
         let tau = self.options.pseudo_label_threshold as f32;
-        let mut labels = Array3::from_elem((z, y, x), self.ignore);
+        let mut labels = Array3::from_elem((z, y, x), IGNORED);
         let [rz, ry, rx] = inference.grid.valid_region();
         let mut kept = 0usize;
         for k in rz.clone() {
@@ -416,7 +495,7 @@ impl FineTuner {
                             .enumerate()
                             .fold((0, f32::NEG_INFINITY), |b, (c, &p)| if p > b.1 { (c, p) } else { b });
                     if p >= tau {
-                        labels[[k, j, i]] = best as i64;
+                        labels[[k, j, i]] = best as u8;
                         kept += 1;
                     }
                 }
@@ -453,9 +532,7 @@ impl FineTuner {
     pub fn plan_batch(&self, t: u64) -> Vec<PlannedPatch> {
         let o = &self.options;
         // Pseudo-labelled volumes with at least one reliable voxel (the rest teach nothing).
-        let pseudo: Vec<usize> = (0..self.unlabeled.len())
-            .filter(|&i| self.unlabeled[i].sample.labels.iter().any(|&l| l != self.ignore))
-            .collect();
+        let pseudo: Vec<usize> = (0..self.unlabeled.len()).filter(|&i| self.unlabeled[i].sample.reliable > 0).collect();
         let mut rng = step_rng(o.seed, t);
         (0..o.batch_size)
             .map(|_| {
@@ -495,7 +572,7 @@ impl FineTuner {
         let t = self.steps_done();
         if o.pseudo_label_refresh_every > 0
             && t > 0
-            && t % o.pseudo_label_refresh_every == 0
+            && t.is_multiple_of(o.pseudo_label_refresh_every)
             && self.labeler_step != Some(t)
         {
             self.refresh_pseudo_labels(t)?;
@@ -513,7 +590,7 @@ impl FineTuner {
         for (b, p) in plan.iter().enumerate() {
             let sample = if p.labeled { &self.labeled[p.volume] } else { &self.unlabeled[p.volume].sample };
             crop_image(&sample.image, p.patch.start, &sample.fill, image.index_axis_mut(Axis(0), b));
-            crop_labels(&sample.labels, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
+            crop_labels(&sample.labels, IGNORED, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
             weights.push(if p.labeled { 1.0f32 } else { lambda as f32 });
         }
         let n_labeled = plan.iter().filter(|p| p.labeled).count();
@@ -569,14 +646,13 @@ impl FineTuner {
 
     /// The checkpoint bytes (see [`super::checkpoint`]).
     fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
-        let options = serde_json::to_string(&self.options).map_err(|e| Error::internal(e.to_string()))?;
-        let metadata = HashMap::from([
-            (checkpoint::KEY_FORMAT.to_string(), checkpoint::FORMAT.to_string()),
-            (checkpoint::KEY_BUNDLE.to_string(), self.manifest.name.clone()),
-            (checkpoint::KEY_BASE_STEP.to_string(), self.base_step.to_string()),
-            (checkpoint::KEY_OPTIONS.to_string(), options),
-        ]);
-        checkpoint::encode(self.trainer.state(), self.trainer.step_key(), self.trainer.steps_taken(), metadata)
+        let meta = checkpoint::Meta {
+            format: checkpoint::FORMAT.to_string(),
+            bundle: self.manifest.name.clone(),
+            base_step: self.base_step,
+            options: serde_json::to_value(&self.options).map_err(|e| Error::internal(e.to_string()))?,
+        };
+        checkpoint::encode(self.trainer.state(), self.trainer.step_key(), self.trainer.steps_taken(), &meta)
     }
 
     /// Saves weights, AdamW moments, step count, options and the bundle's name to `path`

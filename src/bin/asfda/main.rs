@@ -1,31 +1,72 @@
 //! The `asfda` command line, built on the public Rust API like any other user.
 //!
-//!   asfda info [--json] [--ort PATH]
-//!   asfda run-model --model M.onnx --input IN.nii[.gz] --output OUT.nii[.gz] [--device D] [--threads N] [--ort PATH]
-//!   asfda demo [--out DIR] [--device D] [--threads N] [--ort PATH]
+//! Each command is a module under `src/bin/asfda/` with its own flag spec and help; `asfda
+//! <command> --help` prints it. Errors are printed as `asfda: error: ...` with exit status 1.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod args;
+mod files;
+mod progress;
+mod report;
+mod score;
+mod segment;
+mod select;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use asfda::model::Model;
-use asfda::runtime::{Device, Runtime, RuntimeOptions};
+use asfda::runtime::Runtime;
 use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions, Volume};
 use asfda::{Error, Result};
 
-const USAGE: &str = "usage:
-  asfda info [--json] [--ort PATH]
-      ONNX Runtime version, library path and execution providers.
-  asfda run-model --model M.onnx --input IN.nii[.gz] --output OUT.nii[.gz] [--device cpu|auto|cuda[:N]] [--threads N] [--ort PATH]
-      Runs a one-input ONNX model on a whole volume; writes its first output (float) on the input's grid.
-  asfda demo [--out DIR] [--device ...] [--threads N] [--ort PATH]
-      Runs the shipped tiny model on the shipped real MR volume and writes the results to DIR (default out/demo).";
+use args::{shipped, Args, Spec};
 
-/// Files shipped in the source tree that the demo uses by default.
-fn shipped(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
+const USAGE: &str = "usage: asfda <command> [options]   (asfda <command> --help for its options)
+
+commands:
+  info        ONNX Runtime version, library path and execution providers
+  score       score volumes for how informative annotating them would be -> JSON lines
+  select      pick the volumes to annotate from score files, under a budget
+  segment     segment a volume: labels (and entropy/probabilities) on the input's grid
+  report      the visual report (PNG + Markdown) of a selection: entropy overlays, Dice chart
+  run-model   run a one-input ONNX model on a whole volume
+  demo        run the shipped tiny model on the shipped MR volume";
+
+const INFO: Spec = Spec {
+    name: "info",
+    help: "usage: asfda info [--json] [--ort PATH]
+
+Prints the asfda version and the ONNX Runtime in use (version, library path and how it was found,
+execution providers).
+
+  --json       print it as JSON
+  --ort PATH   ONNX Runtime library to load",
+    values: &["ort"],
+    switches: &["json"],
+    max_positional: 0,
+};
+
+const RUN_MODEL: Spec = Spec {
+    name: "run-model",
+    help: "usage: asfda run-model --model M.onnx --input IN.nii[.gz] --output OUT.nii[.gz] [--device D] [--threads N] [--ort PATH]
+
+Runs a one-input ONNX model on a whole volume; writes its first output (float) on the input's grid.",
+    values: &["model", "input", "output", "device", "threads", "ort"],
+    switches: &[],
+    max_positional: 0,
+};
+
+const DEMO: Spec = Spec {
+    name: "demo",
+    help: "usage: asfda demo [--out DIR] [--device D] [--threads N] [--ort PATH]
+
+Runs the shipped tiny model on the shipped real MR volume and writes the results to DIR
+(default out/demo).",
+    values: &["out", "device", "threads", "ort"],
+    switches: &["json"],
+    max_positional: 0,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,72 +84,27 @@ fn run(args: &[String]) -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     };
-    let flags = Flags::parse(rest)?;
-    match command.as_str() {
-        "info" => info(&flags),
-        "run-model" => run_model(&flags),
-        "demo" => demo(&flags),
+    let (spec, action): (&'static Spec, fn(&Args) -> Result<()>) = match command.as_str() {
+        "info" => (&INFO, info),
+        "score" => (&score::SPEC, score::run),
+        "select" => (&select::SPEC, select::run),
+        "segment" => (&segment::SPEC, segment::run),
+        "report" => (&report::SPEC, report::run),
+        "run-model" => (&RUN_MODEL, run_model),
+        "demo" => (&DEMO, demo),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
-            Ok(())
+            return Ok(());
         }
-        other => Err(Error::invalid_argument(format!("unknown command '{other}'\n{USAGE}"))),
+        other => return Err(Error::invalid_argument(format!("unknown command '{other}'\n\n{USAGE}"))),
+    };
+    match Args::parse(spec, rest)? {
+        Some(parsed) => action(&parsed),
+        None => Ok(()), // --help was printed
     }
 }
 
-/// `--name value` pairs and bare `--switch`es.
-struct Flags(HashMap<String, Option<String>>);
-
-impl Flags {
-    const SWITCHES: [&'static str; 1] = ["json"];
-
-    fn parse(args: &[String]) -> Result<Flags> {
-        let mut map = HashMap::new();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let name = arg
-                .strip_prefix("--")
-                .ok_or_else(|| Error::invalid_argument(format!("unexpected argument '{arg}'\n{USAGE}")))?;
-            let value = if Self::SWITCHES.contains(&name) {
-                None
-            } else {
-                Some(it.next().ok_or_else(|| Error::invalid_argument(format!("--{name} needs a value")))?.clone())
-            };
-            map.insert(name.to_string(), value);
-        }
-        Ok(Flags(map))
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.as_deref())
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-
-    fn path(&self, name: &str) -> Result<PathBuf> {
-        self.get(name)
-            .map(PathBuf::from)
-            .ok_or_else(|| Error::invalid_argument(format!("--{name} is required\n{USAGE}")))
-    }
-
-    fn runtime_options(&self) -> Result<RuntimeOptions> {
-        let threads = match self.get("threads") {
-            Some(t) => {
-                t.parse().map_err(|_| Error::invalid_argument(format!("--threads '{t}' is not a whole number")))?
-            }
-            None => 0,
-        };
-        Ok(RuntimeOptions {
-            library_path: self.get("ort").map(PathBuf::from),
-            device: self.get("device").map(str::parse::<Device>).transpose()?.unwrap_or_default(),
-            threads,
-        })
-    }
-}
-
-fn info(flags: &Flags) -> Result<()> {
+fn info(flags: &Args) -> Result<()> {
     let runtime = Runtime::load(flags.runtime_options()?.library_path.as_deref())?;
     let info = runtime.info();
     if flags.has("json") {
@@ -126,7 +122,7 @@ fn info(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
-fn run_model(flags: &Flags) -> Result<()> {
+fn run_model(flags: &Args) -> Result<()> {
     let model = Model::load(&flags.path("model")?, &flags.runtime_options()?)?;
     let input = read_nifti(&flags.path("input")?, &ReadOptions::default())?;
     let output = model.run_volume(&input)?;
@@ -139,7 +135,7 @@ fn describe(volume: &Volume) -> String {
     format!("{x}x{y}x{z} voxels, {} channel(s), spacing {sx:.2}x{sy:.2}x{sz:.2} mm", volume.channels())
 }
 
-fn demo(flags: &Flags) -> Result<()> {
+fn demo(flags: &Args) -> Result<()> {
     let out = flags.get("out").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("out/demo"));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "create folder", &e))?;
     info(flags)?;

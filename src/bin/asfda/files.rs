@@ -1,0 +1,85 @@
+//! Input listing, volume ids and atomic output files for the commands.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use asfda::{Error, Result};
+
+/// The id of a volume file: its name without `.nii.gz` / `.nii` (the "file stem").
+pub fn volume_id(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for ext in [".nii.gz", ".nii"] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return stem.to_string();
+        }
+    }
+    name
+}
+
+/// Is `path` named like a NIfTI file?
+pub fn is_nifti(path: &Path) -> bool {
+    let name = path.to_string_lossy();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
+}
+
+/// The images named on the command line, or every `.nii`/`.nii.gz` in `folder` (sorted); each with
+/// its id. Giving both, neither, an empty folder or two files with one id is an error.
+pub fn inputs(positional: &[String], folder: Option<&str>) -> Result<Vec<(PathBuf, String)>> {
+    let paths: Vec<PathBuf> = match (positional.is_empty(), folder) {
+        (false, Some(_)) => return Err(Error::invalid_argument("give either images or --folder, not both")),
+        (true, None) => return Err(Error::invalid_argument("no images given (name NIfTI files, or --folder DIR)")),
+        (false, None) => positional.iter().map(PathBuf::from).collect(),
+        (true, Some(dir)) => {
+            let dir = Path::new(dir);
+            let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, "read folder", &e))?;
+            let mut paths: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_nifti(p)).collect();
+            paths.sort();
+            if paths.is_empty() {
+                return Err(Error::invalid_argument(format!("no .nii or .nii.gz files in '{}'", dir.display())));
+            }
+            paths
+        }
+    };
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    for path in &paths {
+        if let Some(first) = seen.insert(volume_id(path), path) {
+            return Err(Error::invalid_argument(format!(
+                "'{}' and '{}' have the same id '{}' (ids are file names without .nii/.nii.gz)",
+                first.display(),
+                path.display(),
+                volume_id(path)
+            )));
+        }
+    }
+    Ok(paths.iter().map(|p| (p.clone(), volume_id(p))).collect())
+}
+
+/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it over `path`, so a
+/// reader never sees a half-written file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.asfda-{}.tmp", std::process::id()));
+    let written = File::options().write(true).create(true).truncate(true).open(&tmp).and_then(|file| {
+        let mut out = BufWriter::new(file);
+        out.write_all(bytes)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, "write", &e));
+    }
+    Ok(())
+}
+
+/// Fails early (before minutes of inference) when `path`'s folder does not exist.
+pub fn check_output(path: &Path, flag: &str) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            Err(Error::invalid_argument(format!("the folder of --{flag} '{}' does not exist", path.display())))
+        }
+        _ => Ok(()),
+    }
+}

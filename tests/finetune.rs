@@ -1,0 +1,497 @@
+//! Selective Semi-supervised Fine-tuning on the demo bundle and the synthetic target sites:
+//! training progress, exact resume, crash-safe checkpoints, pseudo-labels, schedules and
+//! sampling, export and bad inputs. Needs `make ort` and `make data` (the test command runs both).
+//! Subjects are synthetic derivatives of real anatomy; site shifts are simulated.
+//!
+//! Most tests work on crops of the real volumes (one 64^3 inference tile) to keep debug-build
+//! inference short.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
+use asfda::finetune::checkpoint;
+use asfda::finetune::sampling::{poly_lr, ramp_weight};
+use asfda::finetune::{FineTuneOptions, FineTuner};
+use asfda::runtime::RuntimeOptions;
+use asfda::select::SplitMix64;
+use asfda::volume::{read_nifti, ReadOptions, Volume};
+use asfda::window::Cancel;
+use asfda::ErrorKind;
+use ndarray::s;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("ASFDA_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
+    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
+    dir
+}
+
+fn engine() -> Engine {
+    let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
+    Engine::new(&root().join("models/demo_brain_unet"), options).unwrap()
+}
+
+fn read(path: &Path) -> Volume {
+    read_nifti(path, &ReadOptions::default()).unwrap()
+}
+
+/// Pool volume `i` of a site with its oracle label.
+fn pool(site: &str, i: usize) -> (Volume, Volume) {
+    let dir = data_dir().join(site);
+    (
+        read(&dir.join(format!("pool/{site}_pool_{i:03}_image.nii.gz"))),
+        read(&dir.join(format!("pool_labels/{site}_pool_{i:03}_label.nii.gz"))),
+    )
+}
+
+/// The block of `v` starting at voxel `origin` (x, y, z) with `size` voxels, its affine moved so
+/// world positions stay put.
+fn crop(v: &Volume, origin: [usize; 3], size: [usize; 3]) -> Volume {
+    let [nx, ny, _] = v.dims();
+    let src = v.data();
+    let mut data = Vec::with_capacity(size.iter().product());
+    for k in 0..size[2] {
+        for j in 0..size[1] {
+            let row = origin[0] + nx * ((origin[1] + j) + ny * (origin[2] + k));
+            data.extend_from_slice(&src[row..row + size[0]]);
+        }
+    }
+    let mut a = v.affine();
+    for (r, row) in a.iter_mut().enumerate().take(3) {
+        let col: Vec<f64> = (0..3).map(|c| v.affine()[r][c]).collect();
+        row[3] += (0..3).map(|c| col[c] * origin[c] as f64).sum::<f64>();
+    }
+    Volume::new(data, size, 1, a).unwrap()
+}
+
+/// A central block of pool volume `i`: smaller than one 64^3 tile along two axes (so
+/// preprocessing pads it), brain tissue of every class inside.
+fn small(site: &str, i: usize) -> (Volume, Volume) {
+    let (image, label) = pool(site, i);
+    let (origin, size) = ([22, 30, 24], [56, 64, 48]);
+    (crop(&image, origin, size), crop(&label, origin, size))
+}
+
+fn options(patch: usize, batch: usize, total: u64, seed: u64) -> FineTuneOptions {
+    FineTuneOptions { patch_size: Some([patch; 3]), batch_size: batch, total_steps: total, seed, ..Default::default() }
+}
+
+fn weights_bits(t: &FineTuner) -> Vec<(String, Vec<u32>)> {
+    t.weights().into_iter().map(|(n, w)| (n.to_string(), w.iter().map(|v| v.to_bits()).collect())).collect()
+}
+
+#[test]
+fn loss_decreases_with_annotations_on_the_target_site() {
+    let engine = engine();
+    let o = FineTuneOptions { lr: Some(1e-3), ..options(32, 2, 16, 1) };
+    let mut tuner = FineTuner::new(&engine, o).unwrap();
+    for i in 0..2 {
+        let (image, label) = pool("pd", i);
+        tuner.add_labeled(&format!("pd{i}"), &image, &label).unwrap();
+    }
+    let losses: Vec<f32> = (0..16).map(|_| tuner.step().unwrap().loss).collect();
+    eprintln!("losses: {losses:?}");
+    let mean = |l: &[f32]| l.iter().sum::<f32>() / l.len() as f32;
+    let (first, last) = (mean(&losses[..5]), mean(&losses[11..]));
+    assert!(last < 0.8 * first, "loss must fall: first five {first}, last five {last} ({losses:?})");
+    assert!(losses.iter().all(|l| l.is_finite()));
+}
+
+#[test]
+fn a_resumed_run_continues_exactly() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.safetensors");
+    let o = FineTuneOptions { ramp_fraction: 0.5, ..options(32, 2, 10, 11) };
+    let (labeled, label) = small("pd", 0);
+    let (unlabeled, _) = small("pd", 2);
+
+    let mut a = FineTuner::new(&engine, o.clone()).unwrap();
+    a.add_labeled("a-labeled", &labeled, &label).unwrap();
+    a.add_unlabeled("b-pseudo", &unlabeled).unwrap();
+    a.step().unwrap();
+    a.step().unwrap();
+    a.save_checkpoint(&path).unwrap();
+    assert!(a.plan_batch(2).iter().any(|p| !p.labeled), "step 3 should mix in a pseudo-labelled patch");
+    let expected = a.step().unwrap();
+
+    // Data re-added in the other order: sampling goes by id, not by insertion order.
+    let mut b = FineTuner::resume(&engine, &path, None).unwrap();
+    assert_eq!(b.steps_done(), 2);
+    assert_eq!(b.options(), &o);
+    b.add_unlabeled("b-pseudo", &unlabeled).unwrap();
+    b.add_labeled("a-labeled", &labeled, &label).unwrap();
+    let got = b.step().unwrap();
+    assert_eq!(got.step, 3);
+    assert_eq!(
+        (got.loss.to_bits(), got.loss_ce.to_bits(), got.loss_dice.to_bits()),
+        (expected.loss.to_bits(), expected.loss_ce.to_bits(), expected.loss_dice.to_bits()),
+        "resumed {got:?} vs uninterrupted {expected:?}"
+    );
+    assert_eq!(got, expected);
+    assert!(weights_bits(&a) == weights_bits(&b), "weights after the resumed step differ");
+}
+
+/// Child mode of the kill test: saves in a loop until killed (see below).
+const SAVE_LOOP_ENV: &str = "ASFDA_TEST_SAVE_LOOP_DIR";
+
+fn save_loop(dir: &Path) -> ! {
+    let engine = engine();
+    let mut tuner = FineTuner::new(&engine, options(16, 1, 10, 3)).unwrap();
+    let (image, label) = small("pd", 0);
+    tuner.add_labeled("x", &image, &label).unwrap();
+    tuner.save_checkpoint(&dir.join("ref0")).unwrap();
+    tuner.step().unwrap();
+    tuner.save_checkpoint(&dir.join("ref1")).unwrap();
+    let state0 = std::fs::read(dir.join("ref0")).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    tuner.save_checkpoint(&path).unwrap();
+    println!("READY");
+    loop {
+        // The same crash-safe writer save_checkpoint uses, to alternate two different states.
+        checkpoint::write_atomic(&path, &state0).unwrap();
+        tuner.save_checkpoint(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_process_killed_while_saving_leaves_the_last_good_checkpoint() {
+    if let Some(dir) = std::env::var_os(SAVE_LOOP_ENV) {
+        save_loop(Path::new(&dir));
+    }
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.safetensors");
+    let mut rng = SplitMix64::new(42);
+    let (mut seen, mut interrupted) = ([0usize; 2], 0);
+    const KILLS: usize = 20;
+    for kill in 0..KILLS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_process_killed_while_saving_leaves_the_last_good_checkpoint", "--nocapture"])
+            .env(SAVE_LOOP_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert!(lines.any(|l| l.is_ok_and(|l| l.trim() == "READY")), "child {kill} never got ready");
+        std::thread::sleep(Duration::from_millis(rng.below(250)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let bytes = std::fs::read(&path).unwrap();
+        let refs = [std::fs::read(dir.path().join("ref0")).unwrap(), std::fs::read(dir.path().join("ref1")).unwrap()];
+        let which = refs.iter().position(|r| *r == bytes);
+        assert!(which.is_some(), "kill {kill}: the checkpoint at the path is neither written state");
+        seen[which.unwrap()] += 1;
+        if kill % 4 == 0 {
+            // Byte identity with a written state already proves it; loading costs two sessions.
+            let resumed = FineTuner::resume(&engine, &path, None).unwrap();
+            assert_eq!(resumed.steps_done() as usize, which.unwrap(), "kill {kill}");
+        }
+        // A stray temp file means the kill landed inside a save.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap().path();
+            if entry.to_string_lossy().contains(".tmp-") {
+                interrupted += 1;
+                std::fs::remove_file(entry).unwrap();
+            }
+        }
+    }
+    eprintln!(
+        "{KILLS} kills: state 0 found {} times, state 1 {} times; {interrupted} kills interrupted a write",
+        seen[0], seen[1]
+    );
+}
+
+#[test]
+fn pseudo_labels_schedules_and_sampling_follow_the_options() {
+    let engine = engine();
+    let (labeled, label) = small("pd", 0);
+    let (unlabeled, _) = small("pd", 3);
+    let o = FineTuneOptions { ramp_fraction: 0.5, ..options(32, 2, 6, 7) };
+    let mut tuner = FineTuner::new(&engine, o.clone()).unwrap();
+    tuner.add_labeled("l", &labeled, &label).unwrap();
+    let kept = tuner.add_unlabeled("u", &unlabeled).unwrap();
+
+    // Pseudo-labels: argmax where the top probability reaches tau_pl, the ignore label elsewhere
+    // (padding included).
+    let pseudo = tuner.labels("u").unwrap();
+    let ignore = tuner.ignore_label();
+    assert_eq!(pseudo, &expected_pseudo(&engine, &unlabeled, 0.9, ignore));
+    let inference = engine.infer(&unlabeled, &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let valid = inference.grid.valid_region();
+    let (mut ignored_inside, mut labelled) = (0, 0);
+    for ((k, j, i), &l) in pseudo.indexed_iter() {
+        let inside = valid[0].contains(&k) && valid[1].contains(&j) && valid[2].contains(&i);
+        let top = inference.probabilities.slice(s![.., k, j, i]).iter().copied().fold(f32::MIN, f32::max);
+        if inside && top < 0.9 {
+            assert_eq!(l, ignore);
+            ignored_inside += 1;
+        }
+        labelled += usize::from(l != ignore);
+    }
+    assert!(ignored_inside > 0 && labelled > 0, "{ignored_inside} unreliable, {labelled} kept");
+    let valid_voxels = valid.iter().map(|r| r.len()).product::<usize>();
+    assert!((kept - labelled as f64 / valid_voxels as f64).abs() < 1e-12);
+
+    // Sampling: labelled share, foreground-centred share, centres on their class.
+    let labels_l = tuner.labels("l").unwrap();
+    let draws = 600;
+    let (mut n_labeled, mut n_fg, mut n) = (0, 0, 0);
+    for t in 0..draws {
+        for p in tuner.plan_batch(t) {
+            n += 1;
+            n_labeled += usize::from(p.labeled);
+            if let Some((class, v)) = p.patch.centre {
+                n_fg += 1;
+                assert!([1, 2, 3].contains(&class));
+                let map = if p.labeled { &labels_l } else { &pseudo };
+                assert_eq!(map[v], class as i64, "{p:?}");
+            }
+        }
+    }
+    let share = |k: usize| k as f64 / n as f64;
+    assert!((share(n_labeled) - 0.5).abs() < 0.04, "labelled share {}", share(n_labeled));
+    assert!((share(n_fg) - 1.0 / 3.0).abs() < 0.04, "foreground-centred share {}", share(n_fg));
+    assert_eq!(tuner.plan_batch(4), tuner.plan_batch(4), "a step's plan is a function of (seed, step)");
+
+    // Schedules: poly LR and the lambda ramp, reported per step.
+    let base_lr = engine.bundle().training().unwrap().optimizer.lr;
+    for t in 0..3u64 {
+        let plan = tuner.plan_batch(t);
+        let r = tuner.step().unwrap();
+        assert_eq!(r.step, t + 1);
+        assert_eq!(r.lr, poly_lr(base_lr, t, 6, 0.9));
+        assert_eq!(r.lambda, ramp_weight(t, 6, 0.5));
+        assert_eq!(r.labeled_in_batch, plan.iter().filter(|p| p.labeled).count());
+        assert_eq!(r.labeled_in_batch + r.pseudo_in_batch, 2);
+    }
+    assert!(ramp_weight(0, 6, 0.5) < 0.01 && ramp_weight(3, 6, 0.5) == 1.0);
+}
+
+#[test]
+fn export_and_apply_run_the_fine_tuned_weights() {
+    let engine = engine();
+    let (image, label) = small("pd", 1);
+    let mut tuner = FineTuner::new(&engine, FineTuneOptions { lr: Some(1e-3), ..options(32, 1, 4, 2) }).unwrap();
+    tuner.add_labeled("l", &image, &label).unwrap();
+
+    // Before any step, evaluation is the bundle's own segmentation scored against the label.
+    let seg = engine.segment(&image, SegmentOutputs::default(), &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let dice = tuner.evaluate(&[(&image, &label)]).unwrap();
+    assert_eq!(dice.len(), 4);
+    for (c, d) in dice.iter().enumerate() {
+        let c = c as f32;
+        let (mut inter, mut total) = (0usize, 0usize);
+        for (&p, &t) in seg.labels.data().iter().zip(label.data()) {
+            inter += usize::from(p == c && t == c);
+            total += usize::from(p == c) + usize::from(t == c);
+        }
+        let want = if total == 0 { 1.0 } else { 2.0 * inter as f64 / total as f64 };
+        assert!((d - want).abs() < 1e-12, "class {c}: {d} vs {want}");
+    }
+
+    tuner.step().unwrap();
+    tuner.step().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("adapted");
+    tuner.export_bundle(&out).unwrap();
+    assert!(!dir.path().join("adapted.partial").exists());
+    let err = tuner.export_bundle(&out).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("already exists"), "{}", err.message());
+
+    // The exported bundle loads (validated against its graphs and checkpoint) and its standalone
+    // model gives what the original engine gives once switched to the fine-tuned weights.
+    let adapted = Engine::new(&out, engine.options().clone()).unwrap();
+    let cancel = Cancel::new().unwrap();
+    let before = engine.infer(&image, &cancel, &mut |_| true).unwrap().probabilities;
+    tuner.apply_to(&engine).unwrap();
+    let applied = engine.infer(&image, &cancel, &mut |_| true).unwrap().probabilities;
+    let exported = adapted.infer(&image, &cancel, &mut |_| true).unwrap().probabilities;
+    let max_diff = |a: &ndarray::Array4<f32>, b: &ndarray::Array4<f32>| {
+        a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+    };
+    assert!(max_diff(&applied, &exported) < 1e-5, "exported vs applied: {}", max_diff(&applied, &exported));
+    assert!(max_diff(&before, &applied) > 1e-3, "the fine-tuned weights must change the output");
+    // Its checkpoint continues the run: resuming it gives the same step count.
+    let resumed = FineTuner::resume(&adapted, &out.join("checkpoint.safetensors"), None).unwrap();
+    assert_eq!(resumed.steps_done(), 2);
+    engine.reset_weights().unwrap();
+}
+
+#[test]
+fn bad_inputs_are_refused_with_clear_errors() {
+    let engine = engine();
+    let (image, label) = small("pd", 0);
+    let mut tuner = FineTuner::new(&engine, options(32, 1, 4, 0)).unwrap();
+
+    let err = tuner.step().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("annotated volume"), "{}", err.message());
+
+    let mut bad = label.clone();
+    bad.data_mut()[1234] = 7.0;
+    let err = tuner.add_labeled("bad", &image, &bad).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(err.message().contains("value 7"), "{}", err.message());
+    bad.data_mut()[1234] = 1.5;
+    assert_eq!(tuner.add_labeled("bad", &image, &bad).unwrap_err().kind(), ErrorKind::InvalidData);
+
+    let shifted = {
+        let mut a = label.affine();
+        a[0][3] += 2.0;
+        Volume::new(label.data().to_vec(), label.dims(), 1, a).unwrap()
+    };
+    assert_eq!(tuner.add_labeled("s", &image, &shifted).unwrap_err().kind(), ErrorKind::GeometryMismatch);
+    let smaller = crop(&label, [0, 0, 0], [40, 40, 40]);
+    assert_eq!(tuner.add_labeled("s", &image, &smaller).unwrap_err().kind(), ErrorKind::GeometryMismatch);
+
+    tuner.add_labeled("ok", &image, &label).unwrap();
+    let err = tuner.add_labeled("ok", &image, &label).unwrap_err();
+    assert!(err.message().contains("already added"), "{}", err.message());
+
+    for o in [
+        FineTuneOptions { batch_size: 0, ..Default::default() },
+        FineTuneOptions { pseudo_label_threshold: 1.5, ..Default::default() },
+        FineTuneOptions { lr: Some(-1.0), ..Default::default() },
+        FineTuneOptions { patch_size: Some([30, 32, 32]), ..Default::default() },
+    ] {
+        let err = FineTuner::new(&engine, o).err().expect("bad options must be refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{}", err.message());
+    }
+
+    // Resume: truncated, foreign (the bundle's own checkpoint, another bundle's), mismatched.
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    tuner.save_checkpoint(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = FineTuner::resume(&engine, &truncated, None).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Format, "{}", err.message());
+    let bundle_cp = root().join("models/demo_brain_unet/checkpoint.safetensors");
+    let err = FineTuner::resume(&engine, &bundle_cp, None).err().unwrap();
+    assert!(err.message().contains("not an asfda fine-tuning checkpoint"), "{}", err.message());
+
+    let cp = checkpoint::read(&good, "step").unwrap();
+    let rewrite = |name: &str, meta: checkpoint::Meta, shrink: Option<&str>| {
+        let tensors: Vec<(String, ndarray::ArrayD<f32>)> = cp
+            .tensors
+            .iter()
+            .map(|(n, v)| {
+                let v = if Some(n.as_str()) == shrink {
+                    v.slice_axis(ndarray::Axis(0), (0..1).into()).to_owned()
+                } else {
+                    v.clone()
+                };
+                (n.clone(), v)
+            })
+            .collect();
+        let bytes = checkpoint::encode(tensors.iter().map(|(n, v)| (n.as_str(), v)), "step", cp.step, &meta).unwrap();
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let other = checkpoint::Meta { bundle: "some-other-model".into(), ..cp.meta.clone() };
+    let err = FineTuner::resume(&engine, &rewrite("other.safetensors", other, None), None).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(err.message().contains("some-other-model"), "{}", err.message());
+    let err =
+        FineTuner::resume(&engine, &rewrite("shape.safetensors", cp.meta.clone(), Some("param.head.weight")), None)
+            .err()
+            .unwrap();
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(err.message().contains("param.head.weight") && err.message().contains("shape"), "{}", err.message());
+    // And the untouched one resumes.
+    assert_eq!(FineTuner::resume(&engine, &good, None).unwrap().steps_done(), 0);
+}
+
+/// Pseudo-labels as method.md defines them, from an engine's inference: argmax where the top
+/// probability reaches `tau`, `ignore` elsewhere and on the padding.
+fn expected_pseudo(engine: &Engine, image: &Volume, tau: f32, ignore: i64) -> ndarray::Array3<i64> {
+    let inference = engine.infer(image, &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let valid = inference.grid.valid_region();
+    let (_, z, y, x) = inference.probabilities.dim();
+    ndarray::Array3::from_shape_fn((z, y, x), |(k, j, i)| {
+        let lane = inference.probabilities.slice(s![.., k, j, i]);
+        let (best, p) = lane.iter().enumerate().fold((0, f32::MIN), |b, (c, &p)| if p > b.1 { (c, p) } else { b });
+        let inside = valid[0].contains(&k) && valid[1].contains(&j) && valid[2].contains(&i);
+        if inside && p >= tau {
+            best as i64
+        } else {
+            ignore
+        }
+    })
+}
+
+#[test]
+fn refreshed_pseudo_labels_come_from_the_fine_tuned_weights_and_resume_at_a_boundary() {
+    let engine = engine();
+    let (labeled, label) = small("pd", 0);
+    let (unlabeled, _) = small("pd", 2);
+    let o = FineTuneOptions { lr: Some(2e-3), pseudo_label_refresh_every: 2, ..options(32, 1, 8, 5) };
+    let mut a = FineTuner::new(&engine, o).unwrap();
+    a.add_labeled("l", &labeled, &label).unwrap();
+    a.add_unlabeled("u", &unlabeled).unwrap();
+    let initial = a.labels("u").unwrap().clone();
+    a.step().unwrap();
+    a.step().unwrap();
+    assert_eq!(a.labels("u").unwrap(), &initial, "no refresh before step index 2");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("at-boundary.safetensors");
+    a.save_checkpoint(&path).unwrap();
+
+    // Step index 2 first relabels with the weights after two steps.
+    let refreshed_engine = engine.with_weights(&a.weights()).unwrap();
+    let want = expected_pseudo(&refreshed_engine, &unlabeled, 0.9, a.ignore_label());
+    let expected = a.step().unwrap();
+    assert_eq!(a.labels("u").unwrap(), &want);
+    assert_ne!(&want, &initial, "two steps at lr 2e-3 should move some pseudo-labels");
+
+    // Resumed at that boundary, pseudo-labels come from the checkpoint's weights: same step.
+    let mut b = FineTuner::resume(&engine, &path, None).unwrap();
+    b.add_labeled("l", &labeled, &label).unwrap();
+    b.add_unlabeled("u", &unlabeled).unwrap();
+    assert_eq!(b.labels("u").unwrap(), &want);
+    let got = b.step().unwrap();
+    assert_eq!(got.loss.to_bits(), expected.loss.to_bits());
+    assert!(weights_bits(&a) == weights_bits(&b));
+}
+
+#[test]
+fn shared_pseudo_labels_train_like_add_unlabeled() {
+    let engine = engine();
+    let (image, label) = small("pd", 0);
+    let (other, _) = small("pd", 1);
+    let o = options(32, 2, 10, 3);
+    let mut direct = FineTuner::new(&engine, o.clone()).unwrap();
+    direct.add_labeled("a", &image, &label).unwrap();
+    let kept = direct.add_unlabeled("b", &other).unwrap();
+
+    let mut shared = FineTuner::new(&engine, o.clone()).unwrap();
+    shared.add_labeled("a", &image, &label).unwrap();
+    let pseudo = FineTuner::new(&engine, o.clone()).unwrap().pseudo_label_volume("b", &other).unwrap();
+    assert_eq!((pseudo.id(), pseudo.kept_fraction()), ("b", kept));
+    assert_eq!(shared.add_pseudo_labeled(&pseudo).unwrap(), kept);
+    assert_eq!(shared.labels("b"), direct.labels("b"));
+    for _ in 0..2 {
+        assert_eq!(shared.step().unwrap(), direct.step().unwrap());
+    }
+    assert_eq!(weights_bits(&shared), weights_bits(&direct));
+
+    // Another threshold labels differently: refused, as is an id added twice.
+    let mut strict = FineTuner::new(&engine, FineTuneOptions { pseudo_label_threshold: 0.99, ..o }).unwrap();
+    let err = strict.add_pseudo_labeled(&pseudo).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert_eq!(shared.add_pseudo_labeled(&pseudo).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
