@@ -296,8 +296,8 @@ fn main() {
     options.window.overlap = args.overlap;
     let engine = Engine::new(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo_brain_unet"), options).unwrap();
 
-    // Every site first, then seed by seed, so an interrupted benchmark has whole seeds of every
-    // site and budget rather than one site complete and the other missing.
+    // Budget by budget (in the order given), then seed by seed, then site: an interrupted
+    // benchmark has every method, seed and site of the first budgets rather than one seed of all.
     let sites: Vec<Site> = args.sites.iter().map(|name| load_site(&engine, &args, name)).collect();
     let mut record = |run: Run| {
         eprintln!("{:<40} dice {:.4}  loss {:.4}  {:.0} s", run.key(), run.dice_mean, run.final_loss, run.seconds);
@@ -309,20 +309,17 @@ fn main() {
             record(baseline(&engine, &args, site));
         }
     }
-    for &seed in &args.seeds {
-        for site in &sites {
-            let mut jobs: Vec<(Method, usize, Pseudo)> = Vec::new();
-            for &budget in &args.budgets {
-                for &method in &args.methods {
-                    jobs.push((method, budget, Pseudo::Reliable));
+    for &budget in &args.budgets {
+        for &seed in &args.seeds {
+            for site in &sites {
+                let mut jobs: Vec<(Method, Pseudo)> = args.methods.iter().map(|&m| (m, Pseudo::Reliable)).collect();
+                if budget == args.ablation_budget {
+                    jobs.extend([(Method::Asfda, Pseudo::All), (Method::Asfda, Pseudo::None)]);
                 }
-            }
-            for pseudo in [Pseudo::All, Pseudo::None] {
-                jobs.push((Method::Asfda, args.ablation_budget, pseudo));
-            }
-            for (method, budget, pseudo) in jobs {
-                if !done.contains(&key(&site.name, method.name(), budget, seed, pseudo)) {
-                    record(run_one(&engine, &args, site, method, budget, seed, pseudo));
+                for (method, pseudo) in jobs {
+                    if !done.contains(&key(&site.name, method.name(), budget, seed, pseudo)) {
+                        record(run_one(&engine, &args, site, method, budget, seed, pseudo));
+                    }
                 }
             }
         }
