@@ -11,7 +11,7 @@ ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv venv-torch build data model demo test test-rust test-python test-tools test-c test-gpu header clean-cache install
+.PHONY: all ort ort-gpu venv venv-torch build data model demo test test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
 
 all: build
 
@@ -72,12 +72,18 @@ test-python:
 	ASFDA_LIBRARY=$(CURDIR)/target/debug/libasfda.so ASFDA_CLI=$(CURDIR)/target/debug/asfda \
 	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python bindings/python/tests/test_synth.py \
 	  bindings/python/tests/test_volume_numpy.py bindings/python/tests/test_engine.py \
+	  bindings/python/tests/test_select.py bindings/python/tests/test_finetune.py \
 	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py
 
 ## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
 test-tools:
-	PYTHONPATH=$(CURDIR)/bindings/python $(VENV_TORCH)/bin/python -m pytest -q \
+	PYTHONPATH=$(CURDIR)/bindings/python $(VENV_TORCH)/bin/python -m pytest -q -m "not slow" \
 	  bindings/python/tests/test_trainstep.py bindings/python/tests/test_export.py
+
+## The experimental GEMM weight-gradient export (minutes of tracing; not in the shipped bundle).
+test-slow:
+	PYTHONPATH=$(CURDIR)/bindings/python $(VENV_TORCH)/bin/python -m pytest -q -m slow \
+	  bindings/python/tests/test_trainstep.py
 
 ## C/C++ tests: install the debug build into a scratch prefix, build cpp_demo/ against the
 ## installed CMake package (as a user would), run ctest there (C and C++ API tests, the

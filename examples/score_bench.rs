@@ -142,7 +142,7 @@ fn main() -> asfda::Result<()> {
             let window_s = t.elapsed().as_secs_f64();
             let mut probs = out.logits;
             let t = Instant::now();
-            softmax_in_place(&mut probs);
+            softmax_in_place(probs.view_mut());
             let softmax_s = t.elapsed().as_secs_f64();
             let [rz, ry, rx] = prepared.grid.valid_region();
             let t = Instant::now();

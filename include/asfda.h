@@ -199,6 +199,16 @@ typedef enum AsfdaNonFinite {
 } AsfdaNonFinite;
 
 /**
+ * A cancellation token for score and segment calls. asfda_cancel_trigger() stops the calls
+ * using it as soon as possible, including an ONNX Runtime run in flight; they return
+ * ASFDA_STATUS_CANCELLED and the engine stays usable. Triggering is thread-safe (call it from
+ * any thread while a call runs) and idempotent. A token stays triggered until
+ * asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
+ * while a call uses it.
+ */
+typedef struct AsfdaCancel AsfdaCancel;
+
+/**
  * A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
  * from several threads at once (model runs are serialised; results equal serial ones).
  */
@@ -265,7 +275,9 @@ typedef struct AsfdaEngineOptions {
    */
   bool mirror;
   /**
-   * Refuse volumes needing more working memory than this (bytes); 0 = no limit.
+   * Refuse calls whose estimated working memory passes this many bytes (0 = no limit): the
+   * peak of asfda's own buffers, the input volume and the outputs asked for included (ONNX
+   * Runtime's arena is not), checked before any allocation; ASFDA_STATUS_TOO_LARGE names it.
    */
   uint64_t memory_limit_bytes;
 } AsfdaEngineOptions;
@@ -273,7 +285,8 @@ typedef struct AsfdaEngineOptions {
 /**
  * Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
  * ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
- * every batch of tiles.
+ * every batch of tiles, so it stops a call between batches; to stop a model run in flight,
+ * use an AsfdaCancel token.
  */
 typedef bool (*AsfdaProgressFn)(void *user_data, double fraction);
 
@@ -576,24 +589,67 @@ enum AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
                                      size_t *out_needed);
 
 /**
+ * Creates an untriggered cancellation token; free it with asfda_cancel_free().
+ */
+enum AsfdaStatus asfda_cancel_new(struct AsfdaCancel **out_cancel);
+
+/**
+ * Triggers the token: every call using it stops (also one whose model run is in flight) and
+ * returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
+ * before running the model. Thread-safe; triggering twice is the same as once.
+ */
+enum AsfdaStatus asfda_cancel_trigger(const struct AsfdaCancel *cancel);
+
+/**
+ * Un-triggers the token so it can serve further calls. Call it only while no call uses the
+ * token (a call in flight may or may not see the reset).
+ */
+enum AsfdaStatus asfda_cancel_reset(const struct AsfdaCancel *cancel);
+
+/**
+ * Whether the token is triggered.
+ */
+enum AsfdaStatus asfda_cancel_is_triggered(const struct AsfdaCancel *cancel, bool *out_triggered);
+
+/**
+ * Frees a token; NULL is a no-op.
+ */
+void asfda_cancel_free(struct AsfdaCancel *cancel);
+
+/**
  * Scores one volume for how informative annotating it would be. `id` names it in the score
- * (e.g. a file name or series UID). `progress` may be NULL.
+ * (e.g. a file name or series UID). `progress` may be NULL; `cancel` may be NULL (then only
+ * the progress callback can stop the call).
  */
 enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
                                     const struct AsfdaVolume *volume,
                                     const char *id,
                                     AsfdaProgressFn progress,
                                     void *user_data,
+                                    const struct AsfdaCancel *cancel,
                                     struct AsfdaScore **out_score);
 
 /**
- * Segments one volume; the label map (class index per voxel) is on the volume's own grid.
+ * Segments one volume; every output is on the volume's own grid (dims and affine).
+ *
+ * - `out_labels` (required): the class index per voxel, one channel.
+ * - `out_probabilities` (may be NULL = not computed): the per-class softmax probabilities, one
+ *   channel per class (channel c = class c); they sum to 1 per voxel. On a resampled grid they
+ *   are interpolated, so their argmax may differ from the (nearest-neighbour) labels at borders.
+ *   Asking for them holds a [classes] x volume float map: check the memory limit.
+ * - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
+ *   one channel.
+ *
+ * `progress` and `cancel` may be NULL. Free every volume returned with asfda_volume_free().
  */
 enum AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
                                       const struct AsfdaVolume *volume,
                                       AsfdaProgressFn progress,
                                       void *user_data,
-                                      struct AsfdaVolume **out_labels);
+                                      const struct AsfdaCancel *cancel,
+                                      struct AsfdaVolume **out_labels,
+                                      struct AsfdaVolume **out_probabilities,
+                                      struct AsfdaVolume **out_entropy);
 
 /**
  * Frees a score; NULL is a no-op.

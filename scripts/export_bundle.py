@@ -3,6 +3,9 @@
 
 Run with the generator's virtualenv (scripts/requirements-torch.txt), e.g.:
     .venv-torch/bin/python scripts/export_bundle.py out/demo --classes background,tumour
+Regenerate only the demo bundle's train-step graph from its checkpoint:
+    .venv-torch/bin/python scripts/export_bundle.py models/demo_brain_unet --train-step-only \
+        --base-channels 16 --levels 4 --max-channels 64
 """
 import argparse
 import json
@@ -14,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bindings" / "pytho
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from asfda_tools.export import export_bundle  # noqa: E402
+from asfda_tools.export import (export_bundle, load_checkpoint_params,  # noqa: E402
+                                rewrite_train_step)
 from asfda_tools.unet import UNet3D  # noqa: E402
 
 
@@ -44,7 +48,15 @@ def main(argv=None):
                    help='JSON object: {"kind": "zscore", "mask": "nonzero"|"all"}, '
                         '{"kind": "ct_window", "lower": HU, "upper": HU, "mean": m, "std": s} '
                         'or {"kind": "percentile", "lower": 0.5, "upper": 99.5}')
-    p.add_argument("--weights", type=Path, help="a PyTorch state_dict (.pt) to load")
+    p.add_argument("--weights", type=Path,
+                   help="a PyTorch state_dict (.pt), or a bundle checkpoint (.safetensors, "
+                        "its param.* tensors), to load")
+    p.add_argument("--train-step-only", action="store_true",
+                   help="only regenerate OUT/train_step.onnx of an existing bundle (same "
+                        "manifest io), from OUT's checkpoint unless --weights is given")
+    p.add_argument("--weight-grad", choices=["conv", "gemm"], default="conv",
+                   help="with --train-step-only: how the graph forms weight gradients "
+                        "(asfda_tools.trainstep.decomposition_table)")
     p.add_argument("--source", type=Path,
                    help="folder of .npy source volumes, each [tiles, C, Z, Y, X], normalised")
     p.add_argument("--k", type=int, default=8, help="number of source anchors")
@@ -52,10 +64,19 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     classes = a.classes.split(",")
+    if a.train_step_only:
+        classes = json.loads((a.out / "manifest.json").read_text())["classes"]
+        a.weights = a.weights or a.out / "checkpoint.safetensors"
     torch.manual_seed(a.seed)
     model = UNet3D(a.in_channels, len(classes), a.base_channels, a.levels, a.max_channels)
-    if a.weights:
+    if a.weights and a.weights.suffix == ".safetensors":
+        load_checkpoint_params(model, a.weights)
+    elif a.weights:
         model.load_state_dict(torch.load(a.weights, map_location="cpu"))
+    if a.train_step_only:
+        rewrite_train_step(model, a.out, a.weight_grad)
+        print(f"{(a.out / 'train_step.onnx').stat().st_size:>12,}  {a.out / 'train_step.onnx'}")
+        return
     source = None
     if a.source:
         source = (np.load(f) for f in sorted(a.source.glob("*.npy")))

@@ -296,12 +296,13 @@ impl Bundle {
     fn check_files(&self, options: &RuntimeOptions) -> Result<Vec<String>> {
         let m = &self.manifest;
         let mut p = Vec::new();
-        let runtime = Runtime::load(options.library_path.as_deref())?;
-        let (inputs, outputs) = graph_io(runtime, &self.inference_path())?;
+        // The runtime is loaded here so a bundle that loads is one an engine can run.
+        Runtime::load(options.library_path.as_deref())?;
+        let (inputs, outputs) = graph_io(&self.inference_path())?;
         expect_names(&mut p, "inference input", &inputs, [&m.inference.input]);
         expect_names(&mut p, "inference output", &outputs, [&m.inference.logits, &m.inference.features]);
         if let Some(t) = &m.training {
-            p.extend(self.check_training(runtime, t)?);
+            p.extend(self.check_training(t)?);
         }
         if let Some(s) = &m.source_knowledge {
             let file = TensorFile::open(&self.path(&s.file))?;
@@ -315,9 +316,9 @@ impl Bundle {
         Ok(p)
     }
 
-    fn check_training(&self, runtime: &Runtime, t: &TrainingSpec) -> Result<Vec<String>> {
+    fn check_training(&self, t: &TrainingSpec) -> Result<Vec<String>> {
         let mut p = Vec::new();
-        let (inputs, outputs) = graph_io(runtime, &self.path(&t.train_step))?;
+        let (inputs, outputs) = graph_io(&self.path(&t.train_step))?;
         let io = &t.io;
         let fixed_in = [&io.image, &io.labels, &io.loss_weight, &io.lr, &io.step, &io.weight_decay];
         expect_names(&mut p, "train-step input", &inputs, fixed_in);
@@ -365,11 +366,101 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
     serde_json::from_str(&text).map_err(|e| Error::new(ErrorKind::Format, format!("'{}': {e}", path.display())))
 }
 
-/// The input and output names of an ONNX graph, read by opening it in a CPU session.
-fn graph_io(runtime: &Runtime, path: &Path) -> Result<(Vec<String>, Vec<String>)> {
-    let (session, _) = runtime.session_from_file(path, crate::runtime::Device::Cpu, 1)?;
-    let names = |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_string()).collect();
-    Ok((names(session.inputs()), names(session.outputs())))
+/// The input and output names of an ONNX graph as ONNX Runtime reports them (graph inputs that
+/// are initializers excluded), read from the protobuf without creating a session: loading a
+/// bundle then costs a file read per graph instead of two session builds.
+fn graph_io(path: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read the ONNX graph", &e))?;
+    onnx::graph_io(&bytes)
+        .map_err(|e| Error::new(ErrorKind::Format, format!("'{}' is not an ONNX model: {e}", path.display())))
+}
+
+/// Just enough of the protobuf wire format to read ModelProto.graph's input, output and
+/// initializer names (onnx.proto: ModelProto.graph = 7; GraphProto.initializer = 5, input = 11,
+/// output = 12; ValueInfoProto.name = 1; TensorProto.name = 8).
+mod onnx {
+    type Fields<'a> = Vec<(u64, Option<&'a [u8]>)>;
+
+    /// Every field of one message: (field number, payload of length-delimited fields).
+    fn fields(buf: &[u8]) -> std::result::Result<Fields<'_>, String> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let varint = |pos: &mut usize| -> std::result::Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let b = *buf.get(*pos).ok_or("truncated varint")?;
+                *pos += 1;
+                v |= u64::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("varint longer than 10 bytes".into())
+        };
+        while pos < buf.len() {
+            let key = varint(&mut pos)?;
+            let (field, wire) = (key >> 3, key & 7);
+            let skip = match wire {
+                0 => {
+                    varint(&mut pos)?;
+                    0
+                }
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let len = usize::try_from(varint(&mut pos)?).map_err(|_| "length overflows")?;
+                    let end = pos.checked_add(len).filter(|&e| e <= buf.len()).ok_or("truncated field")?;
+                    out.push((field, Some(&buf[pos..end])));
+                    pos = end;
+                    continue;
+                }
+                w => return Err(format!("unsupported protobuf wire type {w} (field {field})")),
+            };
+            pos = pos.checked_add(skip).filter(|&e| e <= buf.len()).ok_or("truncated field")?;
+            out.push((field, None));
+        }
+        Ok(out)
+    }
+
+    /// The string in field `number` of a message.
+    fn name(message: &[u8], number: u64) -> std::result::Result<String, String> {
+        let raw = fields(message)?.into_iter().find(|(f, _)| *f == number).and_then(|(_, p)| p).unwrap_or(b"");
+        String::from_utf8(raw.to_vec()).map_err(|_| "a name is not UTF-8".to_string())
+    }
+
+    /// (inputs without initializers, outputs) of a serialised ModelProto.
+    pub(super) fn graph_io(model: &[u8]) -> std::result::Result<(Vec<String>, Vec<String>), String> {
+        let graph =
+            fields(model)?.into_iter().find(|(f, p)| *f == 7 && p.is_some()).and_then(|(_, p)| p).ok_or("no graph")?;
+        let (mut inputs, mut outputs, mut initializers) = (Vec::new(), Vec::new(), Vec::new());
+        for (field, payload) in fields(graph)? {
+            match (field, payload) {
+                (11, Some(m)) => inputs.push(name(m, 1)?),
+                (12, Some(m)) => outputs.push(name(m, 1)?),
+                (5, Some(m)) => initializers.push(name(m, 8)?),
+                _ => {}
+            }
+        }
+        inputs.retain(|i| !initializers.contains(i));
+        Ok((inputs, outputs))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn reads_names_and_refuses_garbage() {
+            // ModelProto { graph (7): GraphProto { input (11) {name "x"}, input {name "w"},
+            // initializer (5) {name (8) "w"}, output (12) {name "y"} } }
+            let vi = |f: u8, n: &[u8]| [&[f << 3 | 2, n.len() as u8 + 2, 1 << 3 | 2, n.len() as u8][..], n].concat();
+            let init = [&[5 << 3 | 2, 3, 8 << 3 | 2, 1][..], b"w"].concat();
+            let graph = [vi(11, b"x"), vi(11, b"w"), init, vi(12, b"y")].concat();
+            let model = [&[1 << 3, 8, 7 << 3 | 2, graph.len() as u8][..], &graph].concat();
+            let (inputs, outputs) = super::graph_io(&model).unwrap();
+            assert_eq!((inputs, outputs), (vec!["x".to_string()], vec!["y".to_string()]));
+            assert!(super::graph_io(&model[..model.len() - 1]).unwrap_err().contains("truncated"));
+            assert!(super::graph_io(b"not a model").is_err());
+        }
+    }
 }
 
 fn expect_names<'a>(

@@ -5,20 +5,27 @@
 //! The inference graph's bytes stay in memory, so fine-tuned weights can replace the session's
 //! initializers ([`Engine::set_weights`]) without reading the disk again; a call in flight
 //! finishes on the model it started with.
+//!
+//! Memory: segment and score stream the blended logits in z-slabs (see
+//! [`crate::window::sliding_window_slabs`]) and read a volume already in RAS order at the model
+//! spacing in place, so for a 512 x 512 x 400 volume with 4 classes the Rust heap peaks at about
+//! 2x-2.3x the input's f32 size (docs/bench-scoring.md, "Memory"). [`Engine::memory_estimate`]
+//! models that working set; the memory limit refuses a call, before any allocation, when the
+//! estimate passes it.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use ndarray::{s, Array3, Array4, ArrayD, ArrayView4, Axis};
+use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView4, ArrayViewMut4, Axis};
 
 use crate::bundle::{Bundle, SourceKnowledge};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
-use crate::preprocess::{prepare, ModelGrid};
+use crate::preprocess::{model_grid, prepare_in_place, resample_peak_elements, ModelGrid, ModelImage};
 use crate::runtime::{Device, RuntimeOptions};
-use crate::score::{entropy_map, score_volume, Score, ScoreOptions};
+use crate::score::{entropy_map, Score, ScoreOptions, VolumeStats};
 use crate::volume::Volume;
-use crate::window::{sliding_window, Cancel, OutputNames, WindowOptions};
+use crate::window::{sliding_window_slabs, Cancel, OutputNames, SlabSink, WindowOptions};
 
 /// Everything an engine can be configured with; `Default` gives the documented defaults.
 #[derive(Clone, Debug, Default)]
@@ -26,7 +33,9 @@ pub struct EngineOptions {
     pub runtime: RuntimeOptions,
     pub window: WindowOptions,
     pub score: ScoreOptions,
-    /// Refuse volumes whose working memory would exceed this many bytes (0 = no limit).
+    /// Refuse calls whose estimated working memory ([`Engine::memory_estimate`]: asfda's buffers,
+    /// the input and the outputs asked for; not ONNX Runtime's arena) exceeds this many bytes
+    /// (0 = no limit).
     pub memory_limit_bytes: u64,
 }
 
@@ -166,23 +175,28 @@ impl Engine {
     }
 
     /// Preprocesses `volume`, runs the sliding window and returns probabilities on the model grid.
+    /// Holds the whole [classes, Z, Y, X] probability volume; [`Engine::segment`] and
+    /// [`Engine::score`] stream z-slabs instead.
     pub fn infer(&self, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Inference> {
-        self.check_memory(volume)?;
-        let prepared = prepare(volume, &self.bundle.manifest().input)?;
-        let inference = &self.bundle.manifest().inference;
-        let names = OutputNames { logits: &inference.logits, features: &inference.features };
-        let tile = self.bundle.manifest().input.patch_size;
-        let model = self.model();
-        let out = sliding_window(&model, &names, prepared.image.view(), tile, &self.options.window, cancel, progress)?;
-        let mut probabilities = out.logits;
-        softmax_in_place(&mut probabilities);
-        Ok(Inference { grid: prepared.grid, probabilities, features: out.features })
+        let (image, grid) = self.prepare(volume, Work::Infer)?;
+        let [z, y, x] = grid.model_shape();
+        let mut probabilities: Option<Array4<f32>> = None;
+        let features = self.stream(image, cancel, progress, &mut |z0, mut slab| {
+            softmax_in_place(slab.view_mut());
+            let full = probabilities.get_or_insert_with(|| Array4::zeros((slab.shape()[0], z, y, x)));
+            full.slice_mut(s![.., z0..z0 + slab.shape()[1], .., ..]).assign(&slab);
+            Ok(())
+        })?;
+        let probabilities = probabilities.ok_or_else(|| Error::internal("the sliding window produced no slab"))?;
+        Ok(Inference { grid, probabilities, features })
     }
 
     /// Segments `volume`; the label map (and optional maps) land on the caller's voxel grid.
     ///
     /// Labels are the argmax on the model grid mapped back with nearest neighbour, which needs
-    /// no class-count-sized buffer on the original grid (see peers.md on memory).
+    /// no class-count-sized buffer on the original grid (see peers.md on memory). The blended
+    /// logits are streamed in z-slabs: the full [classes, Z, Y, X] probabilities exist only when
+    /// `outputs.probabilities` asks for them.
     pub fn segment(
         &self,
         volume: &Volume,
@@ -190,23 +204,32 @@ impl Engine {
         cancel: &Cancel,
         progress: Progress<'_>,
     ) -> Result<Segmentation> {
-        let inference = self.infer(volume, cancel, progress)?;
-        let labels = argmax(inference.probabilities.view());
-        let probabilities = if outputs.probabilities {
-            Some(inference.grid.to_original(inference.probabilities.view())?)
-        } else {
-            None
-        };
-        let entropy = if outputs.entropy {
-            let h = entropy_map(inference.probabilities.view()).insert_axis(Axis(0));
-            Some(inference.grid.to_original(h.view())?)
-        } else {
-            None
-        };
-        Ok(Segmentation { labels: inference.grid.labels_to_original(labels.view())?, probabilities, entropy })
+        let (image, grid) = self.prepare(volume, Work::Segment(outputs))?;
+        let [z, y, x] = grid.model_shape();
+        let mut labels = Array3::<u8>::zeros((z, y, x));
+        let mut entropy = outputs.entropy.then(|| Array3::<f32>::zeros((z, y, x)));
+        let mut probabilities: Option<Array4<f32>> = None;
+        self.stream(image, cancel, progress, &mut |z0, mut slab| {
+            softmax_in_place(slab.view_mut());
+            let zs = z0..z0 + slab.shape()[1];
+            labels.slice_mut(s![zs.clone(), .., ..]).assign(&argmax(slab.view()));
+            if let Some(h) = entropy.as_mut() {
+                h.slice_mut(s![zs.clone(), .., ..]).assign(&entropy_map(slab.view()));
+            }
+            if outputs.probabilities {
+                let full = probabilities.get_or_insert_with(|| Array4::zeros((slab.shape()[0], z, y, x)));
+                full.slice_mut(s![.., zs, .., ..]).assign(&slab);
+            }
+            Ok(())
+        })?;
+        let labels = grid.labels_to_original(labels.view())?;
+        let probabilities = probabilities.map(|p| grid.to_original(p.view())).transpose()?;
+        let entropy = entropy.map(|h| grid.to_original(h.insert_axis(Axis(0)).view())).transpose()?;
+        Ok(Segmentation { labels, probabilities, entropy })
     }
 
-    /// Scores `volume` for how informative annotating it would be (method.md section 1).
+    /// Scores `volume` for how informative annotating it would be (method.md section 1). The
+    /// probabilities are streamed in z-slabs into [`VolumeStats`]; no full probability volume is held.
     pub fn score(&self, id: &str, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Score> {
         let source = self.source.as_ref().ok_or_else(|| {
             Error::unsupported(format!(
@@ -214,35 +237,149 @@ impl Engine {
                 self.bundle.dir().display()
             ))
         })?;
-        let inference = self.infer(volume, cancel, progress)?;
-        score_volume(id, inference.valid_probabilities(), inference.features.view(), source, &self.options.score)
+        let (image, grid) = self.prepare(volume, Work::Score)?;
+        let [vz, vy, vx] = grid.valid_region();
+        let valid = [vz.len(), vy.len(), vx.len()];
+        let mut stats: Option<VolumeStats> = None;
+        let features = self.stream(image, cancel, progress, &mut |z0, mut slab| {
+            softmax_in_place(slab.view_mut());
+            // Only the unpadded part is scored.
+            let (lo, hi) = (z0.max(vz.start), (z0 + slab.shape()[1]).min(vz.end));
+            if lo < hi {
+                let stats = match stats.as_mut() {
+                    Some(stats) => stats,
+                    None => stats.insert(VolumeStats::new(slab.shape()[0], valid, &self.options.score)?),
+                };
+                stats.add_slab(slab.slice(s![.., lo - z0..hi - z0, vy.clone(), vx.clone()]))?;
+            }
+            Ok(())
+        })?;
+        let stats = stats.ok_or_else(|| Error::internal("the sliding window produced no slab"))?;
+        stats.into_score(id, features.view(), source)
     }
 
-    /// Refuses a volume whose working set (model-grid image, logit accumulators, weights) would
-    /// pass the configured limit, before any allocation.
-    fn check_memory(&self, volume: &Volume) -> Result<()> {
+    fn prepare<'a>(&self, volume: &'a Volume, work: Work) -> Result<(ModelImage<'a>, ModelGrid)> {
+        self.check_memory(volume, work)?;
+        prepare_in_place(volume, &self.bundle.manifest().input)
+    }
+
+    /// Runs the streaming sliding window over `image` (dropped when it ends) on the current model.
+    fn stream(
+        &self,
+        image: ModelImage<'_>,
+        cancel: &Cancel,
+        progress: Progress<'_>,
+        sink: &mut SlabSink<'_>,
+    ) -> Result<Array2<f32>> {
+        let inference = &self.bundle.manifest().inference;
+        let names = OutputNames { logits: &inference.logits, features: &inference.features };
+        let tile = self.bundle.manifest().input.patch_size;
+        let model = self.model();
+        sliding_window_slabs(&model, &names, &image, tile, &self.options.window, cancel, progress, sink)
+    }
+
+    /// Estimated peak heap bytes of `work` on `volume`, the caller's volume included (ONNX
+    /// Runtime's own arena is not counted). The memory limit compares this number.
+    ///
+    /// Phases, each counted with what is alive then: preprocessing (a reoriented copy unless the
+    /// volume is already RAS, the resampling passes, the padded model-grid image — none of which
+    /// exists when the volume is already RAS at the model spacing: tiles are then read from the
+    /// caller's voxels); the streaming window (image, accumulators over one tile of z, the batch
+    /// tensors, the model-grid outputs:
+    /// u8 labels, and the entropy/probability maps only if asked for); mapping outputs back onto
+    /// the original grid (f32 label volume, then each optional map).
+    pub fn memory_estimate(&self, volume: &Volume, work: Work) -> Result<u64> {
+        let m = self.bundle.manifest();
+        let grid = model_grid(volume, &m.input)?;
+        let (c, k) = (volume.channels(), m.classes.len());
+        let f = 4usize;
+        let voxels = |d: [usize; 3]| d.iter().product::<usize>();
+        let input = volume.data().len() * f;
+        let reoriented = !grid.orientation().is_identity();
+        let resampled = c * voxels(grid.resampled_dims()) * f;
+        let model_voxels = voxels(grid.model_shape());
+        // Read in place (no model-grid copy) when neither reoriented nor resampled.
+        let in_place = !reoriented && !grid.is_resampled();
+        let image = if in_place { 0 } else { c * model_voxels * f };
+        let percentile_copy = match m.input.normalization {
+            crate::bundle::Normalization::Percentile { .. } => voxels(grid.resampled_dims()) * f,
+            _ => 0,
+        };
+        let prep = input
+            + percentile_copy
+            + if in_place {
+                0
+            } else {
+                (resample_peak_elements(grid.canonical_dims(), c, grid.resampled_dims(), reoriented) * f)
+                    .max(resampled + image)
+            };
+
+        let [tz, ty, tx] = m.input.patch_size;
+        let [_, my, mx] = grid.model_shape();
+        let window = (k + 1) * tz * my * mx * f;
+        let passes = if self.options.window.mirror { 2 } else { 1 };
+        let batch = self.options.window.tiles_per_batch * tz * ty * tx * f * (2 * c + (2 + passes) * k);
+        let valid = {
+            let [vz, vy, vx] = grid.valid_region();
+            [vz.len(), vy.len(), vx.len()]
+        };
+        let outputs = match work {
+            Work::Infer => k * model_voxels * f,
+            Work::Score => (self.options.score.foreground_dilation + 2) * k * valid[1] * valid[2] * f,
+            Work::Segment(o) => {
+                model_voxels
+                    + if o.entropy { model_voxels * f } else { 0 }
+                    + if o.probabilities { k * model_voxels * f } else { 0 }
+            }
+        };
+        let during = input + image + window + batch + outputs;
+
+        let mut after = 0;
+        if let Work::Segment(o) = work {
+            let original = voxels(grid.original_dims()) * f;
+            let undo = if reoriented { 1 } else { 0 };
+            // Back to the original grid: the one-channel map, then its reoriented copy.
+            let back = |ch: usize| {
+                let resample = resample_peak_elements(grid.resampled_dims(), ch, grid.canonical_dims(), true) * f;
+                ch * voxels(grid.resampled_dims()) * f + resample.max(ch * original * (1 + undo))
+            };
+            let mut held = input + outputs;
+            after = held + original * (1 + undo);
+            held = held - model_voxels + original;
+            if o.probabilities {
+                after = after.max(held + back(k));
+                held = held - k * model_voxels * f + k * original;
+            }
+            if o.entropy {
+                after = after.max(held + back(1));
+            }
+        }
+        // Small buffers not modelled above: resampling taps, tile features, score histograms.
+        const SMALL: usize = 8 << 20;
+        Ok((prep.max(during).max(after) + SMALL) as u64)
+    }
+
+    /// Refuses a volume whose working set ([`Engine::memory_estimate`]) would pass the configured
+    /// limit, before any allocation.
+    fn check_memory(&self, volume: &Volume, work: Work) -> Result<()> {
         let limit = self.options.memory_limit_bytes;
         if limit == 0 {
             return Ok(());
         }
-        let m = self.bundle.manifest();
-        let spacing = volume.spacing();
-        // The padded model grid, axis by axis (dims and spacing are x, y, z; the patch is z, y, x).
-        let model_voxels: f64 = (0..3)
-            .map(|a| {
-                let resampled = (volume.dims()[a] as f64 * spacing[a] / m.input.spacing_mm[a]).round().max(1.0);
-                resampled.max(m.input.patch_size[2 - a] as f64)
-            })
-            .product();
-        let per_voxel = 4.0 * (m.input.channels + m.classes.len() + 1) as f64;
-        let needed = model_voxels * per_voxel + (volume.data().len() * 4) as f64;
-        if needed > limit as f64 {
+        let needed = self.memory_estimate(volume, work)?;
+        if needed > limit {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!(
-                    "this volume needs about {} MiB of working memory, over the engine's limit of {} MiB; raise the memory limit",
-                    (needed / 1048576.0).ceil(),
-                    limit / 1048576
+                    "this volume needs about {} MiB of working memory, over the engine's memory limit of {} MiB; \
+                     raise the memory limit{}",
+                    needed.div_ceil(1 << 20),
+                    limit >> 20,
+                    match work {
+                        Work::Segment(SegmentOutputs { probabilities: true, .. }) =>
+                            " or do not ask for probability maps",
+                        _ => "",
+                    }
                 ),
             ));
         }
@@ -250,8 +387,19 @@ impl Engine {
     }
 }
 
+/// What a call computes, for [`Engine::memory_estimate`].
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    /// [`Engine::infer`]: full probabilities on the model grid.
+    Infer,
+    /// [`Engine::segment`] with these optional maps.
+    Segment(SegmentOutputs),
+    /// [`Engine::score`].
+    Score,
+}
+
 /// Softmax over axis 0 (classes), in place, numerically stable.
-pub fn softmax_in_place(logits: &mut Array4<f32>) {
+pub fn softmax_in_place(mut logits: ArrayViewMut4<'_, f32>) {
     let (_, z, y, x) = logits.dim();
     for k in 0..z {
         for j in 0..y {
@@ -284,7 +432,7 @@ mod tests {
     #[test]
     fn softmax_sums_to_one_and_keeps_order() {
         let mut a = Array4::from_shape_vec((3, 1, 1, 2), vec![1.0, 1000.0, 2.0, 1000.0, 3.0, -5.0]).unwrap();
-        softmax_in_place(&mut a);
+        softmax_in_place(a.view_mut());
         for i in 0..2 {
             let s: f32 = (0..3).map(|c| a[[c, 0, 0, i]]).sum();
             assert!((s - 1.0).abs() < 1e-6);

@@ -53,11 +53,12 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
+use ndarray::{s, Array3, Array4, Array5, ArrayView3, ArrayView4};
 
 use crate::bundle::{InputSpec, Normalization, ZscoreMask};
 use crate::error::{Error, ErrorKind, Result};
 use crate::volume::{Orientation, Volume};
+use crate::window::{gather_tiles, TileSource};
 
 /// Row-major voxel -> world RAS mm affine.
 type Affine = [[f64; 4]; 4];
@@ -114,7 +115,29 @@ pub struct ModelGrid {
 /// orientation other than `"RAS"`; `InvalidData` for NaN/infinite voxels; `TooLarge` when the
 /// resampled volume would exceed 2^31 voxels.
 pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
-    check_input_spec(volume, input)?;
+    let grid = model_grid(volume, input)?;
+    check_finite(volume)?;
+    let channels = volume.channels();
+    // An already-RAS volume is read in place: the first resampling pass (or the one copy that
+    // normalisation needs) reads the caller's voxels directly.
+    let canonical = if grid.orientation.is_identity() {
+        Cow::Borrowed(volume.data())
+    } else {
+        Cow::Owned(volume.to_canonical().0.into_data())
+    };
+    let mut data = resample_linear(canonical, grid.canonical_dims, channels, grid.resampled_dims);
+    let n: usize = grid.resampled_dims.iter().product();
+    for voxels in data.chunks_exact_mut(n) {
+        normalize(voxels, &input.normalization);
+    }
+    let [nx, ny, nz] = grid.resampled_dims;
+    let background: Vec<f32> = data.chunks_exact(n).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
+    let image = pad(data, [channels, nz, ny, nx], grid.pad_before, grid.pad_after, &background)?;
+    Ok(Prepared { image, grid })
+}
+
+/// `InvalidData` for NaN/infinite voxels.
+fn check_finite(volume: &Volume) -> Result<()> {
     let nonfinite = volume.nonfinite_count();
     if nonfinite > 0 {
         return Err(Error::invalid_data(format!(
@@ -123,12 +146,19 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
             volume.data().len()
         )));
     }
+    Ok(())
+}
 
-    let (canonical, orientation) = volume.to_canonical();
-    let canonical_dims = canonical.dims();
-    let canonical_affine = canonical.affine();
-    let channels = canonical.channels();
-    let resampled_dims = target_dims(canonical_dims, canonical.spacing(), input.spacing_mm);
+/// The [`ModelGrid`] [`prepare`] would produce for `volume`, from its geometry alone (no voxel is
+/// read or copied), e.g. to size the working memory before any allocation. Same errors as
+/// [`prepare`] except the NaN check.
+pub fn model_grid(volume: &Volume, input: &InputSpec) -> Result<ModelGrid> {
+    check_input_spec(volume, input)?;
+    let (orientation, canonical_dims, canonical_affine) = volume.canonical_geometry();
+    let channels = volume.channels();
+    let canonical_spacing: [f64; 3] =
+        std::array::from_fn(|c| (0..3).map(|r| canonical_affine[r][c] * canonical_affine[r][c]).sum::<f64>().sqrt());
+    let resampled_dims = target_dims(canonical_dims, canonical_spacing, input.spacing_mm);
     let too_large = |what: &str, dims: [usize; 3]| {
         let total = dims.iter().try_fold(channels, |acc, &d| acc.checked_mul(d));
         if total.is_some_and(|t| t <= MAX_VOXELS) {
@@ -138,8 +168,7 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
             ErrorKind::TooLarge,
             format!(
                 "the {what} volume would have {dims:?} voxels x {channels} channel(s), more than {MAX_VOXELS} \
-                 (canonical dims {canonical_dims:?}, spacing {:?} mm -> {:?} mm)",
-                canonical.spacing(),
+                 (canonical dims {canonical_dims:?}, spacing {canonical_spacing:?} mm -> {:?} mm)",
                 input.spacing_mm
             ),
         ))
@@ -150,8 +179,7 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
         "padded",
         std::array::from_fn(|a| resampled_dims[a].saturating_add(pad_before[2 - a] + pad_after[2 - a])),
     )?;
-
-    let grid = ModelGrid {
+    Ok(ModelGrid {
         orientation,
         original_dims: volume.dims(),
         original_affine: volume.affine(),
@@ -161,17 +189,32 @@ pub fn prepare(volume: &Volume, input: &InputSpec) -> Result<Prepared> {
         resampled_affine: resampled_affine(&canonical_affine, canonical_dims, resampled_dims),
         pad_before,
         pad_after,
-    };
+    })
+}
 
-    let mut data = resample_linear(canonical.into_data(), canonical_dims, channels, resampled_dims);
-    let n: usize = resampled_dims.iter().product();
-    for voxels in data.chunks_exact_mut(n) {
-        normalize(voxels, &input.normalization);
+/// Peak elements held at once by [`resample_linear`] from `dims` to `new_dims` with `channels`
+/// channels (the source counted only when `source_owned`), for memory estimates.
+pub(crate) fn resample_peak_elements(
+    dims: [usize; 3],
+    channels: usize,
+    new_dims: [usize; 3],
+    source_owned: bool,
+) -> usize {
+    let size = |d: [usize; 3]| d.iter().product::<usize>() * channels;
+    let axes = resample_order(dims, new_dims);
+    if axes.is_empty() {
+        return size(dims) * if source_owned { 1 } else { 2 };
     }
-    let [nx, ny, nz] = resampled_dims;
-    let background: Vec<f32> = data.chunks_exact(n).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
-    let image = pad(data, [channels, nz, ny, nx], grid.pad_before, grid.pad_after, &background)?;
-    Ok(Prepared { image, grid })
+    let mut current = dims;
+    let mut peak = 0;
+    for (i, axis) in axes.into_iter().enumerate() {
+        let mut next = current;
+        next[axis] = new_dims[axis];
+        let held = if i == 0 && !source_owned { 0 } else { size(current) };
+        peak = peak.max(held + size(next));
+        current = next;
+    }
+    peak
 }
 
 impl ModelGrid {
@@ -261,7 +304,7 @@ impl ModelGrid {
         let k = map.shape()[0];
         self.check_model_shape(&map.shape()[1..], k, "to_original: the map")?;
         let data = crop(map, self.valid_region());
-        let data = resample_linear(data, self.resampled_dims, k, self.canonical_dims);
+        let data = resample_linear(Cow::Owned(data), self.resampled_dims, k, self.canonical_dims);
         self.canonical_to_original(data, k)
     }
 
@@ -550,20 +593,33 @@ fn gaussian_kernel(sigma: f64) -> Vec<f64> {
 /// Separable trilinear resampling (with anti-aliasing) of `channels` channels from `dims` to
 /// `new_dims` (x, y, z; x fastest, channel slowest). Axes whose size does not change are untouched;
 /// the others are done one at a time, the most shrinking first, so later passes work on less data.
-fn resample_linear(data: Vec<f32>, dims: [usize; 3], channels: usize, new_dims: [usize; 3]) -> Vec<f32> {
-    let mut axes: Vec<usize> = (0..3).filter(|&a| dims[a] != new_dims[a]).collect();
-    axes.sort_by(|&a, &b| {
-        let ratio = |axis: usize| new_dims[axis] as f64 / dims[axis] as f64;
-        ratio(a).total_cmp(&ratio(b))
-    });
-    let mut current = data;
+fn resample_linear(data: Cow<'_, [f32]>, dims: [usize; 3], channels: usize, new_dims: [usize; 3]) -> Vec<f32> {
+    let axes = resample_order(dims, new_dims);
+    let Some((&first, rest)) = axes.split_first() else {
+        return data.into_owned();
+    };
+    // The first pass reads the source where it lies (possibly the caller's volume).
     let mut current_dims = dims;
-    for axis in axes {
+    let mut current = resample_axis(&data, current_dims, channels, first, &Taps::linear(dims[first], new_dims[first]));
+    drop(data);
+    current_dims[first] = new_dims[first];
+    for &axis in rest {
         let taps = Taps::linear(current_dims[axis], new_dims[axis]);
         current = resample_axis(&current, current_dims, channels, axis, &taps);
         current_dims[axis] = new_dims[axis];
     }
     current
+}
+
+/// The axes [`resample_linear`] resamples, in order: those whose size changes, the most
+/// shrinking first, so later passes work on less data.
+fn resample_order(dims: [usize; 3], new_dims: [usize; 3]) -> Vec<usize> {
+    let mut axes: Vec<usize> = (0..3).filter(|&a| dims[a] != new_dims[a]).collect();
+    axes.sort_by(|&a, &b| {
+        let ratio = |axis: usize| new_dims[axis] as f64 / dims[axis] as f64;
+        ratio(a).total_cmp(&ratio(b))
+    });
+    axes
 }
 
 /// One resampling pass along `axis` of a `dims` x `channels` buffer.
@@ -630,29 +686,157 @@ fn sample_nearest<T: Copy, U>(src: &[T], src_dims: [usize; 3], tables: &[Vec<usi
 
 /// Normalises one channel in place (parameters checked by [`check_input_spec`]).
 fn normalize(x: &mut [f32], normalization: &Normalization) {
+    let n = channel_norm(x, normalization);
+    for v in x.iter_mut() {
+        *v = n.apply(*v);
+    }
+}
+
+/// The per-voxel map a channel's normalisation amounts to once its statistics are known, so it
+/// can be applied to voxels read elsewhere (tiles read from the caller's volume) with the same
+/// arithmetic as [`normalize`].
+#[derive(Clone, Copy, Debug)]
+pub enum ChannelNorm {
+    /// `((clamp(v) as f64 - mean) * inv) as f32`, clamp in f32 (percentile) or none (z-score).
+    Standardize { clamp: Option<(f32, f32)>, mean: f64, inv: f64 },
+    /// `((clamp(v as f64, lower, upper) - mean) / std) as f32` (CT window).
+    Window { lower: f64, upper: f64, mean: f64, std: f64 },
+}
+
+impl ChannelNorm {
+    #[inline]
+    fn apply(&self, v: f32) -> f32 {
+        match *self {
+            ChannelNorm::Standardize { clamp, mean, inv } => {
+                let v = clamp.map_or(v, |(lo, hi)| v.clamp(lo, hi));
+                ((v as f64 - mean) * inv) as f32
+            }
+            ChannelNorm::Window { lower, upper, mean, std } => (((v as f64).clamp(lower, upper) - mean) / std) as f32,
+        }
+    }
+}
+
+/// The statistics of one (unnormalised) channel under `normalization`.
+fn channel_norm(x: &[f32], normalization: &Normalization) -> ChannelNorm {
+    let standardize = |clamp: Option<(f32, f32)>, (mean, std): (f64, f64)| ChannelNorm::Standardize {
+        clamp,
+        mean,
+        inv: 1.0 / std.max(MIN_STD),
+    };
     match *normalization {
-        Normalization::Zscore { mask } => {
-            let (mean, std) = match mask {
+        Normalization::Zscore { mask } => standardize(
+            None,
+            match mask {
                 ZscoreMask::All => mean_std(x.iter().copied()),
                 ZscoreMask::Nonzero if x.iter().any(|v| *v != 0.0) => mean_std(x.iter().copied().filter(|v| *v != 0.0)),
                 // An all-zero channel has no foreground: it stays all zero.
                 ZscoreMask::Nonzero => (0.0, 0.0),
-            };
-            standardize(x, mean, std);
-        }
-        Normalization::CtWindow { lower, upper, mean, std } => {
-            for v in x.iter_mut() {
-                *v = (((*v as f64).clamp(lower, upper) - mean) / std) as f32;
-            }
-        }
+            },
+        ),
+        Normalization::CtWindow { lower, upper, mean, std } => ChannelNorm::Window { lower, upper, mean, std },
         Normalization::Percentile { lower, upper } => {
             let (lo, hi) = percentiles(x, lower, upper);
-            for v in x.iter_mut() {
-                *v = v.clamp(lo, hi);
-            }
-            let (mean, std) = mean_std(x.iter().copied());
-            standardize(x, mean, std);
+            standardize(Some((lo, hi)), mean_std(x.iter().map(|v| v.clamp(lo, hi))))
         }
+    }
+}
+
+/// The model input of one volume for [`crate::window::sliding_window_slabs`]: materialised, or —
+/// when the volume is already canonical RAS at the model spacing — the caller's own voxels,
+/// normalised and padded tile by tile as the window reads them, so no volume-sized copy exists.
+/// Either way the tiles hold exactly the values [`prepare`]'s image has.
+pub enum ModelImage<'a> {
+    /// [`Prepared::image`].
+    Owned(Array4<f32>),
+    /// The caller's `[C, Z, Y, X]` voxels (x fastest) of unpadded shape `shape` (z, y, x).
+    InPlace {
+        data: &'a [f32],
+        shape: [usize; 3],
+        /// Padded (z, y, x) shape, [`ModelGrid::model_shape`].
+        model_shape: [usize; 3],
+        norms: Vec<ChannelNorm>,
+        background: Vec<f32>,
+        pad_before: [usize; 3],
+    },
+}
+
+/// Like [`prepare`], without copying the volume when it needs neither reorientation nor
+/// resampling (see [`ModelImage`]).
+pub fn prepare_in_place<'a>(volume: &'a Volume, input: &InputSpec) -> Result<(ModelImage<'a>, ModelGrid)> {
+    let grid = model_grid(volume, input)?;
+    if !grid.orientation.is_identity() || grid.is_resampled() {
+        let Prepared { image, grid } = prepare(volume, input)?;
+        return Ok((ModelImage::Owned(image), grid));
+    }
+    check_finite(volume)?;
+    let n: usize = grid.resampled_dims.iter().product();
+    let norms: Vec<ChannelNorm> =
+        volume.data().chunks_exact(n).map(|c| channel_norm(c, &input.normalization)).collect();
+    let background = volume
+        .data()
+        .chunks_exact(n)
+        .zip(&norms)
+        .map(|(c, norm)| c.iter().map(|&v| norm.apply(v)).fold(f32::INFINITY, f32::min))
+        .collect();
+    let [nx, ny, nz] = grid.resampled_dims;
+    let image = ModelImage::InPlace {
+        data: volume.data(),
+        shape: [nz, ny, nx],
+        model_shape: grid.model_shape(),
+        norms,
+        background,
+        pad_before: grid.pad_before,
+    };
+    Ok((image, grid))
+}
+
+impl TileSource for ModelImage<'_> {
+    fn shape(&self) -> [usize; 3] {
+        match self {
+            ModelImage::Owned(image) => [image.shape()[1], image.shape()[2], image.shape()[3]],
+            ModelImage::InPlace { model_shape, .. } => *model_shape,
+        }
+    }
+
+    fn gather(&self, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32> {
+        let ModelImage::InPlace { data, shape, norms, background, pad_before, .. } = self else {
+            let ModelImage::Owned(image) = self else { unreachable!() };
+            return gather_tiles(image.view(), starts, tile);
+        };
+        let [nz, ny, nx] = *shape;
+        let channels = norms.len();
+        let mut batch = Vec::with_capacity(starts.len() * channels * tile.iter().product::<usize>());
+        // Source index range along an axis for padded positions start..start + len.
+        let inside = |start: usize, len: usize, before: usize, n: usize| {
+            let lo = start.max(before).min(start + len);
+            let hi = (start + len).min(before + n).max(lo);
+            (lo - start, hi - start, lo.saturating_sub(before))
+        };
+        for st in starts {
+            for c in 0..channels {
+                let (norm, fill) = (norms[c], background[c]);
+                let channel = &data[c * nz * ny * nx..(c + 1) * nz * ny * nx];
+                let (x0, x1, sx) = inside(st[2], tile[2], pad_before[2], nx);
+                for z in st[0]..st[0] + tile[0] {
+                    for y in st[1]..st[1] + tile[1] {
+                        let (Some(zs), Some(ys)) = (z.checked_sub(pad_before[0]), y.checked_sub(pad_before[1])) else {
+                            batch.resize(batch.len() + tile[2], fill);
+                            continue;
+                        };
+                        if zs >= nz || ys >= ny {
+                            batch.resize(batch.len() + tile[2], fill);
+                            continue;
+                        }
+                        let row = &channel[(zs * ny + ys) * nx..][..nx];
+                        batch.resize(batch.len() + x0, fill);
+                        batch.extend(row[sx..sx + (x1 - x0)].iter().map(|&v| norm.apply(v)));
+                        batch.resize(batch.len() + tile[2] - x1, fill);
+                    }
+                }
+            }
+        }
+        Array5::from_shape_vec((starts.len(), channels, tile[0], tile[1], tile[2]), batch)
+            .expect("one value per tile voxel")
     }
 }
 
@@ -665,14 +849,6 @@ fn mean_std(values: impl Iterator<Item = f32> + Clone) -> (f64, f64) {
     let mean = sum / count as f64;
     let var = values.map(|v| (v as f64 - mean).powi(2)).sum::<f64>() / count as f64;
     (mean, var.sqrt())
-}
-
-/// `x = (x - mean) / max(std, 1e-8)` for every voxel.
-fn standardize(x: &mut [f32], mean: f64, std: f64) {
-    let inv = 1.0 / std.max(MIN_STD);
-    for v in x.iter_mut() {
-        *v = ((*v as f64 - mean) * inv) as f32;
-    }
 }
 
 /// The `lower` and `upper` percentiles (0..=100) of `x` with numpy's default linear interpolation

@@ -2,10 +2,15 @@
 //! favours tile centres, several tiles per ONNX Runtime run, per-class logit accumulation, and
 //! optional mirroring test-time augmentation. Also collects each tile's feature vector (the
 //! embedding used for domain-gap scoring).
+//!
+//! Memory: [`sliding_window_slabs`] runs the tiles in z order and keeps the accumulators only over
+//! the z range of one tile, handing each finished z-slab to a sink; the volume-sized blend of
+//! [`sliding_window`] is built on top of it for callers that want it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
-use ndarray::{s, Array2, Array3, Array4, Array5, ArrayView4, Axis};
+use ndarray::{s, Array2, Array3, Array4, Array5, ArrayView4, ArrayViewMut4, Axis};
 use ort::session::RunOptions;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -80,28 +85,65 @@ pub struct WindowOutput {
 }
 
 /// Lets another thread stop a running sliding window, including an ONNX Runtime run in flight.
+///
+/// Creating one needs no ONNX Runtime (its run options are made on the first model run), so a C
+/// caller can make a token before any engine exists. One token may serve several calls, also
+/// concurrently: triggering it stops them all.
 pub struct Cancel {
     flag: AtomicBool,
-    run_options: RunOptions,
+    run_options: OnceLock<RunOptions>,
 }
 
 impl Cancel {
+    /// A token that is not triggered. Infallible today; `Result` keeps room for a runtime that
+    /// needs resources up front.
     pub fn new() -> Result<Cancel> {
-        Ok(Cancel { flag: AtomicBool::new(false), run_options: RunOptions::new()? })
+        Ok(Cancel { flag: AtomicBool::new(false), run_options: OnceLock::new() })
     }
 
-    /// Requests cancellation; the in-flight run (if any) is terminated by ONNX Runtime.
+    /// Requests cancellation; the in-flight run (if any) is terminated by ONNX Runtime. Safe
+    /// from any thread, any number of times.
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let _ = self.run_options.terminate();
+        if let Some(options) = self.run_options.get() {
+            let _ = options.terminate();
+        }
+    }
+
+    /// Un-triggers the token so it can serve another call. Only call it while no call uses the
+    /// token: a call in flight may or may not see the reset.
+    pub fn reset(&self) -> Result<()> {
+        self.flag.store(false, Ordering::SeqCst);
+        if let Some(options) = self.run_options.get() {
+            options.unterminate()?;
+        }
+        Ok(())
     }
 
     pub fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
 
-    pub fn run_options(&self) -> &RunOptions {
-        &self.run_options
+    /// Whether a model run has started with this token (its run options exist): from then on a
+    /// [`Cancel::cancel`] reaches ONNX Runtime directly.
+    pub fn run_started(&self) -> bool {
+        self.run_options.get().is_some()
+    }
+
+    /// The run options every model run of a call uses, so [`Cancel::cancel`] can terminate it.
+    pub fn run_options(&self) -> Result<&RunOptions> {
+        if let Some(options) = self.run_options.get() {
+            return Ok(options);
+        }
+        let fresh = RunOptions::new()?;
+        let options = self.run_options.get_or_init(|| fresh);
+        // A cancel() that ran before the options existed only set the flag; carry it over so a
+        // run started now stops too (cancel() stores the flag before reading the options, so one
+        // of the two always sees the other).
+        if self.is_cancelled() {
+            let _ = options.terminate();
+        }
+        Ok(options)
     }
 
     fn cancelled_error() -> Error {
@@ -116,8 +158,9 @@ pub struct OutputNames<'a> {
 }
 
 /// Runs `model` over `image` ([C, Z, Y, X], already normalised and at least one tile in size)
-/// tile by tile. `progress` receives the fraction done after every batch and returns `false` to
-/// stop; `cancel` can also be triggered from another thread.
+/// tile by tile and returns the blended logits of the whole grid. `progress` receives the
+/// fraction done after every batch and returns `false` to stop; `cancel` can also be triggered
+/// from another thread. Holds a [classes, Z, Y, X] array; [`sliding_window_slabs`] does not.
 pub fn sliding_window(
     model: &Model,
     names: &OutputNames<'_>,
@@ -127,8 +170,62 @@ pub fn sliding_window(
     cancel: &Cancel,
     progress: &mut dyn FnMut(f64) -> bool,
 ) -> Result<WindowOutput> {
-    options.validate()?;
     let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
+    let mut logits: Option<Array4<f32>> = None;
+    let features = sliding_window_slabs(model, names, &image, tile, options, cancel, progress, &mut |z0, slab| {
+        let full = logits.get_or_insert_with(|| Array4::zeros((slab.shape()[0], shape[0], shape[1], shape[2])));
+        full.slice_mut(s![.., z0..z0 + slab.shape()[1], .., ..]).assign(&slab);
+        Ok(())
+    })?;
+    let logits = logits.ok_or_else(|| Error::internal("no tiles were run"))?;
+    Ok(WindowOutput { logits, features })
+}
+
+/// Where the sliding window reads its tiles from: a [C, Z, Y, X] array, or an image that makes
+/// its tiles on demand ([`crate::preprocess::ModelImage`]).
+pub trait TileSource {
+    /// Spatial shape (z, y, x).
+    fn shape(&self) -> [usize; 3];
+    /// The tiles at `starts` as one batch [B, C, z, y, x].
+    fn gather(&self, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32>;
+}
+
+impl TileSource for ArrayView4<'_, f32> {
+    fn shape(&self) -> [usize; 3] {
+        let s = ArrayView4::shape(self);
+        [s[1], s[2], s[3]]
+    }
+
+    fn gather(&self, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32> {
+        gather_tiles(self.view(), starts, tile)
+    }
+}
+
+/// Receives consecutive z-slabs of blended logits: (first z, [classes, dz, Y, X]). The slab may be
+/// changed in place (e.g. turned into probabilities); it is scratch memory once the call returns.
+pub type SlabSink<'a> = dyn FnMut(usize, ArrayViewMut4<'_, f32>) -> Result<()> + 'a;
+
+/// The sliding window, streaming, over `image` (normalised, at least one tile in size): tiles run in z order and the logits are accumulated only over
+/// the z range the current row of tiles covers ([classes + 1, tile z, Y, X] floats). As soon as no
+/// remaining tile touches a slice, it is normalised by the Gaussian weights and handed to `sink`,
+/// in increasing z, each slice exactly once. Returns the per-tile features [tiles, F].
+///
+/// The arithmetic per voxel is that of one whole-grid accumulator (same tile order, same
+/// operations), so the slabs equal [`sliding_window`]'s logits bit for bit without mirroring;
+/// with mirroring, a batch's 8 passes are summed before weighting (float rounding differs).
+#[allow(clippy::too_many_arguments)]
+pub fn sliding_window_slabs(
+    model: &Model,
+    names: &OutputNames<'_>,
+    image: &dyn TileSource,
+    tile: [usize; 3],
+    options: &WindowOptions,
+    cancel: &Cancel,
+    progress: &mut dyn FnMut(f64) -> bool,
+    sink: &mut SlabSink<'_>,
+) -> Result<Array2<f32>> {
+    options.validate()?;
+    let shape = image.shape();
     if shape.iter().zip(&tile).any(|(s, t)| s < t) {
         return Err(Error::invalid_argument(format!(
             "image {shape:?} is smaller than the tile {tile:?}: pad it first"
@@ -136,47 +233,85 @@ pub fn sliding_window(
     }
     let starts = tile_grid(shape, tile, options.overlap);
     let gaussian = gaussian_importance(tile, options.sigma_scale);
+    // Accumulators over slices base..base + tile z.
     let mut acc: Option<Array4<f32>> = None;
-    let mut weight = Array3::<f32>::zeros((shape[0], shape[1], shape[2]));
+    let mut weight = Array3::<f32>::zeros((tile[0], shape[1], shape[2]));
+    let mut base = 0usize;
     let mut features = Vec::new();
     let flips = if options.mirror { mirror_sets() } else { vec![vec![]] };
     let total = (starts.len() * flips.len()) as f64;
     let mut done = 0usize;
 
     for batch in starts.chunks(options.tiles_per_batch) {
-        let input = gather_tiles(image, batch, tile);
+        let input = image.gather(batch, tile);
+        let mut summed: Option<Array5<f32>> = None;
         for axes in &flips {
             if cancel.is_cancelled() {
                 return Err(Cancel::cancelled_error());
             }
             let (logits, feats) = run_tiles(model, names, flipped(&input, axes), cancel)?;
             let logits = flipped(&logits, axes);
-            let classes = logits.shape()[1];
-            let acc = acc.get_or_insert_with(|| Array4::zeros((classes, shape[0], shape[1], shape[2])));
-            for (i, st) in batch.iter().enumerate() {
-                let region = s![.., st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]];
-                let mut target = acc.slice_mut(region);
-                target += &(&logits.index_axis(Axis(0), i) * &gaussian);
-                let mut w =
-                    weight.slice_mut(s![st[0]..st[0] + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]);
-                w += &gaussian;
+            match summed.as_mut() {
+                None => summed = Some(logits),
+                Some(sum) => *sum += &logits,
             }
             features.extend(feats.outer_iter().map(|f| f.to_owned()));
             done += batch.len();
             if !progress(done as f64 / total) {
-                cancel.cancel();
                 return Err(Cancel::cancelled_error());
             }
         }
+        let logits = summed.ok_or_else(|| Error::internal("no mirrored pass ran"))?;
+        let classes = logits.shape()[1];
+        let acc = acc.get_or_insert_with(|| Array4::zeros((classes, tile[0], shape[1], shape[2])));
+        for (i, st) in batch.iter().enumerate() {
+            // Tiles come z-row by z-row: slices before this tile's start are complete.
+            if st[0] > base {
+                emit(acc, &mut weight, st[0] - base, base, sink)?;
+                base = st[0];
+            }
+            let z = st[0] - base;
+            let region = s![z..z + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]];
+            let mut target = acc.slice_mut(s![.., z..z + tile[0], st[1]..st[1] + tile[1], st[2]..st[2] + tile[2]]);
+            target += &(&logits.index_axis(Axis(0), i) * &gaussian);
+            let mut w = weight.slice_mut(region);
+            for _ in &flips {
+                w += &gaussian;
+            }
+        }
     }
-    let mut logits = acc.ok_or_else(|| Error::internal("no tiles were run"))?;
-    for mut class in logits.outer_iter_mut() {
-        class /= &weight;
-    }
+    let acc = acc.as_mut().ok_or_else(|| Error::internal("no tiles were run"))?;
+    emit(acc, &mut weight, shape[0] - base, base, sink)?;
     let width = features.first().map_or(0, |f| f.len());
     let flat: Vec<f32> = features.iter().flat_map(|f| f.iter().copied()).collect();
-    let features = Array2::from_shape_vec((features.len(), width), flat).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(WindowOutput { logits, features })
+    Array2::from_shape_vec((features.len(), width), flat).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Normalises the first `n` accumulated slices (global z `z0..z0 + n`), hands them to `sink`,
+/// then shifts the accumulators down by `n` slices and zeroes the freed end.
+fn emit(acc: &mut Array4<f32>, weight: &mut Array3<f32>, n: usize, z0: usize, sink: &mut SlabSink<'_>) -> Result<()> {
+    let depth = weight.shape()[0];
+    if n > depth {
+        // Steps are at most one tile, so a row never skips slices; guard the invariant anyway.
+        return Err(Error::internal(format!("tile rows {n} slices apart exceed the tile depth {depth}")));
+    }
+    {
+        let w = weight.slice(s![0..n, .., ..]);
+        let mut slab = acc.slice_mut(s![.., 0..n, .., ..]);
+        for mut class in slab.outer_iter_mut() {
+            class /= &w;
+        }
+        sink(z0, slab)?;
+    }
+    let plane = weight.shape()[1] * weight.shape()[2];
+    let shift = |block: &mut [f32]| {
+        block.copy_within(n * plane.., 0);
+        block[(depth - n) * plane..].fill(0.0);
+    };
+    let acc = acc.as_slice_mut().ok_or_else(|| Error::internal("accumulator not contiguous"))?;
+    acc.chunks_exact_mut(depth * plane).for_each(shift);
+    shift(weight.as_slice_mut().ok_or_else(|| Error::internal("weights not contiguous"))?);
+    Ok(())
 }
 
 /// One ORT run on a batch of tiles: logits [B, K, z, y, x] and features [B, F].
@@ -186,7 +321,7 @@ fn run_tiles(
     input: Array5<f32>,
     cancel: &Cancel,
 ) -> Result<(Array5<f32>, Array2<f32>)> {
-    let outputs = model.run_with_options(input.view().into_dyn(), cancel.run_options()).map_err(|e| {
+    let outputs = model.run_with_options(input.view().into_dyn(), cancel.run_options()?).map_err(|e| {
         if cancel.is_cancelled() {
             Cancel::cancelled_error()
         } else {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
+use asfda::engine::{Engine, EngineOptions, SegmentOutputs, Work};
 use asfda::runtime::RuntimeOptions;
 use asfda::score::Score;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
@@ -259,4 +259,131 @@ fn weights_swap_in_memory_and_back() {
     let err = engine.set_weights(&[("head.bias", &short)]).unwrap_err();
     assert!(err.message().contains("[3]") && err.message().contains("[4]"), "{err}");
     assert_eq!(segment_labels(&engine, &image).data(), before.data(), "a failed swap keeps the old weights");
+}
+
+#[test]
+fn a_cancel_from_another_thread_stops_a_model_run_in_flight() {
+    let options = EngineOptions {
+        runtime: RuntimeOptions { threads: 2, ..Default::default() },
+        // Every tile in one ONNX Runtime run: progress is reported only after that run, so a
+        // call that ends Cancelled without any progress report was stopped inside the run.
+        window: asfda::window::WindowOptions { tiles_per_batch: 64, ..Default::default() },
+        ..Default::default()
+    };
+    let engine = Engine::new(&root().join("models/demo_brain_unet"), options).unwrap();
+    let (image, _) = cases("t1", 1).remove(0);
+    let cancel = Arc::new(Cancel::new().unwrap());
+    let remote = Arc::clone(&cancel);
+    // Triggers as soon as the run has started (its run options exist), not after a delay.
+    let canceller = std::thread::spawn(move || {
+        while !remote.run_started() {
+            std::thread::yield_now();
+        }
+        remote.cancel();
+    });
+    let mut reports = Vec::new();
+    let err = engine
+        .score("x", &image, &cancel, &mut |f| {
+            reports.push(f);
+            true
+        })
+        .unwrap_err();
+    canceller.join().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(reports.is_empty(), "the run completed before the cancel: {reports:?}");
+
+    // The engine stays usable, and the same token serves another call once reset.
+    cancel.reset().unwrap();
+    assert!(!cancel.is_cancelled());
+    let after = engine.score("x", &image, &cancel, &mut |_| true).unwrap();
+    assert_eq!(after.to_json(), score(&engine, "x", &image).to_json());
+    // A token triggered before the call stops it before any model run.
+    let early = Cancel::new().unwrap();
+    early.cancel();
+    assert_eq!(engine.score("x", &image, &early, &mut |_| true).unwrap_err().kind(), ErrorKind::Cancelled);
+    assert!(!early.run_started());
+}
+
+/// Argmax over the channels of a probability volume at voxel i (first maximum wins).
+fn argmax_at(p: &[f32], voxels: usize, channels: usize, i: usize) -> usize {
+    (0..channels).fold(0, |best, c| if p[c * voxels + i] > p[best * voxels + i] { c } else { best })
+}
+
+#[test]
+fn probability_and_entropy_maps_are_consistent_with_the_labels() {
+    let engine = engine();
+    let (image, _) = cases("t1", 1).remove(0);
+    let seg = engine
+        .segment(&image, SegmentOutputs { probabilities: true, entropy: true }, &Cancel::new().unwrap(), &mut |_| true)
+        .unwrap();
+    let (probs, entropy) = (seg.probabilities.unwrap(), seg.entropy.unwrap());
+    assert!(probs.same_grid(&image) && entropy.same_grid(&image) && entropy.channels() == 1);
+    let n = image.data().len();
+    let p = probs.data();
+    for i in 0..n {
+        let sum: f32 = (0..4).map(|c| p[c * n + i]).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "voxel {i}: probabilities sum to {sum}");
+        let h = entropy.data()[i];
+        assert!((0.0..=1.0).contains(&h), "voxel {i}: entropy {h}");
+        let expected = -(0..4).map(|c| p[c * n + i]).filter(|&q| q > 0.0).map(|q| q * q.ln()).sum::<f32>() / 4f32.ln();
+        assert!((h - expected).abs() < 1e-4, "voxel {i}: entropy {h}, from the probabilities {expected}");
+    }
+    // t1 is at the model's 2 mm spacing, so nothing is resampled: the labels are the argmax.
+    let mismatches = (0..n).filter(|&i| seg.labels.data()[i] != argmax_at(p, n, 4, i) as f32).count();
+    assert_eq!(mismatches, 0);
+    // Labels alone equal the labels computed together with the maps.
+    assert_eq!(segment_labels(&engine, &image).data(), seg.labels.data());
+}
+
+#[test]
+fn streaming_scores_and_segmentations_equal_whole_volume_ones() {
+    use asfda::score::score_volume;
+    let engine = engine();
+    for site in ["t1", "spacing_orient"] {
+        let (image, _) = cases(site, 1).remove(0);
+        let cancel = Cancel::new().unwrap();
+        // Reference: the whole-grid probabilities of Engine::infer, scored in one piece.
+        let inference = engine.infer(&image, &cancel, &mut |_| true).unwrap();
+        let source = engine.bundle().source_knowledge().unwrap().unwrap();
+        let whole = score_volume(
+            "x",
+            inference.valid_probabilities(),
+            inference.features.view(),
+            &source,
+            &engine.options().score,
+        )
+        .unwrap();
+        assert_eq!(score(&engine, "x", &image).to_json(), whole.to_json(), "{site}");
+        let probs = inference.grid.to_original(inference.probabilities.view()).unwrap();
+        let seg = engine
+            .segment(&image, SegmentOutputs { probabilities: true, entropy: false }, &cancel, &mut |_| true)
+            .unwrap();
+        assert_eq!(seg.probabilities.unwrap().data(), probs.data(), "{site}");
+    }
+}
+
+#[test]
+fn the_memory_limit_counts_the_optional_maps() {
+    let (image, _) = cases("t1", 1).remove(0);
+    let plain = engine();
+    let labels_only = plain.memory_estimate(&image, Work::Segment(SegmentOutputs::default())).unwrap();
+    let with_maps =
+        plain.memory_estimate(&image, Work::Segment(SegmentOutputs { probabilities: true, entropy: true })).unwrap();
+    let input = (image.data().len() * 4) as u64;
+    assert!(labels_only > input && with_maps > labels_only + 4 * input, "{labels_only} {with_maps} {input}");
+    // A limit between the two: labels pass, the maps are refused before any work, by name.
+    let limited = Engine::new(
+        &root().join("models/demo_brain_unet"),
+        EngineOptions { memory_limit_bytes: (labels_only + with_maps) / 2, ..Default::default() },
+    )
+    .unwrap();
+    let cancel = Cancel::new().unwrap();
+    let Err(err) =
+        limited.segment(&image, SegmentOutputs { probabilities: true, entropy: true }, &cancel, &mut |_| true)
+    else {
+        panic!("the maps must be refused under the limit");
+    };
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
+    assert!(err.message().contains("probability maps"), "{err}");
+    assert!(limited.segment(&image, SegmentOutputs::default(), &cancel, &mut |_| true).is_ok());
 }

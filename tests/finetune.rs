@@ -260,7 +260,8 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
         }
     }
     let share = |k: usize| k as f64 / n as f64;
-    assert!((share(n_labeled) - 0.5).abs() < 0.04, "labelled share {}", share(n_labeled));
+    let want = tuner.options().labeled_fraction;
+    assert!((share(n_labeled) - want).abs() < 0.04, "labelled share {} (option {want})", share(n_labeled));
     assert!((share(n_fg) - 1.0 / 3.0).abs() < 0.04, "foreground-centred share {}", share(n_fg));
     assert_eq!(tuner.plan_batch(4), tuner.plan_batch(4), "a step's plan is a function of (seed, step)");
 

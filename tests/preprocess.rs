@@ -710,3 +710,41 @@ fn timing_large_volume() {
         );
     }
 }
+
+#[test]
+fn tiles_read_in_place_equal_the_prepared_image() {
+    use asfda::preprocess::{prepare_in_place, ModelImage};
+    use asfda::window::{gather_tiles, tile_grid, TileSource};
+    // RAS at the model spacing: read in place. Smaller than the patch along y (padded), zeros in
+    // part of the volume (the nonzero mask matters), two channels.
+    let dims = [40, 20, 36];
+    let n: usize = dims.iter().product();
+    let mut data = noise(2 * n, 7);
+    data.iter_mut().enumerate().filter(|(i, _)| i % 5 == 0).for_each(|(_, v)| *v = 0.0);
+    data.iter_mut().for_each(|v| *v = *v * 900.0 - 100.0);
+    let volume = Volume::new(data, dims, 2, ras([2.0; 3], [-3.0, 4.0, 5.0])).unwrap();
+    let patch = [24, 24, 24];
+    for norm in [
+        Normalization::Zscore { mask: ZscoreMask::All },
+        Normalization::Zscore { mask: ZscoreMask::Nonzero },
+        Normalization::CtWindow { lower: 0.0, upper: 500.0, mean: 100.0, std: 50.0 },
+        Normalization::Percentile { lower: 1.0, upper: 99.0 },
+    ] {
+        let spec = spec(2, patch, 8, [2.0; 3], norm.clone());
+        let (image, grid) = prepare_in_place(&volume, &spec).unwrap();
+        assert!(
+            matches!(image, ModelImage::InPlace { .. }),
+            "{norm:?}: an RAS volume at the model spacing is read in place"
+        );
+        let prepared = prepare(&volume, &spec).unwrap();
+        assert_eq!(grid.model_shape(), prepared.grid.model_shape());
+        assert_eq!(TileSource::shape(&image), grid.model_shape());
+        let starts = tile_grid(grid.model_shape(), patch, 0.5);
+        let lazy = image.gather(&starts, patch);
+        let eager = gather_tiles(prepared.image.view(), &starts, patch);
+        assert_eq!(lazy, eager, "{norm:?}: tiles differ");
+    }
+    // Another spacing or orientation: materialised as before.
+    let spec = spec(2, patch, 8, [1.0; 3], Normalization::Zscore { mask: ZscoreMask::All });
+    assert!(matches!(prepare_in_place(&volume, &spec).unwrap().0, ModelImage::Owned(_)));
+}

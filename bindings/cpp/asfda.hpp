@@ -2,7 +2,7 @@
 //
 // - Every failing C call throws asfda::Error (a std::runtime_error) carrying the AsfdaStatus and
 //   the library's thread-local message, read at once on the failing thread.
-// - Handles (Volume, Model, Engine, Score) own their C object through a std::unique_ptr with the
+// - Handles (Volume, Model, Engine, Score, Cancel) own their C object through a std::unique_ptr with the
 //   matching *_free as deleter: move-only, never leaked, never freed twice. A moved-from object
 //   is empty; calling a method on it throws Error(ASFDA_STATUS_INVALID_ARGUMENT) because the C
 //   API checks every pointer for NULL.
@@ -392,6 +392,42 @@ public:
     }
 };
 
+/// A cancellation token: cancel() stops the score/segment calls given it, also a model run in
+/// flight (they throw Error(ASFDA_STATUS_CANCELLED)); callable from any thread, idempotent.
+/// Stays triggered until reset(), which must not run while a call uses the token. Keep it alive
+/// while calls use it.
+class Cancel : public detail::Owned<AsfdaCancel, asfda_cancel_free> {
+public:
+    Cancel() : Owned(create()) {}
+    void cancel() const { detail::check(asfda_cancel_trigger(get())); }
+    void reset() const { detail::check(asfda_cancel_reset(get())); }
+    bool triggered() const {
+        bool out = false;
+        detail::check(asfda_cancel_is_triggered(get(), &out));
+        return out;
+    }
+
+private:
+    static AsfdaCancel *create() {
+        AsfdaCancel *out = nullptr;
+        detail::check(asfda_cancel_new(&out));
+        return out;
+    }
+};
+
+/// Which optional maps Engine::segment_maps computes.
+struct SegmentOutputs {
+    bool probabilities = false;
+    bool entropy = false;
+};
+
+/// A segmentation on the input volume's grid; the maps are present when asked for.
+struct Segmentation {
+    Volume labels;
+    std::optional<Volume> probabilities;  // one channel per class, summing to 1 per voxel
+    std::optional<Volume> entropy;        // normalised entropy in [0, 1]
+};
+
 /// A loaded model bundle. Thread-safe: score and segment from several threads at once.
 class Engine : public detail::Owned<AsfdaEngine, asfda_engine_free> {
 public:
@@ -403,30 +439,42 @@ public:
         return detail::read_string(
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_engine_device(get(), b, c, n); });
     }
-    /// Scores `volume`; `id` names it in the score (file name, series UID).
-    Score score(const Volume &volume, const std::string &id, const Progress &progress = {}) const {
+    /// Scores `volume`; `id` names it in the score (file name, series UID). `cancel` may be null.
+    Score score(const Volume &volume, const std::string &id, const Progress &progress = {},
+                const Cancel *cancel = nullptr) const {
         detail::ProgressBridge bridge(progress);
         AsfdaScore *out = nullptr;
-        const AsfdaStatus status =
-            asfda_score_volume(get(), volume.get(), id.c_str(), bridge.callback(), bridge.user_data(), &out);
+        const AsfdaStatus status = asfda_score_volume(get(), volume.get(), id.c_str(), bridge.callback(),
+                                                      bridge.user_data(), cancel_of(cancel), &out);
         Score result(out);  // owned before anything can throw
         bridge.rethrow_if_thrown();
         detail::check(status);
         return result;
     }
-    /// Label map (class index per voxel) on the volume's own grid.
-    Volume segment(const Volume &volume, const Progress &progress = {}) const {
+    /// Label map (class index per voxel) on the volume's own grid. `cancel` may be null.
+    Volume segment(const Volume &volume, const Progress &progress = {}, const Cancel *cancel = nullptr) const {
+        return std::move(segment_maps(volume, SegmentOutputs{}, progress, cancel).labels);
+    }
+    /// Label map plus the maps asked for in `outputs`, all on the volume's own grid.
+    Segmentation segment_maps(const Volume &volume, SegmentOutputs outputs, const Progress &progress = {},
+                              const Cancel *cancel = nullptr) const {
         detail::ProgressBridge bridge(progress);
-        AsfdaVolume *out = nullptr;
-        const AsfdaStatus status =
-            asfda_segment_volume(get(), volume.get(), bridge.callback(), bridge.user_data(), &out);
-        Volume result(out);
+        AsfdaVolume *labels = nullptr;
+        AsfdaVolume *probabilities = nullptr;
+        AsfdaVolume *entropy = nullptr;
+        const AsfdaStatus status = asfda_segment_volume(
+            get(), volume.get(), bridge.callback(), bridge.user_data(), cancel_of(cancel), &labels,
+            outputs.probabilities ? &probabilities : nullptr, outputs.entropy ? &entropy : nullptr);
+        Segmentation result{Volume(labels), std::nullopt, std::nullopt};  // owned before anything can throw
+        if (probabilities) result.probabilities.emplace(probabilities);
+        if (entropy) result.entropy.emplace(entropy);
         bridge.rethrow_if_thrown();
         detail::check(status);
         return result;
     }
 
 private:
+    static const AsfdaCancel *cancel_of(const Cancel *cancel) noexcept { return cancel ? cancel->get() : nullptr; }
     static AsfdaEngine *create(const EngineOptions &options) {
         const AsfdaEngineOptions c = options.to_c();
         AsfdaEngine *out = nullptr;

@@ -2,6 +2,7 @@
  * error path returns the right status, a message, and leaves out-parameters untouched.
  * usage: c_api_test IMAGE.nii MODEL.onnx WORK_DIR BUNDLE_DIR */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,6 +225,136 @@ static bool stop_at_once(void *user_data, double fraction) {
     return false;
 }
 
+/* Probability and entropy maps: on the volume's grid, probabilities sum to 1 per voxel,
+ * entropy in [0, 1], and (the 2 mm volume is reoriented, not resampled) the argmax of the
+ * probabilities is the label map. */
+static void test_segment_maps(const AsfdaEngine *engine, const AsfdaVolume *vol, const AsfdaVolume *labels) {
+    AsfdaVolume *l2 = NULL, *probs = NULL, *entropy = NULL;
+    CHECK(asfda_segment_volume(engine, vol, NULL, NULL, NULL, &l2, &probs, &entropy) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_check_same_grid(vol, probs) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_check_same_grid(vol, entropy) == ASFDA_STATUS_OK);
+    size_t dims[3], channels = 0, np = 0, nh = 0, nl = 0, nl2 = 0;
+    CHECK(asfda_volume_dims(probs, dims, &channels) == ASFDA_STATUS_OK && channels == 4);
+    CHECK(asfda_volume_dims(entropy, dims, &channels) == ASFDA_STATUS_OK && channels == 1);
+    const float *p = NULL, *h = NULL, *l = NULL, *lb = NULL;
+    CHECK(asfda_volume_data(probs, &p, &np) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_data(entropy, &h, &nh) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_data(l2, &l, &nl) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_data(labels, &lb, &nl2) == ASFDA_STATUS_OK);
+    CHECK(np == 4 * nh && nl == nh && nl2 == nh);
+    int bad_sum = 0, bad_entropy = 0, bad_argmax = 0, bad_labels = 0;
+    for (size_t i = 0; p && h && l && lb && np == 4 * nh && nl == nh && nl2 == nh && i < nh; i++) {
+        float sum = 0;
+        int best = 0;
+        for (int c = 0; c < 4; c++) {
+            sum += p[c * nh + i];
+            if (p[c * nh + i] > p[best * nh + i]) best = c;
+        }
+        bad_sum += fabsf(sum - 1.0f) > 1e-5f;
+        bad_entropy += !(h[i] >= 0.0f && h[i] <= 1.0f);
+        bad_argmax += (float)best != l[i];
+        bad_labels += l[i] != lb[i];
+    }
+    CHECK(bad_sum == 0 && bad_entropy == 0 && bad_argmax == 0 && bad_labels == 0);
+    asfda_volume_free(l2);
+    asfda_volume_free(probs);
+    asfda_volume_free(entropy);
+
+    /* Only the entropy: the probability out-parameter stays NULL (not asked for). */
+    AsfdaVolume *l3 = NULL;
+    entropy = NULL;
+    CHECK(asfda_segment_volume(engine, vol, NULL, NULL, NULL, &l3, NULL, &entropy) == ASFDA_STATUS_OK);
+    CHECK(l3 != NULL && entropy != NULL);
+    asfda_volume_free(l3);
+    asfda_volume_free(entropy);
+    /* A failing call writes no out-parameter. */
+    AsfdaVolume *sentinel = (AsfdaVolume *)&failures, *a = sentinel, *b = sentinel, *c = sentinel;
+    EXPECT(asfda_segment_volume(NULL, vol, NULL, NULL, NULL, &a, &b, &c), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, NULL, NULL, &b, &c), ASFDA_STATUS_INVALID_ARGUMENT,
+           "out_labels");
+    CHECK(a == sentinel && b == sentinel && c == sentinel);
+}
+
+/* A pthread triggers the token once the first of 8 mirrored passes has reported progress; the
+ * call stops before the last pass (no timing involved: the trigger waits for a condition). */
+struct trigger_ctx {
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    int reports;
+    double last;
+    const AsfdaCancel *token;
+    AsfdaStatus trigger_status;
+};
+
+static bool report_progress(void *user_data, double fraction) {
+    struct trigger_ctx *ctx = (struct trigger_ctx *)user_data;
+    pthread_mutex_lock(&ctx->mutex);
+    ctx->reports++;
+    ctx->last = fraction;
+    pthread_cond_signal(&ctx->cond);
+    pthread_mutex_unlock(&ctx->mutex);
+    return true;
+}
+
+static void *trigger_after_first_report(void *arg) {
+    struct trigger_ctx *ctx = (struct trigger_ctx *)arg;
+    pthread_mutex_lock(&ctx->mutex);
+    while (ctx->reports == 0) pthread_cond_wait(&ctx->cond, &ctx->mutex);
+    pthread_mutex_unlock(&ctx->mutex);
+    ctx->trigger_status = asfda_cancel_trigger(ctx->token);
+    return NULL;
+}
+
+static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol, const char *bundle) {
+    AsfdaCancel *sentinel = (AsfdaCancel *)&failures, *token = sentinel;
+    EXPECT(asfda_cancel_new(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_cancel");
+    EXPECT(asfda_cancel_trigger(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "cancel");
+    EXPECT(asfda_cancel_reset(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "cancel");
+    asfda_cancel_free(NULL);
+    CHECK(asfda_cancel_new(&token) == ASFDA_STATUS_OK && token != sentinel);
+    bool triggered = true;
+    CHECK(asfda_cancel_is_triggered(token, &triggered) == ASFDA_STATUS_OK && !triggered);
+    EXPECT(asfda_cancel_is_triggered(token, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_triggered");
+
+    /* Triggered before the call (twice: idempotent): cancelled at once, nothing written. */
+    CHECK(asfda_cancel_trigger(token) == ASFDA_STATUS_OK && asfda_cancel_trigger(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_is_triggered(token, &triggered) == ASFDA_STATUS_OK && triggered);
+    AsfdaScore *score_sentinel = (AsfdaScore *)&failures, *score = score_sentinel;
+    EXPECT(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score), ASFDA_STATUS_CANCELLED, "cancel");
+    AsfdaVolume *labels = NULL;
+    EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, token, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED,
+           "cancel");
+    CHECK(score == score_sentinel && labels == NULL);
+
+    /* Reset: the same token serves a whole call. */
+    CHECK(asfda_cancel_reset(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score) == ASFDA_STATUS_OK);
+    asfda_score_free(score);
+
+    /* From another thread while the call runs: 8 mirrored passes, one ORT run each. */
+    AsfdaEngineOptions opts = asfda_engine_options_default();
+    opts.bundle_path = bundle;
+    opts.mirror = true;
+    AsfdaEngine *mirrored = NULL;
+    CHECK(asfda_engine_new(&opts, &mirrored) == ASFDA_STATUS_OK);
+    struct trigger_ctx ctx = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0.0, token, ASFDA_STATUS_INTERNAL};
+    pthread_t thread;
+    CHECK(pthread_create(&thread, NULL, trigger_after_first_report, &ctx) == 0);
+    score = score_sentinel;
+    EXPECT(asfda_score_volume(mirrored, vol, "x", report_progress, &ctx, token, &score), ASFDA_STATUS_CANCELLED,
+           "cancel");
+    CHECK(pthread_join(thread, NULL) == 0);
+    CHECK(ctx.trigger_status == ASFDA_STATUS_OK);
+    CHECK(score == score_sentinel);
+    CHECK(ctx.reports >= 1 && ctx.last < 1.0); /* stopped before the last pass */
+    /* The engine stays usable (with the token reset). */
+    CHECK(asfda_cancel_reset(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_segment_volume(mirrored, vol, NULL, NULL, token, &labels, NULL, NULL) == ASFDA_STATUS_OK);
+    asfda_volume_free(labels);
+    asfda_engine_free(mirrored);
+    asfda_cancel_free(token);
+}
+
 static void test_engine_and_scores(const char *image, const char *bundle) {
     AsfdaEngineOptions opts = asfda_engine_options_default();
     AsfdaEngine *sentinel = (AsfdaEngine *)&failures;
@@ -250,7 +381,7 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);
     int calls = 0;
     AsfdaScore *score = NULL;
-    CHECK(asfda_score_volume(engine, vol, "anatomical", count_progress, &calls, &score) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, vol, "anatomical", count_progress, &calls, NULL, &score) == ASFDA_STATUS_OK);
     CHECK(calls >= 1);
     AsfdaScoreValues values;
     CHECK(asfda_score_values(score, &values) == ASFDA_STATUS_OK);
@@ -278,12 +409,14 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
 
     /* Cancellation through the callback; the engine stays usable. */
     AsfdaScore *none = NULL;
-    EXPECT(asfda_score_volume(engine, vol, "x", stop_at_once, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_score_volume(engine, vol, "x", stop_at_once, NULL, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
     CHECK(none == NULL);
-    EXPECT(asfda_score_volume(engine, vol, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
+    EXPECT(asfda_score_volume(engine, vol, NULL, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
     AsfdaVolume *labels = NULL;
-    CHECK(asfda_segment_volume(engine, vol, NULL, NULL, &labels) == ASFDA_STATUS_OK);
+    CHECK(asfda_segment_volume(engine, vol, NULL, NULL, NULL, &labels, NULL, NULL) == ASFDA_STATUS_OK);
     CHECK(asfda_volume_check_same_grid(vol, labels) == ASFDA_STATUS_OK);
+    test_segment_maps(engine, vol, labels);
+    test_cancel_token(engine, vol, bundle);
 
     asfda_volume_free(labels);
     asfda_score_free(score);

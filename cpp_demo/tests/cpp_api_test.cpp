@@ -291,6 +291,31 @@ void test_engine(const std::string &image, const std::string &bundle) {
     for (float l : labels.voxels()) classes_ok = classes_ok && l >= 0 && l <= 3 && l == std::floor(l);
     EXPECT(classes_ok);
 
+    // The optional maps: probabilities sum to 1, entropy in [0, 1], labels as before.
+    const asfda::Segmentation maps = engine.segment_maps(vol, asfda::SegmentOutputs{true, true});
+    EXPECT(maps.probabilities && maps.entropy && maps.probabilities->channels() == 4);
+    EXPECT(maps.labels.voxels() == labels.voxels());
+    if (maps.probabilities && maps.entropy) {
+        const std::vector<float> p = maps.probabilities->voxels();
+        const std::vector<float> h = maps.entropy->voxels();
+        const std::size_t n = h.size();
+        bool ok = p.size() == 4 * n;
+        for (std::size_t i = 0; ok && i < n; i++)
+            ok = std::fabs(p[i] + p[n + i] + p[2 * n + i] + p[3 * n + i] - 1.0f) < 1e-5f && h[i] >= 0 && h[i] <= 1;
+        EXPECT(ok);
+    }
+    const asfda::Segmentation only_labels = engine.segment_maps(vol, asfda::SegmentOutputs{});
+    EXPECT(!only_labels.probabilities && !only_labels.entropy);
+
+    // A cancellation token: triggered before the call, the call throws CANCELLED; once reset,
+    // the same token serves a call to the end.
+    const asfda::Cancel token;
+    token.cancel();
+    EXPECT(token.triggered());
+    EXPECT_ERROR(engine.score(vol, "x", {}, &token), ASFDA_STATUS_CANCELLED, "cancel");
+    token.reset();
+    EXPECT(!token.triggered() && engine.score(vol, "anatomical", {}, &token).to_json() == json);
+
     // Two threads scoring with one engine get the serial result.
     std::vector<std::string> results(2);
     std::vector<std::thread> threads;

@@ -35,13 +35,16 @@ pub struct AsfdaEngineOptions {
     pub tiles_per_batch: u32,
     /// Average 8 mirrored passes (8x slower). Default false.
     pub mirror: bool,
-    /// Refuse volumes needing more working memory than this (bytes); 0 = no limit.
+    /// Refuse calls whose estimated working memory passes this many bytes (0 = no limit): the
+    /// peak of asfda's own buffers, the input volume and the outputs asked for included (ONNX
+    /// Runtime's arena is not), checked before any allocation; ASFDA_STATUS_TOO_LARGE names it.
     pub memory_limit_bytes: u64,
 }
 
 /// Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
 /// ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
-/// every batch of tiles.
+/// every batch of tiles, so it stops a call between batches; to stop a model run in flight,
+/// use an AsfdaCancel token.
 pub type AsfdaProgressFn = Option<extern "C" fn(user_data: *mut c_void, fraction: f64) -> bool>;
 
 /// The scalar scores of a volume.
@@ -133,8 +136,71 @@ fn progress_closure(callback: AsfdaProgressFn, user_data: *mut c_void) -> impl F
     move |fraction| callback.is_none_or(|f| f(user_data, fraction))
 }
 
+/// A cancellation token for score and segment calls. asfda_cancel_trigger() stops the calls
+/// using it as soon as possible, including an ONNX Runtime run in flight; they return
+/// ASFDA_STATUS_CANCELLED and the engine stays usable. Triggering is thread-safe (call it from
+/// any thread while a call runs) and idempotent. A token stays triggered until
+/// asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
+/// while a call uses it.
+pub struct AsfdaCancel(Cancel);
+
+/// Creates an untriggered cancellation token; free it with asfda_cancel_free().
+#[no_mangle]
+pub extern "C" fn asfda_cancel_new(out_cancel: *mut *mut AsfdaCancel) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_cancel, "out_cancel")?;
+        write_out(out_cancel, Box::into_raw(Box::new(AsfdaCancel(Cancel::new()?))));
+        Ok(())
+    })
+}
+
+/// Triggers the token: every call using it stops (also one whose model run is in flight) and
+/// returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
+/// before running the model. Thread-safe; triggering twice is the same as once.
+#[no_mangle]
+pub extern "C" fn asfda_cancel_trigger(cancel: *const AsfdaCancel) -> AsfdaStatus {
+    guard(|| {
+        non_null(cancel, "cancel")?.0.cancel();
+        Ok(())
+    })
+}
+
+/// Un-triggers the token so it can serve further calls. Call it only while no call uses the
+/// token (a call in flight may or may not see the reset).
+#[no_mangle]
+pub extern "C" fn asfda_cancel_reset(cancel: *const AsfdaCancel) -> AsfdaStatus {
+    guard(|| non_null(cancel, "cancel")?.0.reset())
+}
+
+/// Whether the token is triggered.
+#[no_mangle]
+pub extern "C" fn asfda_cancel_is_triggered(cancel: *const AsfdaCancel, out_triggered: *mut bool) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_triggered, "out_triggered")?;
+        let triggered = non_null(cancel, "cancel")?.0.is_cancelled();
+        write_out(out_triggered, triggered);
+        Ok(())
+    })
+}
+
+/// Frees a token; NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn asfda_cancel_free(cancel: *mut AsfdaCancel) {
+    free_handle(cancel);
+}
+
+/// The caller's token, or a private one when `cancel` is NULL.
+fn token(cancel: *const AsfdaCancel, private: &mut Option<Cancel>) -> Result<&Cancel> {
+    // SAFETY: a non-NULL token comes from asfda_cancel_new and outlives the call (contract).
+    match unsafe { cancel.as_ref() } {
+        Some(c) => Ok(&c.0),
+        None => Ok(private.insert(Cancel::new()?)),
+    }
+}
+
 /// Scores one volume for how informative annotating it would be. `id` names it in the score
-/// (e.g. a file name or series UID). `progress` may be NULL.
+/// (e.g. a file name or series UID). `progress` may be NULL; `cancel` may be NULL (then only
+/// the progress callback can stop the call).
 #[no_mangle]
 pub extern "C" fn asfda_score_volume(
     engine: *const AsfdaEngine,
@@ -142,6 +208,7 @@ pub extern "C" fn asfda_score_volume(
     id: *const c_char,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
+    cancel: *const AsfdaCancel,
     out_score: *mut *mut AsfdaScore,
 ) -> AsfdaStatus {
     guard(|| {
@@ -149,32 +216,55 @@ pub extern "C" fn asfda_score_volume(
         let engine = &non_null(engine, "engine")?.0;
         let volume = &non_null(volume, "volume")?.0;
         let id = c_str(id, "id")?;
-        let score = engine.score(id, volume, &Cancel::new()?, &mut progress_closure(progress, user_data))?;
+        let mut private = None;
+        let cancel = token(cancel, &mut private)?;
+        let score = engine.score(id, volume, cancel, &mut progress_closure(progress, user_data))?;
         write_out(out_score, Box::into_raw(Box::new(AsfdaScore(score))));
         Ok(())
     })
 }
 
-/// Segments one volume; the label map (class index per voxel) is on the volume's own grid.
+/// Segments one volume; every output is on the volume's own grid (dims and affine).
+///
+/// - `out_labels` (required): the class index per voxel, one channel.
+/// - `out_probabilities` (may be NULL = not computed): the per-class softmax probabilities, one
+///   channel per class (channel c = class c); they sum to 1 per voxel. On a resampled grid they
+///   are interpolated, so their argmax may differ from the (nearest-neighbour) labels at borders.
+///   Asking for them holds a [classes] x volume float map: check the memory limit.
+/// - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
+///   one channel.
+///
+/// `progress` and `cancel` may be NULL. Free every volume returned with asfda_volume_free().
 #[no_mangle]
+#[allow(clippy::too_many_arguments)]
 pub extern "C" fn asfda_segment_volume(
     engine: *const AsfdaEngine,
     volume: *const AsfdaVolume,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
+    cancel: *const AsfdaCancel,
     out_labels: *mut *mut AsfdaVolume,
+    out_probabilities: *mut *mut AsfdaVolume,
+    out_entropy: *mut *mut AsfdaVolume,
 ) -> AsfdaStatus {
     guard(|| {
         check_out(out_labels, "out_labels")?;
         let engine = &non_null(engine, "engine")?.0;
         let volume = &non_null(volume, "volume")?.0;
-        let seg = engine.segment(
-            volume,
-            SegmentOutputs::default(),
-            &Cancel::new()?,
-            &mut progress_closure(progress, user_data),
-        )?;
+        let mut private = None;
+        let cancel = token(cancel, &mut private)?;
+        let outputs = SegmentOutputs { probabilities: !out_probabilities.is_null(), entropy: !out_entropy.is_null() };
+        let seg = engine.segment(volume, outputs, cancel, &mut progress_closure(progress, user_data))?;
+        if outputs.probabilities != seg.probabilities.is_some() || outputs.entropy != seg.entropy.is_some() {
+            return Err(Error::internal("the engine did not return the maps asked for"));
+        }
         write_out(out_labels, into_handle(seg.labels));
+        if let Some(p) = seg.probabilities {
+            write_out(out_probabilities, into_handle(p));
+        }
+        if let Some(h) = seg.entropy {
+            write_out(out_entropy, into_handle(h));
+        }
         Ok(())
     })
 }

@@ -208,6 +208,19 @@ impl Volume {
         (canonical, orientation)
     }
 
+    /// What [`Volume::to_canonical`] would produce — the orientation, the canonical dims and
+    /// affine — without copying the voxels (preprocessing reads an already-RAS volume in place).
+    pub fn canonical_geometry(&self) -> (Orientation, [usize; 3], [[f64; 4]; 4]) {
+        let orientation = Orientation::closest_canonical(&self.affine, self.dims);
+        let affine = if orientation.is_identity() {
+            self.affine
+        } else {
+            affine::multiply(&self.affine, &orientation.output_to_input_voxels())
+        };
+        let dims = orientation.output_dims();
+        (orientation, dims, affine)
+    }
+
     /// Keeps the xform codes of the file this volume came from (see [`write_nifti`]).
     fn with_codes(mut self, codes: XformCodes) -> Volume {
         self.codes = Some(codes);

@@ -137,7 +137,7 @@ impl Orientation {
 
     /// Output voxel coordinates -> input voxel coordinates: input index n along axis i is
     /// `dims[i] - 1 - m` (flipped) or `m`, where m is the index along output axis `axes[i]`.
-    fn output_to_input_voxels(&self) -> Affine {
+    pub(super) fn output_to_input_voxels(&self) -> Affine {
         let mut m = [[0.0; 4]; 4];
         m[3][3] = 1.0;
         for i in 0..3 {

@@ -8,6 +8,8 @@ Example::
     score = engine.score(vol, "case", progress=lambda f: print(f"{f:.0%}"))
     print(score.asd, score.gap_kl, score.embedding.shape)
     engine.segment(vol).save("case_labels.nii.gz", "u8")
+    sel = asfda.select(scores, budget=4)          # picks with their score components, reliable ids
+    tuner = asfda.FineTuner(engine, total_steps=100)
 
 The shared library is found via ``$ASFDA_LIBRARY``, then a ``libasfda.so`` shipped inside this
 package, then the source tree's ``target/{release,debug}`` (see :mod:`asfda._lib`). Every failing
@@ -25,7 +27,9 @@ from .runtime import library_path, load_runtime, runtime_info, version
 from .volume import LPS, RAS, Volume
 from .model import Model
 from .score import Score, load_scores, merge_scores, save_scores
-from .engine import Engine, EngineOptions
+from .engine import Cancel, Engine, EngineOptions, Segmentation
+from .select import Pick, Selection, SelectOptions, select
+from .finetune import FineTuneOptions, FineTuner, StepReport
 
 #: Earlier name of :class:`Error`, kept for existing callers.
 AsfdaError = Error
@@ -37,6 +41,7 @@ __all__ = [
     "Error", "AsfdaError", "InvalidArgumentError", "IoError", "FormatError", "UnsupportedError",
     "InvalidDataError", "GeometryMismatchError", "TooLargeError", "RuntimeUnavailableError",
     "DeviceUnavailableError", "ModelError", "CancelledError", "InternalError", "LibraryNotFoundError",
-    "Volume", "RAS", "LPS", "Model", "Engine", "EngineOptions", "Score", "save_scores", "load_scores",
-    "merge_scores", "runtime_info", "load_runtime", "version", "library_path",
+    "Volume", "RAS", "LPS", "Model", "Engine", "EngineOptions", "Cancel", "Segmentation", "Score", "save_scores", "load_scores",
+    "merge_scores", "select", "Selection", "SelectOptions", "Pick", "FineTuner", "FineTuneOptions",
+    "StepReport", "runtime_info", "load_runtime", "version", "library_path",
 ]

@@ -8,7 +8,7 @@ Library discovery, first hit wins:
    the asfda repository, i.e. is imported from ``bindings/python``).
 
 ctypes.CDLL releases the GIL around every foreign call, so long calls (scoring, segmentation,
-model runs) let other Python threads run; CFUNCTYPE callbacks take the GIL back before running
+model runs, fine-tuning steps) let other Python threads run; CFUNCTYPE callbacks take the GIL back before running
 Python code.
 """
 from __future__ import annotations
@@ -109,6 +109,65 @@ class ScoreValues(C.Structure):
     ]
 
 
+class SelectOptions(C.Structure):
+    _fields_ = [
+        ("method", C.c_int32),
+        ("budget", C.c_size_t),
+        ("seed", C.c_uint64),
+        ("w_dkd", C.c_double),
+        ("w_asd", C.c_double),
+        ("gap", C.c_int32),
+        ("duplicate_fraction", C.c_double),
+        ("reliable_confidence_quantile", C.c_double),
+        ("reliable_distance_quantile", C.c_double),
+    ]
+
+
+class Pick(C.Structure):
+    _fields_ = [
+        ("index", C.c_size_t),
+        ("order", C.c_size_t),
+        ("gap", C.c_double),
+        ("gap_rank", C.c_double),
+        ("diversity", C.c_double),
+        ("dkd", C.c_double),
+        ("dkd_rank", C.c_double),
+        ("asd", C.c_double),
+        ("asd_rank", C.c_double),
+        ("combined", C.c_double),
+    ]
+
+
+class FineTuneOptions(C.Structure):
+    _fields_ = [
+        ("patch_size", C.c_size_t * 3),
+        ("batch_size", C.c_size_t),
+        ("total_steps", C.c_uint64),
+        ("lr", C.c_double),
+        ("weight_decay", C.c_double),
+        ("poly_exponent", C.c_double),
+        ("foreground_fraction", C.c_double),
+        ("labeled_fraction", C.c_double),
+        ("pseudo_label_threshold", C.c_double),
+        ("ramp_fraction", C.c_double),
+        ("pseudo_label_refresh_every", C.c_uint64),
+        ("seed", C.c_uint64),
+    ]
+
+
+class StepReport(C.Structure):
+    _fields_ = [
+        ("loss", C.c_double),
+        ("loss_ce", C.c_double),
+        ("loss_dice", C.c_double),
+        ("lr", C.c_double),
+        ("lambda_", C.c_double),  # `lambda` is a Python keyword; the C field is `lambda`
+        ("step", C.c_uint64),
+        ("labeled_in_batch", C.c_size_t),
+        ("pseudo_in_batch", C.c_size_t),
+    ]
+
+
 def _declare(name, argtypes, restype=C.c_int):
     fn = getattr(lib, name)
     fn.argtypes, fn.restype = argtypes, restype
@@ -148,13 +207,52 @@ engine_options_default = _declare("asfda_engine_options_default", [], EngineOpti
 engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
 engine_free = _declare("asfda_engine_free", [P], None)
 engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
-score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, C.POINTER(P)])
-segment_volume = _declare("asfda_segment_volume", [P, P, PROGRESS_FN, P, C.POINTER(P)])
+score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, P, C.POINTER(P)])
+segment_volume = _declare(
+    "asfda_segment_volume", [P, P, PROGRESS_FN, P, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
+)
+cancel_new = _declare("asfda_cancel_new", [C.POINTER(P)])
+cancel_free = _declare("asfda_cancel_free", [P], None)
+cancel_trigger = _declare("asfda_cancel_trigger", [P])
+cancel_reset = _declare("asfda_cancel_reset", [P])
+cancel_is_triggered = _declare("asfda_cancel_is_triggered", [P, C.POINTER(C.c_bool)])
 score_free = _declare("asfda_score_free", [P], None)
 score_values = _declare("asfda_score_values", [P, C.POINTER(ScoreValues)])
 score_embedding = _declare("asfda_score_embedding", [P, C.POINTER(C.c_float), C.c_size_t])
 score_to_json = _declare("asfda_score_to_json", [P] + STRING_OUT)
 score_from_json = _declare("asfda_score_from_json", [C.c_char_p, C.POINTER(P)])
+
+select_options_default = _declare("asfda_select_options_default", [], SelectOptions)
+select_method_from_name = _declare("asfda_select_method_from_name", [C.c_char_p, C.POINTER(C.c_int32)])
+gap_kind_from_name = _declare("asfda_gap_kind_from_name", [C.c_char_p, C.POINTER(C.c_int32)])
+select = _declare(
+    "asfda_select",
+    [C.POINTER(P), C.c_size_t, C.POINTER(C.c_char_p), C.c_size_t, C.POINTER(SelectOptions), C.POINTER(P)],
+)
+selection_free = _declare("asfda_selection_free", [P], None)
+selection_count = _declare("asfda_selection_count", [P], C.c_size_t)
+selection_pick = _declare("asfda_selection_pick", [P, C.c_size_t, C.POINTER(Pick)])
+# Borrowed strings (valid while the selection lives): c_char_p copies them into bytes at once.
+selection_pick_id = _declare("asfda_selection_pick_id", [P, C.c_size_t], C.c_char_p)
+selection_reliable_count = _declare("asfda_selection_reliable_count", [P], C.c_size_t)
+selection_reliable_id = _declare("asfda_selection_reliable_id", [P, C.c_size_t], C.c_char_p)
+selection_to_json = _declare("asfda_selection_to_json", [P] + STRING_OUT)
+
+finetune_options_default = _declare("asfda_finetune_options_default", [], FineTuneOptions)
+finetuner_new = _declare("asfda_finetuner_new", [P, C.POINTER(FineTuneOptions), C.POINTER(P)])
+finetuner_resume = _declare("asfda_finetuner_resume", [P, C.c_char_p, C.POINTER(FineTuneOptions), C.POINTER(P)])
+finetuner_free = _declare("asfda_finetuner_free", [P], None)
+finetuner_add_labeled = _declare("asfda_finetuner_add_labeled", [P, C.c_char_p, P, P])
+finetuner_add_unlabeled = _declare("asfda_finetuner_add_unlabeled", [P, C.c_char_p, P, DOUBLE_P])
+finetune_step = _declare("asfda_finetune_step", [P, C.POINTER(StepReport)])
+finetuner_classes = _declare("asfda_finetuner_classes", [P, SIZE_P])
+finetuner_steps_done = _declare("asfda_finetuner_steps_done", [P, C.POINTER(C.c_uint64)])
+finetuner_evaluate = _declare(
+    "asfda_finetuner_evaluate", [P, C.POINTER(P), C.POINTER(P), C.c_size_t, DOUBLE_P, C.c_size_t]
+)
+finetuner_save = _declare("asfda_finetuner_save", [P, C.c_char_p])
+finetuner_export_bundle = _declare("asfda_finetuner_export_bundle", [P, C.c_char_p])
+finetuner_apply = _declare("asfda_finetuner_apply", [P, P])
 
 
 def library_version() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes as C
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import _lib
 from ._progress import Progress, ProgressFn
@@ -54,6 +54,43 @@ class EngineOptions:
         return o
 
 
+class Cancel:
+    """A cancellation token: ``trigger()`` from any thread stops a score or segment call that was
+    given it, even in the middle of a model run; the call raises :class:`CancelledError` and the
+    engine stays usable. ``reset()`` makes it reusable (only while no call is using it)."""
+
+    def __init__(self):
+        out = _lib.P()
+        _lib.check(_lib.cancel_new(C.byref(out)))
+        self._h = out.value
+
+    def __del__(self):
+        h, self._h = getattr(self, "_h", None), None
+        if h:
+            _lib.cancel_free(h)
+
+    def trigger(self) -> None:
+        _lib.check(_lib.cancel_trigger(self._h))
+
+    def reset(self) -> None:
+        _lib.check(_lib.cancel_reset(self._h))
+
+    @property
+    def triggered(self) -> bool:
+        flag = C.c_bool()
+        _lib.check(_lib.cancel_is_triggered(self._h, C.byref(flag)))
+        return flag.value
+
+
+class Segmentation(NamedTuple):
+    """Maps on the input's grid: labels (class index, float32), and, when asked for,
+    probabilities (one channel per class) and normalised entropy in [0, 1]."""
+
+    labels: Volume
+    probabilities: Optional[Volume]
+    entropy: Optional[Volume]
+
+
 def _as_volume(volume) -> Volume:
     if isinstance(volume, Volume):
         return volume
@@ -93,10 +130,17 @@ class Engine:
         """The device inference runs on ("cpu" or "cuda:<id>")."""
         return _lib.read_string(_lib.engine_device, self._h)
 
-    def score(self, volume, id: Optional[str] = None, progress: Optional[ProgressFn] = None) -> Score:
+    def score(
+        self,
+        volume,
+        id: Optional[str] = None,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[Cancel] = None,
+    ) -> Score:
         """Scores one volume (an asfda.Volume or a NIfTI path) for how informative annotating it
         would be. ``id`` names it in the score (default: the path's file name, required for a
-        Volume). ``progress(fraction)`` may return False to cancel (CancelledError)."""
+        Volume). ``progress(fraction)`` may return False to cancel (CancelledError); so does
+        ``cancel.trigger()`` from another thread, even during a model run."""
         if id is None:
             if isinstance(volume, Volume):
                 raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
@@ -104,21 +148,53 @@ class Engine:
         vol = _as_volume(volume)
         p = Progress(progress)
         out = _lib.P()
-        status = _lib.score_volume(self._h, vol._h, _lib.c_string(id, "id"), p.c_fn, None, C.byref(out))
+        token = cancel._h if cancel is not None else None
+        status = _lib.score_volume(self._h, vol._h, _lib.c_string(id, "id"), p.c_fn, None, token, C.byref(out))
         score = Score(out.value) if status == 0 else None  # owns the handle before finish() may raise
         p.finish(status)
         return score
 
-    def segment(self, volume, progress: Optional[ProgressFn] = None) -> Volume:
+    def segment(
+        self, volume, progress: Optional[ProgressFn] = None, cancel: Optional[Cancel] = None
+    ) -> Volume:
         """Segments one volume; returns the label map (class index per voxel, float32) on the
         volume's own grid. Save it with ``labels.save(path, "u8")``."""
+        return self.segment_maps(volume, progress=progress, cancel=cancel).labels
+
+    def segment_maps(
+        self,
+        volume,
+        probabilities: bool = False,
+        entropy: bool = False,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[Cancel] = None,
+    ) -> Segmentation:
+        """Like :meth:`segment`, plus the per-class probability map and/or the normalised
+        entropy map on the volume's grid (each costs memory: a probability map has one float32
+        channel per class)."""
         vol = _as_volume(volume)
         p = Progress(progress)
-        out = _lib.P()
-        status = _lib.segment_volume(self._h, vol._h, p.c_fn, None, C.byref(out))
-        labels = Volume(out.value) if status == 0 else None
+        labels, probs, ent = _lib.P(), _lib.P(), _lib.P()
+        token = cancel._h if cancel is not None else None
+        status = _lib.segment_volume(
+            self._h,
+            vol._h,
+            p.c_fn,
+            None,
+            token,
+            C.byref(labels),
+            C.byref(probs) if probabilities else None,
+            C.byref(ent) if entropy else None,
+        )
+        result = None
+        if status == 0:
+            result = Segmentation(
+                Volume(labels.value),
+                Volume(probs.value) if probabilities else None,
+                Volume(ent.value) if entropy else None,
+            )
         p.finish(status)
-        return labels
+        return result
 
     def __repr__(self) -> str:
         return f"<asfda.Engine bundle={self.bundle!r} device={self.device!r}>"

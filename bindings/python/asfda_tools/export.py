@@ -132,6 +132,38 @@ def reference_losses(model, batch, config: TrainStepConfig, *, steps, lr, weight
     return out
 
 
+def load_checkpoint_params(model, path):
+    """Load a bundle checkpoint's ``param.<name>`` tensors into ``model`` (all must be there)."""
+    from safetensors.numpy import load_file
+    tensors = load_file(str(path))
+    state = {n: torch.from_numpy(tensors[f"param.{n}"].copy()) for n, _ in model.named_parameters()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def rewrite_train_step(model, bundle_dir, weight_grad="conv"):
+    """Regenerate only ``train_step.onnx`` of an existing bundle for ``model`` (whose parameters
+    should be the checkpoint's, see load_checkpoint_params), leaving every other file as it is.
+    The new graph must have exactly the manifest's inputs and outputs, or nothing is replaced."""
+    out = Path(bundle_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    training = manifest["training"]
+    config = TrainStepConfig(foreground_classes=list(manifest["foreground_classes"]),
+                             ignore_label=training["loss"]["ignore_label"],
+                             betas=tuple(training["optimizer"]["betas"]),
+                             eps=training["optimizer"]["eps"],
+                             dice_smooth=training["loss"]["dice_smooth"],
+                             frozen=list(training["frozen"]))
+    target = out / training["train_step"]
+    tmp = target.with_name(target.name + ".partial")
+    inputs, outputs = export_train_step(model.eval(), tmp, config, weight_grad=weight_grad)
+    if (inputs, outputs) != (training["io"]["inputs"], training["io"]["outputs"]):
+        tmp.unlink()
+        raise ValueError("the regenerated train step's inputs/outputs differ from the manifest's")
+    tmp.replace(target)
+    return inputs, outputs
+
+
 def export_bundle(model, out_dir, *, classes, foreground_classes, patch_size, spacing,
                   normalization, source_dataset_iterator=None, name=None, k=8,
                   ignore_label=255, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,

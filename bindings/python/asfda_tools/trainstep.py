@@ -3,8 +3,9 @@
 ORT builds from a registry have no training API, so one whole optimiser step (forward, backward,
 AdamW) is traced into a plain inference graph that any ORT session runs (see
 shared/design/fine-tuning.md). Pipeline: ``torch.func.grad_and_value`` -> ``make_fx`` (symbolic,
-with ``aten.convolution_backward`` decomposed into ordinary convolutions, which the ONNX exporter
-lacks) -> ``torch.export`` with dynamic batch and spatial sizes -> ``torch.onnx.export``
+with ``aten.convolution_backward``, which the ONNX exporter lacks, decomposed into ordinary
+convolutions, or with ``weight_grad="gemm"`` its weight gradients into Slice + MatMul; see
+docs/bench-train-step.md) -> ``torch.export`` with dynamic batch and spatial sizes -> ``torch.onnx.export``
 (``optimize=False``: the optimiser deletes AdamW's ``+ eps``).
 
 Graph inputs: ``image`` [N,C,Z,Y,X] f32, ``labels`` [N,Z,Y,X] i64, ``loss_weight`` [N] f32,
@@ -15,6 +16,8 @@ for every trainable one. Outputs: ``loss``, ``loss_ce``, ``loss_dice``, then ``n
 """
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -88,8 +91,97 @@ def _tr(t):
     return t.transpose(0, 1)
 
 
+def _weight_grad(a, b, k, stride, padding, dilation):
+    """``out[i, j, kk] = sum over n, o of a[n, i, o] * pad(b)[n, j, stride * o + dilation * kk]``
+    for every kernel offset ``kk``: the weight gradient of a conv (a = grad_output, b = input,
+    result [Cout, Cin, *k]) and of a transposed conv (a = input, b = grad_output, result
+    [Cin, Cout, *k]), with ``o`` running over a's spatial positions.
+
+    One batched MatMul per kernel offset, [N, A, O] @ [N, O, B], on a strided Slice of b made
+    channel-last once. Used for strided and transposed convs, whose offsets read disjoint or
+    few-times-overlapping parts of b (stride 1 goes through _weight_grad_stride1). The textbook
+    form, a convolution whose kernel is the whole grad_output, is what ORT's Conv handles worst
+    (a 3D im2col over a 64^3 kernel: seconds per layer)."""
+    nd = len(k)
+    n, ca, cb = a.shape[0], a.shape[1], b.shape[1]
+    out_sizes = a.shape[2:]
+    # Pad spatial dims (innermost first, as F.pad wants) after moving channels last.
+    bl = b.permute(0, *range(2, 2 + nd), 1)
+    bl = aten.constant_pad_nd(bl, [0, 0] + [q for i in reversed(range(nd)) for q in
+                                           (padding[i], padding[i])], 0.0)
+    am = a.reshape(n, ca, -1)
+    cols = []
+    for kk in itertools.product(*(range(ki) for ki in k)):
+        view = bl
+        for i in range(nd):
+            start = dilation[i] * kk[i]
+            view = aten.slice(view, 1 + i, start, start + stride[i] * (out_sizes[i] - 1) + 1,
+                              stride[i])
+        # bmm, not matmul: matmul's decomposition adds Expand nodes that copy both operands.
+        cols.append(torch.bmm(am, view.reshape(n, -1, cb)).sum(dim=0))
+    return torch.stack(cols, dim=-1).reshape(ca, cb, *k)
+
+
+def _weight_grad_stride1(grad_output, input, k, padding):
+    """Weight gradient [Cout, Cin, *k] of a stride-1, dilation-1 conv, as GEMMs on flat shifts.
+
+    In the padded input grid flattened row-major, kernel offset ``kk`` is a constant shift
+    ``off`` of the flat index, so with grad_output embedded in that grid (zeros elsewhere),
+    ``gw[:, :, kk] = sum_q dY[:, q] * X[:, q + off]``: a MatMul of a contiguous Slice of one
+    operand (the one with fewer channels, made [N, C, L], so the slice is one run per channel)
+    with the other made channel-last [N, L, C'] once. The flat axis is cut into chunks so each
+    slice stays cache-sized between the Slice that writes it and the MatMul that reads it
+    (about 2x faster than unchunked on a 64^3 layer). Cost: ~27 copies of the smaller operand,
+    which are what ORT's im2col would make too, but as long memcpy runs."""
+    nd = len(k)
+    n, cout, cin = grad_output.shape[0], grad_output.shape[1], input.shape[1]
+    grid = [input.shape[2 + i] + 2 * padding[i] for i in range(nd)]
+    strides = [1] * nd
+    for i in reversed(range(nd - 1)):
+        strides[i] = strides[i + 1] * grid[i + 1]
+    size = strides[0] * grid[0]
+    offsets = [sum(kk[i] * strides[i] for i in range(nd))
+               for kk in itertools.product(*(range(ki) for ki in k))]
+    flat_pads = lambda per_dim: [q for i in reversed(range(nd)) for q in per_dim(i)]  # noqa: E731
+    x = aten.constant_pad_nd(input, flat_pads(lambda i: (padding[i], padding[i])), 0.0)
+    x = x.reshape(n, cin, size)
+    # grad_output at the low corner of the padded grid: position q pairs with input q + off.
+    dy = aten.constant_pad_nd(grad_output, flat_pads(lambda i: (0, k[i] - 1)), 0.0)
+    dy = dy.reshape(n, cout, size)
+    if cin <= cout:
+        # Shift the input: q runs over [0, size - max offset), past dY's last voxel.
+        length = size - offsets[-1]
+        shifted, starts, fixed = x, offsets, dy.transpose(1, 2)  # fixed [N, size, Cout]
+    else:
+        # Shift grad_output the other way: prepend max-offset zeros; q runs over the grid.
+        length = size
+        shifted = aten.constant_pad_nd(dy, [offsets[-1], 0], 0.0)
+        starts = [offsets[-1] - o for o in offsets]
+        fixed = x.transpose(1, 2)  # [N, size, Cin]
+    # Fewer channels -> bigger volume in this U-Net: more chunks (by channels, as the spatial
+    # sizes are symbolic; 4 chunks of a 64^3 16-channel layer run ~1.4x faster than 1, 16 only
+    # a little faster than 4 but trace for far longer). One offset (1x1 conv): nothing to reuse.
+    chunks = 1 if len(offsets) == 1 else max(1, min(4, 64 // shifted.shape[1]))
+    step = length // chunks  # one floor division keeps the symbolic bounds cheap to trace
+    bounds = [step * c for c in range(chunks)] + [length]
+    total = None
+    for c in range(chunks):
+        lo, hi = bounds[c], bounds[c + 1]
+        f = aten.slice(fixed, 1, lo, hi)
+        part = torch.stack([torch.bmm(aten.slice(shifted, 2, s + lo, s + hi), f)
+                            for s in starts], dim=1)  # [N, offsets, C_shifted, C_fixed]
+        total = part if total is None else total + part
+    total = total.sum(dim=0)
+    # -> [Cout, Cin, offsets]
+    total = total.permute(2, 1, 0) if cin <= cout else total.permute(1, 2, 0)
+    return total.reshape(cout, cin, *k)
+
+
+WEIGHT_GRAD_MODES = ("conv", "gemm")
+
+
 def _conv_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation,
-                   transposed, output_padding, groups, output_mask):
+                   transposed, output_padding, groups, output_mask, weight_grad="conv"):
     if groups != 1:
         raise NotImplementedError("convolution_backward decomposition supports groups == 1")
     nd = weight.dim() - 2
@@ -117,9 +209,11 @@ def _conv_backward(grad_output, input, weight, bias_sizes, stride, padding, dila
                       % stride[i]) for i in range(nd)]
             gi = aten.convolution(grad_output, weight, None, stride, padding, dilation,
                                   True, op, 1)
-    if output_mask[1]:
+    if output_mask[1] and weight_grad == "conv":
         # Correlate input with grad_output over the batch: batch and channels swap roles,
-        # stride and dilation swap, and the result is cropped to the kernel size.
+        # stride and dilation swap, and the result is cropped to the kernel size. ORT's Conv
+        # runs this (a kernel as large as grad_output) slowly; see "gemm" and
+        # docs/bench-train-step.md for why it is still the default.
         if transposed:
             gw = aten.convolution(_tr(grad_output), _tr(input), None, dilation, padding, stride,
                                   False, no_pad, 1)
@@ -127,14 +221,28 @@ def _conv_backward(grad_output, input, weight, bias_sizes, stride, padding, dila
             gw = aten.convolution(_tr(input), _tr(grad_output), None, dilation, padding, stride,
                                   False, no_pad, 1)
         gw = _tr(gw[(slice(None), slice(None)) + tuple(slice(0, ki) for ki in k)])
+    elif output_mask[1]:
+        if transposed:
+            # y[s*i + d*k - p] += x[i] * w[k]: the same correlation with the roles swapped.
+            gw = _weight_grad(input, grad_output, k, stride, padding, dilation)
+        elif all(st == 1 for st in stride) and all(d == 1 for d in dilation):
+            gw = _weight_grad_stride1(grad_output, input, k, padding)
+        else:
+            gw = _weight_grad(grad_output, input, k, stride, padding, dilation)
     if output_mask[2]:
         gb = grad_output.sum(dim=[0] + list(range(2, grad_output.dim())))
     return gi, gw, gb
 
 
-def decomposition_table():
+def decomposition_table(weight_grad: str = "conv"):
+    """Core ATen decompositions plus aten.convolution_backward in ordinary ops; weight_grad
+    picks how weight gradients are formed: "conv" (one Conv per layer whose kernel is the
+    whole grad_output) or "gemm" (MatMuls over Slices per kernel offset)."""
+    if weight_grad not in WEIGHT_GRAD_MODES:
+        raise ValueError(f"weight_grad must be one of {WEIGHT_GRAD_MODES}, got {weight_grad!r}")
     table = torch._decomp.core_aten_decompositions()
-    table[aten.convolution_backward.default] = _conv_backward
+    table[aten.convolution_backward.default] = functools.partial(_conv_backward,
+                                                                 weight_grad=weight_grad)
     return table
 
 
@@ -236,15 +344,18 @@ def _symbolic_batch(args, divisor: int):
     return head + [mode.from_tensor(a, static_shapes=True) for a in args[3:]]
 
 
-def export_train_step(model, path, config: TrainStepConfig, *, divisor: int | None = None):
-    """Write the train-step ONNX graph of ``model`` to ``path``; returns (inputs, outputs)."""
+def export_train_step(model, path, config: TrainStepConfig, *, divisor: int | None = None,
+                      weight_grad: str = "conv"):
+    """Write the train-step ONNX graph of ``model`` to ``path``; returns (inputs, outputs).
+    ``weight_grad``: see decomposition_table."""
     model = model.eval()  # no dropout / running stats; the U-Net's norms are per instance anyway
     divisor = divisor or getattr(model, "size_divisible_by", 1)
     n, spatial = _example_sizes(model, divisor)
     args = tuple(example_inputs(model, config, n, spatial))
     inputs, outputs = io_names(model, config)
     gm = make_fx(make_step_fn(model, config), tracing_mode="symbolic",
-                 decomposition_table=decomposition_table())(*_symbolic_batch(args, divisor))
+                 decomposition_table=decomposition_table(weight_grad))(
+        *_symbolic_batch(args, divisor))
     batch = Dim("batch", min=1)
     z, y, x = (divisor * Dim(f"{a}_div{divisor}", min=1) for a in "zyx")
     dyn = ({0: batch, 2: z, 3: y, 4: x}, {0: batch, 1: z, 2: y, 3: x}, {0: batch})

@@ -3,6 +3,12 @@ generator's tests (test_synth.py) run in the torch-free test virtualenv."""
 import pytest
 
 
+def pytest_configure(config):
+    # The experimental GEMM weight-gradient export takes many minutes to trace; it is not used by
+    # the shipped bundle, so `make test` deselects it and `make test-slow` runs it.
+    config.addinivalue_line("markers", "slow: export tests of experimental options (make test-slow)")
+
+
 @pytest.fixture(scope="module")
 def model():
     """A tiny 4-level U-Net (2 base channels, 3 classes) in eval mode, seeded."""

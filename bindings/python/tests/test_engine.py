@@ -288,10 +288,43 @@ def test_gil_check_detects_a_call_holding_the_gil(small_engine, small):
     def call(cb):
         c_cb = _lib.PROGRESS_FN(lambda _u, f: (cb(f), True)[1])
         out = _lib.P()
-        assert fn(small_engine._h, small._h, b"x", c_cb, None, C.byref(out)) == 0
+        assert fn(small_engine._h, small._h, b"x", c_cb, None, None, C.byref(out)) == 0
         asfda.Score(out.value)  # frees it
 
     assert _count_between_reports(call) == [0, 0]
+
+
+def test_cancel_token_from_another_thread_stops_the_call(small_engine, small):
+    cancel = asfda.Cancel()
+    assert not cancel.triggered
+    reports = []
+
+    def progress(fraction):
+        reports.append(fraction)
+        if len(reports) == 1:  # trigger from another thread while the next tile runs
+            threading.Thread(target=cancel.trigger).start()
+            time.sleep(0.05)
+        return True
+
+    with pytest.raises(asfda.CancelledError):
+        small_engine.score(small, "x", progress=progress, cancel=cancel)
+    assert cancel.triggered and reports[-1] < 1.0
+    cancel.reset()
+    assert not cancel.triggered
+    assert small_engine.score(small, "x", cancel=cancel).id == "x"  # usable again, token reused
+
+
+def test_segment_maps_are_consistent(small_engine, small):
+    seg = small_engine.segment_maps(small, probabilities=True, entropy=True)
+    probs, ent, labels = seg.probabilities.view(), seg.entropy.view(), seg.labels.view()
+    assert probs.shape == (*labels.shape, 4) and ent.shape[:3] == labels.shape
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-4)
+    assert ent.min() >= 0.0 and ent.max() <= 1.0 + 1e-6
+    # The volume is RAS at the model spacing: argmax of the probabilities is the label map.
+    assert (np.argmax(probs, axis=-1) == labels).mean() > 0.999
+    plain = small_engine.segment_maps(small)
+    assert plain.probabilities is None and plain.entropy is None
+    np.testing.assert_array_equal(plain.labels.view(), labels)
 
 
 # ---- errors -------------------------------------------------------------------------------------

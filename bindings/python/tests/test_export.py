@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from asfda_tools.export import export_bundle, kmeans
+from asfda_tools.export import export_bundle, kmeans, load_checkpoint_params
 from asfda_tools.unet import UNet3D
 
 FROZEN = ["encoder.0.0.conv.weight"]  # a frozen parameter, as when fine-tuning only deep layers
@@ -178,6 +178,16 @@ def test_source_knowledge(model, bundle):
     assign = ((z[:, None] - anchors[None]) ** 2).sum(-1).argmin(1)
     for j in set(assign):
         np.testing.assert_allclose(anchors[j], z[assign == j].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_params_load_into_a_fresh_model(model, bundle):
+    """The checkpoint's param.* tensors rebuild the exported model exactly (how the demo
+    bundle's train step is regenerated without the original .pt)."""
+    out, _ = bundle
+    fresh = UNet3D(1, len(CLASSES), base_channels=2, levels=4)
+    load_checkpoint_params(fresh, out / "checkpoint.safetensors")
+    for (name, a), (_, b) in zip(fresh.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_kmeans_finds_separated_clusters():

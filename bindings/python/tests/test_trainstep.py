@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from asfda_tools.trainstep import (TrainStepConfig, dice_ce, example_inputs,
+from asfda_tools.trainstep import (TrainStepConfig, _conv_backward, dice_ce, example_inputs,
                                    export_train_step, io_names)
 
 CONFIG = TrainStepConfig(foreground_classes=[1, 2])
@@ -58,6 +58,35 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.mark.parametrize("cin, cout, k, stride, pad, transposed, spatial", [
+    (3, 5, 3, 1, 1, False, (6, 10, 8)),   # stride 1, fewer input channels: the input is shifted
+    (5, 3, 3, 1, 1, False, (6, 10, 8)),   # stride 1, fewer output channels: grad_output shifted
+    (1, 4, 3, 1, 1, False, (8, 8, 8)),    # the first layer (one image channel)
+    (4, 2, 1, 1, 0, False, (6, 4, 8)),    # 1x1 head
+    (2, 3, 3, 1, 0, False, (7, 9, 8)),    # stride 1 without padding
+    (3, 4, 3, 2, 1, False, (8, 12, 10)),  # stride-2 downsampling
+    (4, 3, 2, 2, 0, False, (8, 6, 10)),   # k2 s2 conv
+    (4, 3, 2, 2, 0, True, (4, 3, 5)),     # the U-Net's upsampling ConvTranspose
+    (3, 2, 3, 1, 1, True, (5, 4, 6)),     # stride-1 transposed conv
+])
+@pytest.mark.parametrize("mode", ["conv", "gemm"])
+def test_conv_backward_decomposition(mode, cin, cout, k, stride, pad, transposed, spatial):
+    """The decomposition of aten.convolution_backward (run eagerly, f64) equals PyTorch's own
+    input and weight gradients for every layer kind of the U-Net and a few more."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cin, *spatial, generator=gen, dtype=torch.float64)
+    w = torch.randn(*((cin, cout) if transposed else (cout, cin)), k, k, k, generator=gen,
+                    dtype=torch.float64)
+    conv = ([stride] * 3, [pad] * 3, [1] * 3, transposed, [0] * 3, 1)
+    y = torch.ops.aten.convolution(x, w, None, *conv)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    want = torch.ops.aten.convolution_backward(g, x, w, None, *conv, [True, True, False])
+    got = _conv_backward(g, x, w, None, *conv, [True, True, False], weight_grad=mode)
+    for a, b in zip(got[:2], want[:2]):
+        assert a.shape == b.shape
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-12
+
+
 def test_graph_is_standard_ops(graph):
     g = onnx.load(str(graph[0]))
     assert {n.domain for n in g.graph.node} <= {"", "ai.onnx"}
@@ -78,6 +107,30 @@ def test_gradients_match_autograd(model, graph, n, size, tol):
     assert out["loss"] == pytest.approx(loss, rel=1e-5)
     assert out["loss"] == pytest.approx(out["loss_ce"] + out["loss_dice"], rel=1e-6)
     assert rel_err(ort_grads(model, out), grads) < tol
+
+
+@pytest.mark.slow
+def test_gemm_weight_gradients(model, tmp_path):
+    """weight_grad="gemm": weight gradients are MatMuls, not convolutions with a
+    grad_output-sized kernel (the only Conv/ConvTranspose nodes are the forward pass and the
+    input gradients, <= 2 per layer), and all gradients still match autograd."""
+    path = tmp_path / "train_step_gemm.onnx"
+    export_train_step(model, path, CONFIG, weight_grad="gemm")
+    g = onnx.load(str(path))
+    assert {n.domain for n in g.graph.node} <= {"", "ai.onnx"}
+    layers = sum(len(i.type.tensor_type.shape.dim) == 5 for i in g.graph.input
+                 if i.name.startswith("param."))  # conv and transposed-conv weights
+    assert sum(n.op_type in ("Conv", "ConvTranspose") for n in g.graph.node) <= 2 * layers
+    assert any(n.op_type == "MatMul" for n in g.graph.node)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for n, spatial in [(2, (16, 16, 16)), (3, (8, 16, 24))]:
+        args = batch(model, n, spatial)
+        out = run(model, session, args)
+        loss, grads = torch_grads(model, *args[:3])
+        assert out["loss"] == pytest.approx(loss, rel=1e-5)
+        assert rel_err(ort_grads(model, out), grads) < 1e-5
 
 
 def test_dynamic_shapes(model, graph):

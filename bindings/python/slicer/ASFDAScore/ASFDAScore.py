@@ -1,6 +1,6 @@
 """ASFDAScore: a 3D Slicer scripted module that scores the volumes in the scene with an asfda
-model bundle and shows them ranked, most worth annotating first, with the reasons (knowledge gap,
-ASD, confidence, foreground).
+model bundle and shows them ranked, most worth annotating first, with the reasons: the components
+of asfda's ASFDA selection (knowledge gap, diversity, ASD and their ranks), confidence, foreground.
 
 Layout: the standard ScriptedLoadableModule / Widget / Logic / Test classes. Everything that does
 not need Slicer lives in ASFDAScoreLib (numpy arrays + IJK-to-RAS matrices in, ranked rows out)
@@ -28,7 +28,8 @@ from ASFDAScoreLib import ScoringCore
 #: The shipped demo bundle when this module runs from the repository.
 _REPO_BUNDLE = Path(__file__).resolve().parents[4] / "models" / "demo_brain_unet"
 
-COLUMNS = ["Rank", "Volume", "Priority", "Gap (KL)", "ASD", "Confidence", "Foreground", "Reasons"]
+COLUMNS = ["Rank", "Volume", "Role", "ASFDA score", "Gap (KL)", "Diversity", "ASD", "Confidence", "Foreground",
+           "Reasons"]
 
 
 class ASFDAScore(ScriptedLoadableModule):
@@ -39,11 +40,12 @@ class ASFDAScore(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["asfda developers"]
         self.parent.helpText = (
-            "Scores every scalar volume in the scene with an asfda model bundle and ranks them by how "
-            "informative annotating them would be for adapting the model to this site: knowledge gap to "
-            "the source data and anatomical segmentation difficulty (ASD), with the model's confidence and "
-            "foreground fraction as context. Parent transforms are not applied (volumes are scored on "
-            "their own voxel grids)."
+            "Scores every scalar volume in the scene with an asfda model bundle and ranks them in the order "
+            "asfda's ASFDA selection would pick them for annotation: knowledge gap to the source data times "
+            "diversity from the volumes ranked above (DKD), fused with anatomical segmentation difficulty "
+            "(ASD), with the model's confidence and foreground fraction as context. With a budget, the rows "
+            "say which volumes to annotate and which are reliable for pseudo-labelling. Parent transforms are "
+            "not applied (volumes are scored on their own voxel grids)."
         )
         self.parent.acknowledgementText = "asfda: active source-free domain adaptation of segmentation models."
 
@@ -69,6 +71,11 @@ class ASFDAScoreWidget(ScriptedLoadableModuleWidget):
         self.threadsSpin.minimum, self.threadsSpin.maximum = 0, 256
         self.threadsSpin.toolTip = "CPU threads for ONNX Runtime (0: let it choose)"
         form.addRow("Threads:", self.threadsSpin)
+
+        self.budgetSpin = qt.QSpinBox()
+        self.budgetSpin.minimum, self.budgetSpin.maximum = 0, 10000
+        self.budgetSpin.toolTip = "Volumes you can annotate (0: rank only, no roles)"
+        form.addRow("Annotation budget:", self.budgetSpin)
 
         buttons = qt.QHBoxLayout()
         self.scoreButton = qt.QPushButton("Score volumes in scene")
@@ -113,7 +120,8 @@ class ASFDAScoreWidget(ScriptedLoadableModuleWidget):
         self.scoreButton.enabled, self.cancelButton.enabled = False, True
         try:
             rows, self._nodesByName = self.logic.scoreScene(
-                self.bundleEdit.currentPath, threads=self.threadsSpin.value, progress=self._progress)
+                self.bundleEdit.currentPath, threads=self.threadsSpin.value, progress=self._progress,
+                budget=self.budgetSpin.value or None)
             self._fill(rows)
             self.statusLabel.text = f"{len(rows)} volumes scored."
         except asfda.CancelledError:
@@ -127,8 +135,9 @@ class ASFDAScoreWidget(ScriptedLoadableModuleWidget):
     def _fill(self, rows):
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            cells = [str(row.rank), row.name, f"{row.priority:.2f}", f"{row.gap:.3g}", f"{row.asd:.3f}",
-                     f"{row.confidence:.1%}", f"{row.foreground:.1%}", row.reason_text()]
+            cells = [str(row.rank), row.name, row.role, f"{row.priority:.2f}", f"{row.gap:.3g}",
+                     f"{row.diversity:.3g}", f"{row.asd:.3f}", f"{row.confidence:.1%}", f"{row.foreground:.1%}",
+                     row.reason_text()]
             for c, text in enumerate(cells):
                 item = qt.QTableWidgetItem(text)
                 item.setToolTip(row.reason_text())
@@ -176,11 +185,11 @@ class ASFDAScoreLogic(ScriptedLoadableModuleLogic):
         node.GetIJKToRASMatrix(m)
         return slicer.util.arrayFromVTKMatrix(m)
 
-    def scoreScene(self, bundle, threads=0, progress=None):
+    def scoreScene(self, bundle, threads=0, progress=None, budget=None):
         """Ranked rows for the scene's volumes and a name -> node map."""
         volumes = self.sceneVolumes()
         items = [(name, slicer.util.arrayFromVolume(node), self.ijkToRas(node)) for name, node in volumes]
-        rows = self.core(bundle, threads).score_and_rank(items, progress)
+        rows = self.core(bundle, threads).score_and_rank(items, progress, budget=budget)
         return rows, dict(volumes)
 
 

@@ -1,13 +1,17 @@
 """Scoring volumes given as numpy arrays + IJK-to-RAS matrices, and ranking them with reasons.
 
 Nothing here imports slicer: the module's widget hands over what Slicer gives
-(``slicer.util.arrayFromVolume(node)``, a C-ordered [k, j, i] array, and the node's IJKToRAS
+(``slicer.util.arrayFromVolume(node)``, a C-ordered [k, j, i] array, and the node's IJK-to-RAS
 matrix), so this logic runs and is tested in plain Python.
 
-Ranking (an interim until the library's selection functions are wrapped): method.md's query
-score without its diversity term, ``priority = w_gap * rank01(gap_kl) + w_asd * rank01(asd)``,
-highest first. rank01 maps the ascending rank to [0, 1] (ties share their mean rank), so the two
-terms weigh equally whatever their units.
+Ranking: the library's selection (``asfda.select``, method ASFDA, method.md section 1) run over
+the whole pool, so the list is the greedy pick order: each volume is ranked by its ASFDA score
+``w_dkd * rank01(DKD) + w_asd * rank01(ASD)`` among the volumes still unranked, where DKD is the
+knowledge-gap rank times the diversity to the labeled and already ranked volumes. A volume much
+like one ranked above it therefore drops. The reasons are that pick's components. The greedy
+order does not depend on the budget, so the first ``budget`` rows are exactly what
+``asfda.select(scores, budget)`` picks; with a budget the rows also say which of the others are
+reliable for pseudo-labelling.
 """
 from __future__ import annotations
 
@@ -30,24 +34,38 @@ LOW_FOREGROUND = 0.01
 #: Below this mean foreground confidence the prediction is flagged as unreliable.
 LOW_CONFIDENCE = 0.7
 
+ANNOTATE, PSEUDO_LABEL = "annotate", "pseudo-label"
+
 
 @dataclass
 class RankedVolume:
     """One row of the ranked list."""
 
-    rank: int  # 1 = annotate first
+    rank: int  # 1 = annotate first (pick order + 1)
     name: str
-    priority: float  # in [0, w_gap + w_asd]
     score: "asfda.Score"
+    pick: "asfda.Pick"  # the selection's components when this volume was picked
     reasons: list = field(default_factory=list)
+    #: With a budget: ANNOTATE (within it), PSEUDO_LABEL (reliable for fine-tuning) or "".
+    role: str = ""
+
+    @property
+    def priority(self) -> float:
+        """The ASFDA score when picked, in [0, w_dkd + w_asd] (ranks over the remaining volumes,
+        so it need not decrease down the list)."""
+        return self.pick.combined
 
     @property
     def gap(self) -> float:
-        return self.score.gap_kl
+        return self.pick.gap
+
+    @property
+    def diversity(self) -> float:
+        return self.pick.diversity
 
     @property
     def asd(self) -> float:
-        return self.score.asd
+        return self.pick.asd
 
     @property
     def confidence(self) -> float:
@@ -61,50 +79,49 @@ class RankedVolume:
         return "; ".join(self.reasons)
 
 
-def _rank01(values: np.ndarray) -> np.ndarray:
-    """Ascending rank scaled to [0, 1], ties sharing their mean rank; one value -> 1."""
-    n = len(values)
-    if n == 1:
-        return np.ones(1)
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(n)
-    ranks[order] = np.arange(n, dtype=float)
-    for v in np.unique(values):  # ties: the mean of their ranks
-        tie = values == v
-        ranks[tie] = ranks[tie].mean()
-    return ranks / (n - 1)
+def _reasons(p: "asfda.Pick", s: "asfda.Score", w_dkd: float, w_asd: float, remaining: int) -> list:
+    among = f"among the {remaining} not yet ranked" if remaining > 1 else "the last one left"
+    reasons = [
+        f"ASFDA score {p.combined:.2f} = {w_dkd:g} x DKD rank {p.dkd_rank:.2f} + {w_asd:g} x ASD rank "
+        f"{p.asd_rank:.2f} ({among})",
+        f"knowledge gap {p.gap:.3g} (rank {p.gap_rank:.2f})",
+        f"diversity {p.diversity:.3g} (1 - cos to the nearest labeled or higher-ranked volume)",
+        f"ASD {p.asd:.3f}",
+        f"confidence {s.confidence:.1%}",
+        f"foreground {s.foreground_fraction:.1%}",
+    ]
+    if s.foreground_fraction < LOW_FOREGROUND:
+        reasons.append("almost no anatomy found: check the field of view and orientation")
+    if s.confidence < LOW_CONFIDENCE:
+        reasons.append("low confidence: the model is unsure here")
+    return reasons
 
 
-def _place(values: np.ndarray, i: int) -> int:
-    """1 for the largest value (ties share the better place)."""
-    return int(np.sum(values > values[i])) + 1
-
-
-def rank_scores(scores: Iterable["asfda.Score"], w_gap: float = 1.0, w_asd: float = 1.0) -> list:
-    """The scores as RankedVolume rows, highest priority first (ties: by name)."""
+def rank_scores(scores: Iterable["asfda.Score"], budget: Optional[int] = None, labeled: Iterable[str] = (),
+                w_dkd: float = 1.0, w_asd: float = 1.0, **select_options) -> list:
+    """The unlabeled scores as RankedVolume rows in ASFDA pick order (asfda.select over the whole
+    pool). ``labeled``: ids already annotated (their scores must be among ``scores``: they count
+    for diversity and are not ranked). ``budget``: marks the first ``budget`` rows ANNOTATE and
+    the reliable others PSEUDO_LABEL. Other keywords go to asfda.select (e.g. gap="anchor")."""
     scores = list(scores)
-    if not scores:
+    labeled = list(labeled)
+    if len(scores) <= len(set(labeled)):
         return []
-    gap = np.array([s.gap_kl for s in scores])
-    asd = np.array([s.asd for s in scores])
-    priority = w_gap * _rank01(gap) + w_asd * _rank01(asd)
-    n = len(scores)
-    rows = []
-    for i, s in enumerate(scores):
-        reasons = [
-            f"knowledge gap {s.gap_kl:.3g} (#{_place(gap, i)} of {n})",
-            f"ASD {s.asd:.3f} (#{_place(asd, i)} of {n})",
-            f"confidence {s.confidence:.1%}",
-            f"foreground {s.foreground_fraction:.1%}",
-        ]
-        if s.foreground_fraction < LOW_FOREGROUND:
-            reasons.append("almost no anatomy found: check the field of view and orientation")
-        if s.confidence < LOW_CONFIDENCE:
-            reasons.append("low confidence: the model is unsure here")
-        rows.append(RankedVolume(0, s.id, float(priority[i]), s, reasons))
-    rows.sort(key=lambda r: (-r.priority, r.name))
-    for k, r in enumerate(rows, 1):
-        r.rank = k
+    by_id = {s.id: s for s in scores}
+    pool = len(scores) - len(labeled)
+    options = dict(labeled=labeled, w_dkd=w_dkd, w_asd=w_asd, **select_options)
+    order = asfda.select(scores, pool, **options)
+    rows = [RankedVolume(p.order + 1, p.id, by_id[p.id], p, _reasons(p, by_id[p.id], w_dkd, w_asd, pool - p.order))
+            for p in order.picks]
+    if budget is not None:
+        # For ASFDA (greedy) these are the first `budget` rows; roles come from this selection
+        # itself, so a method whose picks depend on the budget is labelled correctly too.
+        chosen = asfda.select(scores, budget, **options)
+        picked, reliable = set(chosen.ids), set(chosen.reliable)
+        for r in rows:
+            r.role = ANNOTATE if r.name in picked else PSEUDO_LABEL if r.name in reliable else ""
+            if r.role == PSEUDO_LABEL:
+                r.reasons.append("reliable: confident and close to the annotated set, use its pseudo-labels")
     return rows
 
 
@@ -148,5 +165,6 @@ class ScoringCore:
             scores.append(self.engine.score(volume, name, progress=each))
         return scores
 
-    def score_and_rank(self, items, progress=None, w_gap: float = 1.0, w_asd: float = 1.0) -> list:
-        return rank_scores(self.score(items, progress), w_gap, w_asd)
+    def score_and_rank(self, items, progress=None, budget: Optional[int] = None, **rank_options) -> list:
+        """Scores the items and ranks them (see rank_scores for ``budget`` and the options)."""
+        return rank_scores(self.score(items, progress), budget, **rank_options)
