@@ -54,6 +54,23 @@ pub enum ThresholdMethod {
     None,
 }
 
+/// How the volume's embedding z (used for diversity, core-set and the anchor gap) is formed from
+/// the mean of its tile features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingKind {
+    /// method.md as written: the L2-normalised mean feature. Post-ReLU features share one large
+    /// common direction, so every volume's z is nearly the same (measured on the demo model:
+    /// 1 - cos between target volumes about 1e-5) and diversity barely separates them.
+    Raw,
+    /// \[RECON\] default: the mean feature standardised by the source statistics,
+    /// (mu_i - mu_s) / sigma_s, then L2-normalised: the direction in which the volume departs
+    /// from the source. Removes the common direction, so 1 - cos spreads over [0, 2]. A volume
+    /// exactly at the source mean (no direction) keeps the raw one.
+    #[default]
+    SourceStandardized,
+}
+
 /// The options of scoring; every \[RECON\] choice of method.md section 1 is one of these.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoreOptions {
@@ -89,6 +106,15 @@ pub struct ScoreOptions {
     /// 1e-2 caps the variance-ratio term at ln(100)/2 = 2.3 nats per channel, so an unknown spread
     /// cannot outweigh the mean shift the gap is meant to measure. Must be > 0.
     pub variance_floor: f64,
+    /// How the embedding is formed; see [`EmbeddingKind`]. Default
+    /// [`EmbeddingKind::SourceStandardized`]. Scores written before this option existed read
+    /// back as [`EmbeddingKind::Raw`], which is how they were computed.
+    #[serde(default = "raw_embedding")]
+    pub embedding: EmbeddingKind,
+}
+
+fn raw_embedding() -> EmbeddingKind {
+    EmbeddingKind::Raw
 }
 
 impl Default for ScoreOptions {
@@ -100,6 +126,7 @@ impl Default for ScoreOptions {
             peak_smoothing: 5,
             class_balanced: false,
             variance_floor: 1e-2,
+            embedding: EmbeddingKind::SourceStandardized,
         }
     }
 }
@@ -255,7 +282,8 @@ pub fn foreground_region(probs: ArrayView4<f32>, dilation: usize) -> Result<Arra
 /// - gap_kl: mean over channels of KL(N(mu_i, var_i) || N(mu_s, var_s)) =
 ///   ln(s_s/s_i) + (var_i + (mu_i - mu_s)^2) / (2 var_s) - 1/2.
 /// - gap_anchor: min over anchors a_k (k-means centres of normalised source embeddings, used as
-///   stored) of ||z - a_k||^2.
+///   stored) of ||z_raw - a_k||^2, with z_raw the L2-normalised mean feature (the anchors' space,
+///   whatever [`ScoreOptions::embedding`] is).
 ///
 /// Errors: no tiles or no channels, or a width that differs from the source's
 /// ([`ErrorKind::InvalidArgument`], naming both sizes); NaN/Inf features or source statistics, or
@@ -292,13 +320,28 @@ pub fn feature_gap(
     }
     var.iter_mut().for_each(|s| *s /= tiles as f64);
 
-    let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+    let direction: Vec<f64> = match options.embedding {
+        EmbeddingKind::Raw => mean.clone(),
+        EmbeddingKind::SourceStandardized => (0..width)
+            .map(|f| {
+                let sd_s = f64::from(source.var[f]).max(SOURCE_VARIANCE_EPSILON).sqrt();
+                (mean[f] - f64::from(source.mean[f])) / sd_s
+            })
+            .collect(),
+    };
+    // A volume exactly at the source mean has no direction of departure: it keeps its raw one.
+    let standardized_norm = direction.iter().map(|m| m * m).sum::<f64>().sqrt();
+    let (direction, norm) = if standardized_norm > 0.0 {
+        (direction, standardized_norm)
+    } else {
+        (mean.clone(), mean.iter().map(|m| m * m).sum::<f64>().sqrt())
+    };
     if norm == 0.0 {
         return Err(Error::invalid_data(
             "tile features: the mean feature vector is all zero, so the volume has no embedding",
         ));
     }
-    let embedding: Vec<f32> = mean.iter().map(|m| (m / norm) as f32).collect();
+    let embedding: Vec<f32> = direction.iter().map(|m| (m / norm) as f32).collect();
 
     let mut kl = 0f64;
     for f in 0..width {
@@ -309,10 +352,13 @@ pub fn feature_gap(
     }
     let gap_kl = kl / width as f64;
 
+    // The anchors are normalised raw source embeddings, so the anchor gap is always taken in
+    // that space, whatever the embedding kind.
+    let raw_norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
     let gap_anchor = anchors
         .rows()
         .into_iter()
-        .map(|a| a.iter().zip(&embedding).map(|(&a, &e)| (f64::from(e) - f64::from(a)).powi(2)).sum::<f64>())
+        .map(|a| a.iter().zip(&mean).map(|(&a, &m)| (m / raw_norm - f64::from(a)).powi(2)).sum::<f64>())
         .fold(f64::INFINITY, f64::min);
     Ok((embedding, gap_kl, gap_anchor))
 }

@@ -3,7 +3,7 @@
 
 use asfda::bundle::SourceKnowledge;
 use asfda::score::{
-    entropy_map, feature_gap, first_peak_threshold, foreground_region, otsu_threshold, score_volume, Score,
+    entropy_map, feature_gap, EmbeddingKind, first_peak_threshold, foreground_region, otsu_threshold, score_volume, Score,
     ScoreOptions, ThresholdMethod, VolumeStats, SCORE_FORMAT_VERSION,
 };
 use asfda::ErrorKind;
@@ -354,18 +354,49 @@ fn anchor_gap_is_the_squared_distance_to_the_nearest_anchor() {
             var: vec![1.0, 1.0],
             anchors: ArrayD::from_shape_vec(IxDyn(&[3, 2]), order).unwrap(),
         };
-        let (z, _, gap) = feature_gap(tiles.view(), &source, &ScoreOptions::default()).unwrap();
+        let (z, _, gap) = feature_gap(tiles.view(), &source, &raw()).unwrap();
         assert_eq!(z, vec![0.6, 0.8]);
         // (0.6, 0.8) to (1, 0): 0.8; to (-1, 0): 3.2; to (0, 1): 0.4.
         assert!((gap - 0.4).abs() < 1e-7, "gap {gap}");
     }
 }
 
+fn raw() -> ScoreOptions {
+    ScoreOptions { embedding: EmbeddingKind::Raw, ..ScoreOptions::default() }
+}
+
+#[test]
+fn standardised_embedding_is_the_direction_away_from_the_source() {
+    let mut rng = Rng(5);
+    let tiles = Array2::from_shape_fn((6, 8), |_| rng.next_f32() * 2.0);
+    let mut src = source(8);
+    src.var = (0..8).map(|f| 0.25 + f as f32).collect();
+    let (z, _, gap_std) = feature_gap(tiles.view(), &src, &ScoreOptions::default()).unwrap();
+    let mean = tiles.mean_axis(Axis(0)).unwrap();
+    let d: Vec<f64> = (0..8).map(|f| (f64::from(mean[f]) - 0.5) / f64::from(src.var[f]).sqrt()).collect();
+    let norm = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for (a, b) in z.iter().zip(&d) {
+        assert!((f64::from(*a) - b / norm).abs() < 1e-6, "{z:?} vs {d:?}");
+    }
+    // The anchor gap lives in the anchors' (raw) space whatever the embedding kind.
+    let (_, _, gap_raw) = feature_gap(tiles.view(), &src, &raw()).unwrap();
+    assert_eq!(gap_std, gap_raw);
+    // Exactly the source mean has no direction of departure: the raw one is kept.
+    let at_source = Array2::from_elem((2, 8), 0.5f32);
+    let (z, _, _) = feature_gap(at_source.view(), &src, &ScoreOptions::default()).unwrap();
+    assert_eq!(z, feature_gap(at_source.view(), &src, &raw()).unwrap().0);
+    // Scores written before the option existed were raw, and read back so.
+    let mut value: serde_json::Value = serde_json::to_value(ScoreOptions::default()).unwrap();
+    value.as_object_mut().unwrap().remove("embedding");
+    let old: ScoreOptions = serde_json::from_value(value).unwrap();
+    assert_eq!(old.embedding, EmbeddingKind::Raw);
+}
+
 #[test]
 fn embedding_has_unit_norm_and_the_mean_direction() {
     let mut rng = Rng(3);
     let tiles = Array2::from_shape_fn((7, 32), |_| rng.next_f32() * 2.0 - 0.5);
-    let (z, _, _) = feature_gap(tiles.view(), &source(32), &ScoreOptions::default()).unwrap();
+    let (z, _, _) = feature_gap(tiles.view(), &source(32), &raw()).unwrap();
     let norm: f64 = z.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-6, "norm {norm}");
     let mean = tiles.mean_axis(Axis(0)).unwrap();
@@ -374,7 +405,7 @@ fn embedding_has_unit_norm_and_the_mean_direction() {
         assert!((f64::from(*a) - f64::from(*b) / m_norm).abs() < 1e-6);
     }
     // All-zero features cannot be normalised.
-    let err = feature_gap(Array2::zeros((2, 32)).view(), &source(32), &ScoreOptions::default()).unwrap_err();
+    let err = feature_gap(Array2::zeros((2, 32)).view(), &source(32), &raw()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidData);
 }
 
