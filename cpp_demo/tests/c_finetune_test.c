@@ -248,8 +248,8 @@ int main(int argc, char **argv) {
     EXPECT(asfda_finetuner_apply(tuner, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
     must(asfda_finetuner_apply(tuner, engine), "apply");
     AsfdaVolume *s1 = NULL, *s2 = NULL;
-    must(asfda_segment_volume(engine, image, NULL, NULL, &s1), "segment (applied)");
-    must(asfda_segment_volume(adapted, image, NULL, NULL, &s2), "segment (exported)");
+    must(asfda_segment_volume(engine, image, NULL, NULL, NULL, &s1, NULL, NULL), "segment (applied)");
+    must(asfda_segment_volume(adapted, image, NULL, NULL, NULL, &s2, NULL, NULL), "segment (exported)");
     const float *d1, *d2;
     size_t n1, n2;
     must(asfda_volume_data(s1, &d1, &n1), "data");
