@@ -37,7 +37,7 @@ int main(int argc, char **argv) try {
     tuner.add_labeled(pick.id, images[pick.components.index], label);
     for (int i = 0; i < 4; i++) std::printf("step %d  loss %.3f\n", i + 1, tuner.step().loss);
 
-    const std::vector<double> dice = tuner.evaluate({images[pick.components.index]}, {label});
+    const std::vector<double> dice = tuner.evaluate({&images[pick.components.index]}, {&label});
     std::printf("Dice on the annotated volume: gm %.3f, wm %.3f\n", dice[2], dice[3]);
     tuner.apply(engine);  // the engine now segments with the adapted weights
     return 0;
