@@ -12,17 +12,8 @@ use asfda::score::{Score, ScoreOptions, SCORE_FORMAT_VERSION};
 use asfda::select::Selection;
 use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions, Volume};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("ASFDA_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
-    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
-    dir
-}
+mod common;
+use common::data_dir;
 
 fn asfda(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_asfda")).args(args).output().expect("asfda runs");

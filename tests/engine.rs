@@ -3,7 +3,7 @@
 //! cancellation and bad inputs. Needs `make ort` and `make data` (the test command runs both).
 //! Subjects are synthetic derivatives of real anatomy; site shifts are simulated.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs, Work};
@@ -13,17 +13,8 @@ use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::window::Cancel;
 use asfda::ErrorKind;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("ASFDA_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
-    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
-    dir
-}
+mod common;
+use common::{data_dir, root};
 
 /// The first `n` held-out (image, label) pairs of a site.
 fn cases(site: &str, n: usize) -> Vec<(Volume, Volume)> {

@@ -7,7 +7,7 @@
 //! inference short.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -22,17 +22,8 @@ use asfda::window::Cancel;
 use asfda::ErrorKind;
 use ndarray::s;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("ASFDA_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
-    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
-    dir
-}
+mod common;
+use common::{data_dir, root};
 
 fn engine() -> Engine {
     let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };

@@ -4,8 +4,6 @@
 //!
 //! Volumes are centre crops (one model tile each) to keep the debug-build runtime modest.
 
-use std::path::{Path, PathBuf};
-
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
 use asfda::report::{render_figure, write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::runtime::RuntimeOptions;
@@ -13,17 +11,8 @@ use asfda::select::{select, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::window::Cancel;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("ASFDA_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
-    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
-    dir
-}
+mod common;
+use common::{data_dir, root};
 
 /// A `size` crop from the centre of `v`, with the affine moved so it stays where it was in space.
 fn centre_crop(v: &Volume, size: [usize; 3]) -> Volume {

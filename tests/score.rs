@@ -3,8 +3,8 @@
 
 use asfda::bundle::SourceKnowledge;
 use asfda::score::{
-    entropy_map, feature_gap, EmbeddingKind, first_peak_threshold, foreground_region, otsu_threshold, score_volume, Score,
-    ScoreOptions, ThresholdMethod, VolumeStats, SCORE_FORMAT_VERSION,
+    entropy_map, feature_gap, first_peak_threshold, foreground_region, otsu_threshold, score_volume, EmbeddingKind,
+    Score, ScoreOptions, ThresholdMethod, VolumeStats, SCORE_FORMAT_VERSION,
 };
 use asfda::ErrorKind;
 use ndarray::{arr2, s, Array2, Array4, ArrayD, Axis, IxDyn};

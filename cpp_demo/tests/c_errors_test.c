@@ -9,26 +9,7 @@
 
 #include "asfda.h"
 
-static int failures = 0;
-
-#define CHECK(cond)                                                                 \
-    do {                                                                            \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                             \
-        }                                                                           \
-    } while (0)
-
-/* A call must fail with `expected` and leave a message mentioning `needle`. */
-static void expect_status(AsfdaStatus got, AsfdaStatus expected, const char *needle, int line) {
-    const char *msg = asfda_last_error_message();
-    if (got != expected || msg == NULL || strstr(msg, needle) == NULL) {
-        fprintf(stderr, "line %d: expected %s containing '%s', got %s: '%s'\n", line, asfda_status_name((int)expected),
-                needle, asfda_status_name((int)got), msg ? msg : "(null)");
-        failures++;
-    }
-}
-#define EXPECT(call, status, needle) expect_status((call), (status), (needle), __LINE__)
+#include "check.h"
 
 static void must(AsfdaStatus s, const char *what) {
     if (s != ASFDA_STATUS_OK) {
