@@ -3,6 +3,7 @@
 //! Data flows one way: [`volume`] (voxels + geometry, NIfTI I/O) -> model runtime ([`runtime`]).
 //! The C ABI in [`ffi`] is a thin layer over this Rust API.
 
+pub mod atomic_file;
 pub mod bundle;
 pub mod engine;
 pub mod error;

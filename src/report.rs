@@ -17,11 +17,10 @@
 //! platform.
 
 use std::fmt::Write as _;
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::select::{Pick, Selection};
 use crate::volume::Volume;
@@ -83,8 +82,8 @@ pub fn write_report(report: &Report<'_>, dir: &Path) -> Result<ReportFiles> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create folder", &e))?;
     let png = dir.join("report.png");
     let markdown = dir.join("report.md");
-    write_atomically(&png, &figure.to_png()?)?;
-    write_atomically(&markdown, render_markdown(report, "report.png").as_bytes())?;
+    atomic_file::write(&png, &figure.to_png()?)?;
+    atomic_file::write(&markdown, render_markdown(report, "report.png").as_bytes())?;
     Ok(ReportFiles { png, markdown })
 }
 
@@ -611,24 +610,6 @@ pub fn render_markdown(report: &Report<'_>, png_name: &str) -> String {
         }
     }
     md
-}
-
-/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.asfda-{}-{n}.tmp", std::process::id()));
-    let written = File::options().write(true).create_new(true).open(&tmp).and_then(|file| {
-        let mut out = BufWriter::new(file);
-        out.write_all(bytes)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, "write", &e));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

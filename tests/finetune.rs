@@ -148,7 +148,7 @@ fn save_loop(dir: &Path) -> ! {
     println!("READY");
     loop {
         // The same crash-safe writer save_checkpoint uses, to alternate two different states.
-        checkpoint::write_atomic(&path, &state0).unwrap();
+        asfda::atomic_file::write(&path, &state0).unwrap();
         tuner.save_checkpoint(&path).unwrap();
     }
 }

@@ -10,9 +10,7 @@
 //! or the new one at the path, never a mix (and possibly a stray `.<name>.tmp-<pid>` file).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::ArrayD;
 use safetensors::{Dtype, SafeTensors};
@@ -143,47 +141,4 @@ pub fn read(path: &Path, step_key: &str) -> Result<Checkpoint> {
     let step =
         step.ok_or_else(|| Error::invalid_data(format!("'{}' has no step count '{step_key}'", path.display())))?;
     Ok(Checkpoint { tensors: state, step, meta })
-}
-
-/// Writes `bytes` to `path` crash-safely (temp file in the same folder, fsync, rename, fsync of
-/// the folder).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid_argument(format!("'{}' names no file", path.display())))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", &e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, "write", &e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, "flush to disk", &e))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename the finished file onto", &e))?;
-        sync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// The folder holding `path` ("." for a bare file name).
-pub fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// fsync of a folder, so a rename in it survives a power cut.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "flush the folder to disk", &e))
-}
-
-/// Writes a file and fsyncs it (inside a folder that is renamed into place afterwards).
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| Error::io(path, "create", &e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, "write", &e))?;
-    f.sync_all().map_err(|e| Error::io(path, "flush to disk", &e))
 }

@@ -13,6 +13,7 @@ use super::sampling::{
     crop_image, crop_labels, poly_lr, ramp_weight, sample_patch, step_rng, uniform, ForegroundIndex, Patch,
 };
 use super::step::{Batch, Trainer};
+use crate::atomic_file;
 use crate::bundle::Manifest;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -662,7 +663,7 @@ impl FineTuner {
     /// Saves weights, AdamW moments, step count, options and the bundle's name to `path`
     /// (safetensors), crash-safely: a killed process leaves the previous file or the new one.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        checkpoint::write_atomic(path, &self.checkpoint_bytes()?)
+        atomic_file::write(path, &self.checkpoint_bytes()?)
     }
 
     /// Writes an adapted model bundle to the new folder `dir`: the manifest, train-step graph and
@@ -682,14 +683,14 @@ impl FineTuner {
             .file_name()
             .ok_or_else(|| Error::invalid_argument(format!("'{}' names no folder", dir.display())))?
             .to_string_lossy();
-        let partial = checkpoint::parent(dir).join(format!("{name}.partial"));
+        let partial = atomic_file::parent(dir).join(format!("{name}.partial"));
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, "remove the unfinished export", &e))?;
         }
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, "create", &e))?;
         let result = self.write_bundle(&partial).and_then(|()| {
             std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, "rename the finished bundle to", &e))?;
-            checkpoint::sync_dir(&checkpoint::parent(dir))
+            atomic_file::sync_dir(&atomic_file::parent(dir))
         });
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&partial);
@@ -706,11 +707,11 @@ impl FineTuner {
             copies.push(k.file.clone());
         }
         for file in copies {
-            checkpoint::write_synced(&out.join(&file), &read(bundle.path(&file))?)?;
+            atomic_file::write_synced(&out.join(&file), &read(bundle.path(&file))?)?;
         }
-        checkpoint::write_synced(&out.join(&training.checkpoint), &self.checkpoint_bytes()?)?;
+        atomic_file::write_synced(&out.join(&training.checkpoint), &self.checkpoint_bytes()?)?;
         let model = bake_weights(&read(bundle.inference_path())?, &self.trainer.weights())?;
-        checkpoint::write_synced(&out.join(&self.manifest.inference.file), &model)?;
+        atomic_file::write_synced(&out.join(&self.manifest.inference.file), &model)?;
         let note = serde_json::json!({
             "adapted_from": self.manifest.name,
             "source_bundle": bundle.dir().display().to_string(),
@@ -720,8 +721,8 @@ impl FineTuner {
             "options": self.options,
         });
         let text = serde_json::to_string_pretty(&note).map_err(|e| Error::internal(e.to_string()))?;
-        checkpoint::write_synced(&out.join("adaptation.json"), text.as_bytes())?;
-        checkpoint::sync_dir(out)
+        atomic_file::write_synced(&out.join("adaptation.json"), text.as_bytes())?;
+        atomic_file::sync_dir(out)
     }
 
     /// Makes `engine` run the fine-tuned weights from now on (no disk access); calls already in

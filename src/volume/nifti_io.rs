@@ -7,14 +7,14 @@
 
 use super::header::{Encoding, Header, Shape};
 use super::{DataType, Volume, XformCodes};
+use crate::atomic_file;
 use crate::error::{Error, ErrorKind, Result};
 use flate2::bufread::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
 
 /// What [`read_nifti`] does with NaN/infinite voxel values (after scaling).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -337,36 +337,18 @@ fn write_voxels(out: &mut dyn Write, data: &[f32], dtype: OutputType) -> io::Res
     Ok(())
 }
 
-/// Runs `write` into a temporary file next to `path` (gzip-compressed if asked), syncs it, then
-/// renames it over `path`; the temporary file is removed on any failure.
+/// Runs `write` into a crash-safe file (gzip-compressed if asked); see [`atomic_file::write_with`].
 fn write_atomically(path: &Path, gzip: bool, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    let tmp = temporary_path(path);
-    let written = File::options().write(true).create_new(true).open(&tmp).and_then(|file| {
-        let mut out = BufWriter::new(file);
+    atomic_file::write_with(path, |out| {
         if gzip {
             // Fast compression: label maps shrink almost as well and large volumes save seconds.
             let mut encoder = GzEncoder::new(out, Compression::fast());
             write(&mut encoder)?;
-            out = encoder.finish()?;
+            encoder.finish().map(|_| ())
         } else {
-            write(&mut out)?;
+            write(out)
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    let result = written.and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, "write", &e));
-    }
-    Ok(())
-}
-
-/// `.<name>.asfda-<pid>-<n>.tmp` in the directory of `path` (same file system, so rename is atomic).
-fn temporary_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.asfda-{}-{n}.tmp", std::process::id()))
+    })
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{shipped, Args, Spec};
-use crate::files::{volume_id, write_atomically};
+use crate::files::volume_id;
 use crate::finetune::{add_data, find_image, find_label, train, Data};
 use crate::progress::Progress;
+use asfda::atomic_file;
 
 pub const SPEC: Spec = Spec {
     name: "demo",
@@ -168,13 +169,13 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let t_score = t.elapsed().as_secs_f64();
     let lines: String = scores.iter().map(|s| s.to_json() + "\n").collect();
-    write_atomically(&out.join("scores.jsonl"), lines.as_bytes())?;
+    atomic_file::write(&out.join("scores.jsonl"), lines.as_bytes())?;
 
     // 2. Select.
     phase(2, &format!("selecting {budget} with {}", method.name()));
     let options = SelectOptions { method, budget, seed, ..SelectOptions::default() };
     let selection = select(&scores, &[], &options)?;
-    write_atomically(&out.join("selection.json"), (selection.to_json() + "\n").as_bytes())?;
+    atomic_file::write(&out.join("selection.json"), (selection.to_json() + "\n").as_bytes())?;
     crate::select::print_table(&selection, scores.len());
 
     // 3. Fine-tune: oracle labels of the picks, pseudo-labels of (some of) the reliable set.
@@ -250,7 +251,7 @@ pub fn run(args: &Args) -> Result<()> {
         "row_kind": table.row_kind, "description": table.description,
         "rows": table.rows.iter().map(|r| serde_json::json!({"name": r.name, "before": r.before, "after": r.after})).collect::<Vec<_>>(),
     });
-    write_atomically(&out.join("dice.json"), (dice_json.to_string() + "\n").as_bytes())?;
+    atomic_file::write(&out.join("dice.json"), (dice_json.to_string() + "\n").as_bytes())?;
 
     // The report shows the picks with the unadapted model's entropy: why they were picked.
     let t = Instant::now();

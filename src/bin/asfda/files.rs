@@ -1,8 +1,8 @@
 //! Input listing, volume ids and atomic output files for the commands.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
+
 use std::path::{Path, PathBuf};
 
 use asfda::{Error, Result};
@@ -55,23 +55,6 @@ pub fn inputs(positional: &[String], folder: Option<&str>) -> Result<Vec<(PathBu
         }
     }
     Ok(paths.iter().map(|p| (p.clone(), volume_id(p))).collect())
-}
-
-/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it over `path`, so a
-/// reader never sees a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.asfda-{}.tmp", std::process::id()));
-    let written = File::options().write(true).create(true).truncate(true).open(&tmp).and_then(|file| {
-        let mut out = BufWriter::new(file);
-        out.write_all(bytes)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, "write", &e));
-    }
-    Ok(())
 }
 
 /// Fails early (before minutes of inference) when `path`'s folder does not exist.

@@ -7,8 +7,9 @@ use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{Args, Spec};
-use crate::files::{check_output, inputs, write_atomically};
+use crate::files::{check_output, inputs};
 use crate::progress::Progress;
+use asfda::atomic_file;
 
 pub const SPEC: Spec = Spec {
     name: "score",
@@ -63,7 +64,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let lines: String = scores.iter().map(|s| s.to_json() + "\n").collect();
-    write_atomically(&out, lines.as_bytes())?;
+    atomic_file::write(&out, lines.as_bytes())?;
 
     if args.has("json") {
         let summary = serde_json::json!({

@@ -8,7 +8,7 @@ use asfda::select::{select, GapKind, Method, SelectOptions, Selection};
 use asfda::{Error, Result};
 
 use crate::args::{Args, Spec};
-use crate::files::write_atomically;
+use asfda::atomic_file;
 
 pub const SPEC: Spec = Spec {
     name: "select",
@@ -81,7 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
     let labeled: Vec<&str> = labeled.iter().map(String::as_str).collect();
     let selection = select(&scores, &labeled, &options)?;
     if let Some(out) = args.get("out") {
-        write_atomically(Path::new(out), (selection.to_json() + "\n").as_bytes())?;
+        atomic_file::write(Path::new(out), (selection.to_json() + "\n").as_bytes())?;
     }
     if args.has("json") {
         println!("{}", selection.to_json());
