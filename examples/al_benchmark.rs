@@ -6,7 +6,7 @@
 //!     cargo run --release --example al_benchmark -- [--out DIR] [--sites pd,thick]
 //!         [--budgets 2,4,8] [--seeds 0,1,2] [--methods asfda,random,...] [--steps N]
 //!         [--patch P] [--lr LR] [--threads T] [--ablation-budget B] [--overlap F]
-//!         [--test-volumes N]
+//!         [--test-volumes N] [--refresh N]
 //!
 //! Results are appended to DIR/runs.jsonl one run per line, and runs already there are skipped,
 //! so an interrupted benchmark resumes where it stopped. Pool scores are cached in
@@ -37,6 +37,10 @@ enum Pseudo {
     All,
     /// Labeled volumes only.
     None,
+    /// SSFT's reliable set, relabelled with the fine-tuned weights every `--refresh` steps
+    /// (and the pseudo weight's ramp stretched to the first refresh), instead of keeping the
+    /// unadapted model's pseudo-labels. Only run when `--refresh` is given.
+    ReliableRefresh,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,7 +59,8 @@ struct Run {
     pseudo_volumes: usize,
     dice_per_class: Vec<f64>,
     dice_mean: f64,
-    final_loss: f32,
+    /// None for the unadapted baseline (no step taken).
+    final_loss: Option<f32>,
     seconds: f64,
 }
 
@@ -83,6 +88,8 @@ struct Args {
     ablation_budget: usize,
     overlap: f64,
     test_volumes: usize,
+    /// Pseudo-label refresh interval of the `ReliableRefresh` ablation (0: not run).
+    refresh: u64,
 }
 
 fn list<T: std::str::FromStr>(text: &str) -> Vec<T>
@@ -108,6 +115,7 @@ fn parse_args() -> Args {
         ablation_budget: 4,
         overlap: 0.25,
         test_volumes: 4,
+        refresh: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -126,6 +134,7 @@ fn parse_args() -> Args {
             "--ablation-budget" => a.ablation_budget = value.parse().unwrap(),
             "--overlap" => a.overlap = value.parse().unwrap(),
             "--test-volumes" => a.test_volumes = value.parse().unwrap(),
+            "--refresh" => a.refresh = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -163,7 +172,8 @@ struct Site {
 fn load_site(engine: &Engine, args: &Args, name: &str) -> Site {
     let dir = args.data.join(name);
     let pool: Vec<(String, Volume)> = images(&dir.join("pool")).into_iter().map(|(id, p)| (id, read(&p))).collect();
-    let pool_labels = pool.iter().map(|(id, _)| read(&dir.join("pool_labels").join(format!("{id}_label.nii.gz")))).collect();
+    let pool_labels =
+        pool.iter().map(|(id, _)| read(&dir.join("pool_labels").join(format!("{id}_label.nii.gz")))).collect();
     let test = images(&dir.join("test"))
         .into_iter()
         .take(args.test_volumes)
@@ -227,7 +237,7 @@ fn baseline(engine: &Engine, args: &Args, site: &Site) -> Run {
         pseudo_volumes: 0,
         dice_mean: dice_mean(&dice),
         dice_per_class: dice,
-        final_loss: f32::NAN,
+        final_loss: None,
         seconds: t.elapsed().as_secs_f64(),
     }
 }
@@ -238,21 +248,29 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
     let selection = select(&site.scores, &[], &options).unwrap();
     let picked: HashSet<&str> = selection.picks.iter().map(|p| p.id.as_str()).collect();
 
-    let mut tuner = FineTuner::new(engine, fine_tune_options(args, seed)).unwrap();
+    let mut options = fine_tune_options(args, seed);
+    if pseudo == Pseudo::ReliableRefresh {
+        options.pseudo_label_refresh_every = args.refresh;
+        options.ramp_fraction = args.refresh as f64 / args.steps as f64;
+    }
+    let mut tuner = FineTuner::new(engine, options).unwrap();
     for pick in &selection.picks {
         tuner.add_labeled(&pick.id, &site.pool[pick.index].1, &site.pool_labels[pick.index]).unwrap();
     }
     let unlabeled: Vec<usize> = match pseudo {
         Pseudo::None => vec![],
         Pseudo::All => (0..site.pool.len()).filter(|&i| !picked.contains(site.pool[i].0.as_str())).collect(),
-        Pseudo::Reliable => selection
-            .reliable
-            .iter()
-            .map(|id| site.pool.iter().position(|(pid, _)| pid == id).unwrap())
-            .collect(),
+        Pseudo::Reliable | Pseudo::ReliableRefresh => {
+            selection.reliable.iter().map(|id| site.pool.iter().position(|(pid, _)| pid == id).unwrap()).collect()
+        }
     };
     for &i in &unlabeled {
-        tuner.add_pseudo_labeled(&site.pseudo[&site.pool[i].0]).unwrap();
+        let (id, volume) = &site.pool[i];
+        if pseudo == Pseudo::ReliableRefresh {
+            tuner.add_unlabeled(id, volume).unwrap(); // a refresh needs the volume
+        } else {
+            tuner.add_pseudo_labeled(&site.pseudo[id]).unwrap();
+        }
     }
     let mut final_loss = f32::NAN;
     for _ in 0..args.steps {
@@ -275,7 +293,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         pseudo_volumes: unlabeled.len(),
         dice_mean: dice_mean(&dice),
         dice_per_class: dice,
-        final_loss,
+        final_loss: Some(final_loss),
         seconds: t.elapsed().as_secs_f64(),
     }
 }
@@ -300,7 +318,8 @@ fn main() {
     // benchmark has every method, seed and site of the first budgets rather than one seed of all.
     let sites: Vec<Site> = args.sites.iter().map(|name| load_site(&engine, &args, name)).collect();
     let mut record = |run: Run| {
-        eprintln!("{:<40} dice {:.4}  loss {:.4}  {:.0} s", run.key(), run.dice_mean, run.final_loss, run.seconds);
+        let loss = run.final_loss.map_or("-".to_string(), |l| format!("{l:.4}"));
+        eprintln!("{:<40} dice {:.4}  loss {loss}  {:.0} s", run.key(), run.dice_mean, run.seconds);
         writeln!(out, "{}", serde_json::to_string(&run).unwrap()).unwrap();
         out.flush().unwrap();
     };
@@ -315,6 +334,9 @@ fn main() {
                 let mut jobs: Vec<(Method, Pseudo)> = args.methods.iter().map(|&m| (m, Pseudo::Reliable)).collect();
                 if budget == args.ablation_budget {
                     jobs.extend([(Method::Asfda, Pseudo::All), (Method::Asfda, Pseudo::None)]);
+                    if args.refresh > 0 {
+                        jobs.push((Method::Asfda, Pseudo::ReliableRefresh));
+                    }
                 }
                 for (method, pseudo) in jobs {
                     if !done.contains(&key(&site.name, method.name(), budget, seed, pseudo)) {

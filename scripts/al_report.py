@@ -17,7 +17,9 @@ from pathlib import Path
 METHOD_ORDER = ["asfda", "dkd", "entropy", "coreset", "foreground_random", "random"]
 LABELS = {"asfda": "ASFDA + SSFT", "random": "random", "foreground_random": "foreground-aware random",
           "entropy": "entropy (ASD only)", "dkd": "DKD only", "coreset": "core-set"}
-PSEUDO = {"reliable": "SSFT (reliable pseudo-labels)", "all": "all pseudo-labels", "none": "no pseudo-labels"}
+PSEUDO = {"reliable": "SSFT (reliable pseudo-labels)",
+          "reliable_refresh": "SSFT, pseudo-labels refreshed with the fine-tuned weights",
+          "all": "all pseudo-labels", "none": "no pseudo-labels"}
 
 
 def mean_sd(values):
@@ -72,7 +74,7 @@ def tables(runs) -> str:
             out.append(f"\nSSFT ablation (ASFDA selection, budget {b}):\n")
             out.append("| pseudo-labels | Dice | pseudo-labeled volumes |")
             out.append("|---|---:|---:|")
-            for p in ["reliable", "all", "none"]:
+            for p in PSEUDO:
                 vals = [r for r in abl if r["budget"] == b and r["pseudo"] == p]
                 if vals:
                     n = statistics.fmean([r["pseudo_volumes"] for r in vals])
