@@ -6,7 +6,8 @@
 # one warm-up step. Also checks that the two agree on every step's loss. Prints a markdown table.
 #
 #   scripts/bench_train_step.sh        # 64^3 and 48^3 patches, batch 2, 2 threads, 5 steps
-# Env: REPEATS (5), THREADS (2), SIZES ("64 48"), BATCH (2), BUNDLE (models/demo_brain_unet).
+# Env: REPEATS (5), THREADS (2), SIZES ("64 48"), BATCH (2), BUNDLE (models/demo_brain_unet),
+# PNG (unset; a file to plot the results into, e.g. docs/bench-train-step.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-5}
@@ -31,25 +32,9 @@ for size in $SIZES; do
   lines+=("$load_before|$(cut -d' ' -f1 /proc/loadavg)|$ort|$torch")
 done
 
-printf '%s\n' "${lines[@]}" | python3 -c "$(cat <<'PYEOF'
-import sys
-
-
-def parse(s):
-    return dict(kv.split("=", 1) for kv in s.split())
-
-
-print("| patch | batch | threads | asfda ORT s/step | PyTorch eager s/step | ratio ORT/PyTorch "
-      "| peak RSS MiB ORT / PyTorch | max rel. loss diff | 1-min load before / after |")
-print("|---|---:|---:|---:|---:|---:|---|---:|---|")
-for line in sys.stdin:
-    before, after, o, t = line.rstrip("\n").split("|")
-    o, t = parse(o), parse(t)
-    lo = [float(v) for v in o["losses"].split(",")]
-    lt = [float(v) for v in t["losses"].split(",")]
-    diff = max(abs(a - b) / abs(b) for a, b in zip(lo, lt))
-    mo, mt = float(o["median_s"]), float(t["median_s"])
-    print(f"| {o['size']}^3 | {o['n']} | {o['threads']} | {mo:.3f} | {mt:.3f} | {mo / mt:.2f} "
-          f"| {o['peak_rss_mib']} / {t['peak_rss_mib']} | {diff:.1e} | {before} / {after} |")
-PYEOF
-)"
+# The table; PNG=FILE also draws it (matplotlib, from .venv: scripts/requirements-bench.txt).
+if [ -n "${PNG:-}" ]; then
+  printf '%s\n' "${lines[@]}" | .venv/bin/python scripts/train_step_report.py --png "$PNG"
+else
+  printf '%s\n' "${lines[@]}" | python3 scripts/train_step_report.py
+fi
