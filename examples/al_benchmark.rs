@@ -6,7 +6,7 @@
 //!     cargo run --release --example al_benchmark -- [--out DIR] [--sites pd,thick]
 //!         [--budgets 2,4,8] [--seeds 0,1,2] [--methods asfda,random,...] [--steps N]
 //!         [--patch P] [--lr LR] [--threads T] [--ablation-budget B] [--overlap F]
-//!         [--test-volumes N] [--refresh N]
+//!         [--test-volumes N] [--refresh N] [--selection-only true]
 //!
 //! Results are appended to DIR/runs.jsonl one run per line, and runs already there are skipped,
 //! so an interrupted benchmark resumes where it stopped. Pool scores are cached in
@@ -90,6 +90,9 @@ struct Args {
     test_volumes: usize,
     /// Pseudo-label refresh interval of the `ReliableRefresh` ablation (0: not run).
     refresh: u64,
+    /// Also run every method without pseudo-labels at the ablation budget, which compares the
+    /// selections alone (ASFDA's own no-pseudo-label run is part of the SSFT ablation).
+    selection_only: bool,
 }
 
 fn list<T: std::str::FromStr>(text: &str) -> Vec<T>
@@ -116,6 +119,7 @@ fn parse_args() -> Args {
         overlap: 0.25,
         test_volumes: 4,
         refresh: 0,
+        selection_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -135,6 +139,7 @@ fn parse_args() -> Args {
             "--overlap" => a.overlap = value.parse().unwrap(),
             "--test-volumes" => a.test_volumes = value.parse().unwrap(),
             "--refresh" => a.refresh = value.parse().unwrap(),
+            "--selection-only" => a.selection_only = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -336,6 +341,9 @@ fn main() {
                     jobs.extend([(Method::Asfda, Pseudo::All), (Method::Asfda, Pseudo::None)]);
                     if args.refresh > 0 {
                         jobs.push((Method::Asfda, Pseudo::ReliableRefresh));
+                    }
+                    if args.selection_only {
+                        jobs.extend(args.methods.iter().filter(|&&m| m != Method::Asfda).map(|&m| (m, Pseudo::None)));
                     }
                 }
                 for (method, pseudo) in jobs {

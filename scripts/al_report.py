@@ -79,6 +79,16 @@ def tables(runs) -> str:
                 if vals:
                     n = statistics.fmean([r["pseudo_volumes"] for r in vals])
                     out.append(f"| {PSEUDO[p]} | {fmt([r['dice_mean'] for r in vals])} | {n:.1f} |")
+        # Selection alone: every method fine-tuned on its picks' labels only.
+        plain = [r for r in rs if r["pseudo"] == "none" and r["method"] != "none"]
+        for b in sorted({r["budget"] for r in plain if r["method"] != "asfda"}):
+            out.append(f"\nSelection alone, no pseudo-labels (budget {b}):\n")
+            out.append("| method | Dice |")
+            out.append("|---|---:|")
+            for m in METHOD_ORDER:
+                vals = [r["dice_mean"] for r in plain if r["method"] == m and r["budget"] == b]
+                if vals:
+                    out.append(f"| {LABELS.get(m, m).replace(' + SSFT', '')} | {fmt(vals)} |")
     return "\n".join(out) + "\n"
 
 
