@@ -352,7 +352,7 @@ typedef struct AsfdaFineTuneOptions {
    */
   double foreground_fraction;
   /**
-   * Probability that a patch comes from an annotated (not a pseudo-labelled) volume. Default 0.5.
+   * Probability that a patch comes from an annotated (not a pseudo-labelled) volume. Default 0.8.
    */
   double labeled_fraction;
   /**

@@ -33,7 +33,7 @@ pub struct AsfdaFineTuneOptions {
     pub poly_exponent: f64,
     /// Probability that a patch is centred on a foreground voxel. Default 1/3.
     pub foreground_fraction: f64,
-    /// Probability that a patch comes from an annotated (not a pseudo-labelled) volume. Default 0.5.
+    /// Probability that a patch comes from an annotated (not a pseudo-labelled) volume. Default 0.8.
     pub labeled_fraction: f64,
     /// Pseudo-label voxels with a top probability below this are ignored. Default 0.9.
     pub pseudo_label_threshold: f64,
