@@ -68,18 +68,7 @@ fn main() -> asfda::Result<()> {
         let t = Instant::now();
         let r = tuner.step()?;
         times.push(t.elapsed().as_secs_f64());
-        println!(
-            "step {:3}: loss {:.4} (ce {:.4}, dice {:.4}) lr {:.2e} lambda {:.3} labeled {} pseudo {} ({:.3} s)",
-            r.step,
-            r.loss,
-            r.loss_ce,
-            r.loss_dice,
-            r.lr,
-            r.lambda,
-            r.labeled_in_batch,
-            r.pseudo_in_batch,
-            times.last().unwrap()
-        );
+        println!("step {:3}: {r} ({:.3} s)", r.step, times.last().unwrap());
     }
     if evaluate {
         println!("Dice after: {:?}", tuner.evaluate(&cases)?);

@@ -145,6 +145,18 @@ pub struct StepReport {
     pub pseudo_in_batch: usize,
 }
 
+/// One line for progress output: `loss L (ce C, dice D) lr R lambda W batch A+P`, with A
+/// annotated and P pseudo-labelled patches.
+impl std::fmt::Display for StepReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loss {:.4} (ce {:.4}, dice {:.4}) lr {:.2e} lambda {:.3} batch {}+{}",
+            self.loss, self.loss_ce, self.loss_dice, self.lr, self.lambda, self.labeled_in_batch, self.pseudo_in_batch
+        )
+    }
+}
+
 /// Marks ignored voxels in the stored label maps (models have at most 255 classes here).
 const IGNORED: u8 = u8::MAX;
 

@@ -258,19 +258,8 @@ impl StepBar {
         let left = (self.total - r.step) as f64;
         let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * left;
         let eta = format!("{}:{:02}", eta as u64 / 60, eta.round() as u64 % 60);
-        let line = format!(
-            "step {}/{} loss {:.4} (ce {:.4}, dice {:.4}) lr {:.2e} lambda {:.2} batch {}+{} ETA {eta}{}",
-            r.step,
-            self.total,
-            r.loss,
-            r.loss_ce,
-            r.loss_dice,
-            r.lr,
-            r.lambda,
-            r.labeled_in_batch,
-            r.pseudo_in_batch,
-            if saved { " [checkpoint saved]" } else { "" }
-        );
+        let saved = if saved { " [checkpoint saved]" } else { "" };
+        let line = format!("step {}/{} {r} ETA {eta}{saved}", r.step, self.total);
         if self.tty {
             let filled = (r.step as f64 / self.total.max(1) as f64 * 20.0).round() as usize;
             let bar: String = (0..20).map(|i| if i < filled { '#' } else { '-' }).collect();
