@@ -25,6 +25,7 @@ use asfda::score::Score;
 use asfda::select::{select, Method, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::window::Cancel;
+use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
 
 /// Which unlabeled volumes get pseudo-labels during fine-tuning.
@@ -170,8 +171,27 @@ struct Site {
     pool_labels: Vec<Volume>,
     test: Vec<(Volume, Volume)>,
     scores: Vec<Score>,
-    /// Every pool volume pseudo-labelled once by the unadapted model (the same for every run).
-    pseudo: HashMap<String, PseudoLabeled>,
+    /// Every pool volume pseudo-labelled once by the unadapted model (the same for every run),
+    /// on first use: a resumed or pseudo-label-free benchmark never pays for it.
+    pseudo: OnceCell<HashMap<String, PseudoLabeled>>,
+}
+
+impl Site {
+    fn pseudo_labels(&self, engine: &Engine, args: &Args) -> &HashMap<String, PseudoLabeled> {
+        self.pseudo.get_or_init(|| {
+            let t = Instant::now();
+            let labeler = FineTuner::new(engine, fine_tune_options(args, 0)).unwrap();
+            let pseudo =
+                self.pool.iter().map(|(id, v)| (id.clone(), labeler.pseudo_label_volume(id, v).unwrap())).collect();
+            eprintln!(
+                "{}: pseudo-labelled {} pool volumes in {:.0} s",
+                self.name,
+                self.pool.len(),
+                t.elapsed().as_secs_f64()
+            );
+            pseudo
+        })
+    }
 }
 
 fn load_site(engine: &Engine, args: &Args, name: &str) -> Site {
@@ -199,11 +219,7 @@ fn load_site(engine: &Engine, args: &Args, name: &str) -> Site {
             scores
         }
     };
-    let t = Instant::now();
-    let labeler = FineTuner::new(engine, fine_tune_options(args, 0)).unwrap();
-    let pseudo = pool.iter().map(|(id, v)| (id.clone(), labeler.pseudo_label_volume(id, v).unwrap())).collect();
-    eprintln!("{name}: pseudo-labelled {} pool volumes in {:.0} s", pool.len(), t.elapsed().as_secs_f64());
-    Site { name: name.into(), pool, pool_labels, test, scores, pseudo }
+    Site { name: name.into(), pool, pool_labels, test, scores, pseudo: OnceCell::new() }
 }
 
 fn fine_tune_options(args: &Args, seed: u64) -> FineTuneOptions {
@@ -274,7 +290,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         if pseudo == Pseudo::ReliableRefresh {
             tuner.add_unlabeled(id, volume).unwrap(); // a refresh needs the volume
         } else {
-            tuner.add_pseudo_labeled(&site.pseudo[id]).unwrap();
+            tuner.add_pseudo_labeled(&site.pseudo_labels(engine, args)[id]).unwrap();
         }
     }
     let mut final_loss = f32::NAN;
