@@ -32,7 +32,7 @@ const char *const USAGE =
     "                  [--max-pool N] [--max-test N] [--max-reliable N] [--labeled-fraction F]\n"
     "                  [--export DIR] [--expect-improvement]\n"
     "  --max-reliable N: pseudo-label at most N of the reliable volumes (default all; 0 = none)\n"
-    "  --labeled-fraction F: share of patches from annotated volumes (default the library's, 0.5)\n";
+    "  --labeled-fraction F: share of patches from annotated volumes (default the library's, 0.8)\n";
 
 struct Args {
     std::string bundle, pool, pool_labels, test, method = "asfda", export_dir;
@@ -211,15 +211,22 @@ int run(const Args &a) {
         test_images.push_back(asfda::Volume::load(path));
         test_labels.push_back(asfda::Volume::load(label_path(a.test, id)));
     }
+    if (!reliable.empty()) {
+        // The library makes this check at the first step and uses the pseudo-labels only if it
+        // passes; shown here so the log says why pseudo_in_batch stays 0 on a badly shifted site.
+        const asfda::PseudoLabelCheck check = tuner.check_pseudo_labels();
+        std::fprintf(stderr, "pseudo-labels: the unadapted model's Dice on the annotated volumes is %.3f (need %.2f): %s\n",
+                     check.foreground_dice, fo.pseudo_label_min_dice, check.trusted ? "used" : "not used");
+    }
     std::fprintf(stderr, "evaluating the unadapted model on %zu test volumes\n", tests.size());
     const std::vector<double> before = tuner.evaluate(test_images, test_labels);
     asfda::StepReport first{}, last{};
     for (std::uint64_t s = 0; s < a.steps; s++) {
         last = tuner.step();
         if (s == 0) first = last;
-        std::fprintf(stderr, "step %3llu/%llu loss %.4f (ce %.4f dice %.4f) lr %.2e lambda %.2f\n",
+        std::fprintf(stderr, "step %3llu/%llu loss %.4f (ce %.4f dice %.4f) lr %.2e lambda %.2f batch %zu+%zu\n",
                      static_cast<unsigned long long>(last.step), static_cast<unsigned long long>(a.steps), last.loss,
-                     last.loss_ce, last.loss_dice, last.lr, last.lambda);
+                     last.loss_ce, last.loss_dice, last.lr, last.lambda, last.labeled_in_batch, last.pseudo_in_batch);
     }
     std::fprintf(stderr, "evaluating the fine-tuned model\n");
     const std::vector<double> after = tuner.evaluate(test_images, test_labels);

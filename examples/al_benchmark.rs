@@ -6,7 +6,7 @@
 //!     cargo run --release --example al_benchmark -- [--out DIR] [--sites pd,thick]
 //!         [--budgets 2,4,8] [--seeds 0,1,2] [--methods asfda,random,...] [--steps N]
 //!         [--patch P] [--lr LR] [--threads T] [--ablation-budget B] [--overlap F]
-//!         [--test-volumes N] [--refresh N] [--selection-only true]
+//!         [--test-volumes N] [--refresh N] [--selection-only true] [--min-dice D]
 //!
 //! Results are appended to DIR/runs.jsonl one run per line, and runs already there are skipped,
 //! so an interrupted benchmark resumes where it stopped. Pool scores are cached in
@@ -51,6 +51,9 @@ struct Run {
     budget: usize,
     seed: u64,
     pseudo: Pseudo,
+    /// `FineTuneOptions::pseudo_label_min_dice` (records from before the check: 0, i.e. off).
+    #[serde(default)]
+    min_dice: f64,
     steps: u64,
     patch: usize,
     lr: f64,
@@ -58,6 +61,15 @@ struct Run {
     test_volumes: usize,
     picks: Vec<String>,
     pseudo_volumes: usize,
+    /// The last pseudo-label check: the labelling model's mean foreground Dice on the picks, and
+    /// whether that trusted the pseudo-labels (None: no check made).
+    #[serde(default)]
+    labeler_dice: Option<f64>,
+    #[serde(default)]
+    pseudo_trusted: Option<bool>,
+    /// Pseudo-labelled patches over all steps.
+    #[serde(default)]
+    pseudo_patches: Option<usize>,
     dice_per_class: Vec<f64>,
     dice_mean: f64,
     /// None for the unadapted baseline (no step taken).
@@ -67,12 +79,19 @@ struct Run {
 
 impl Run {
     fn key(&self) -> String {
-        key(&self.site, &self.method, self.budget, self.seed, self.pseudo)
+        key(&self.site, &self.method, self.budget, self.seed, self.pseudo, self.min_dice)
     }
 }
 
-fn key(site: &str, method: &str, budget: usize, seed: u64, pseudo: Pseudo) -> String {
-    format!("{site}/{method}/{budget}/{seed}/{pseudo:?}")
+/// A run's identity. The pseudo-label check changes nothing without pseudo-labels, so those
+/// runs keep one key whatever `min_dice` is.
+fn key(site: &str, method: &str, budget: usize, seed: u64, pseudo: Pseudo, min_dice: f64) -> String {
+    let base = format!("{site}/{method}/{budget}/{seed}/{pseudo:?}");
+    if pseudo == Pseudo::None || min_dice <= 0.0 {
+        base
+    } else {
+        format!("{base}/check{min_dice}")
+    }
 }
 
 struct Args {
@@ -94,6 +113,8 @@ struct Args {
     /// Also run every method without pseudo-labels at the ablation budget, which compares the
     /// selections alone (ASFDA's own no-pseudo-label run is part of the SSFT ablation).
     selection_only: bool,
+    /// `FineTuneOptions::pseudo_label_min_dice` of every fine-tuning run.
+    min_dice: f64,
 }
 
 fn list<T: std::str::FromStr>(text: &str) -> Vec<T>
@@ -121,6 +142,7 @@ fn parse_args() -> Args {
         test_volumes: 4,
         refresh: 0,
         selection_only: false,
+        min_dice: FineTuneOptions::default().pseudo_label_min_dice,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -141,6 +163,7 @@ fn parse_args() -> Args {
             "--test-volumes" => a.test_volumes = value.parse().unwrap(),
             "--refresh" => a.refresh = value.parse().unwrap(),
             "--selection-only" => a.selection_only = value.parse().unwrap(),
+            "--min-dice" => a.min_dice = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -228,6 +251,7 @@ fn fine_tune_options(args: &Args, seed: u64) -> FineTuneOptions {
         total_steps: args.steps,
         patch_size: Some([args.patch; 3]),
         lr: args.lr,
+        pseudo_label_min_dice: args.min_dice,
         ..Default::default()
     }
 }
@@ -249,6 +273,7 @@ fn baseline(engine: &Engine, args: &Args, site: &Site) -> Run {
         budget: 0,
         seed: 0,
         pseudo: Pseudo::None,
+        min_dice: 0.0,
         steps: 0,
         patch: args.patch,
         lr: 0.0,
@@ -256,6 +281,9 @@ fn baseline(engine: &Engine, args: &Args, site: &Site) -> Run {
         test_volumes: site.test.len(),
         picks: vec![],
         pseudo_volumes: 0,
+        labeler_dice: None,
+        pseudo_trusted: None,
+        pseudo_patches: None,
         dice_mean: dice_mean(&dice),
         dice_per_class: dice,
         final_loss: None,
@@ -293,10 +321,13 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
             tuner.add_pseudo_labeled(&site.pseudo_labels(engine, args)[id]).unwrap();
         }
     }
-    let mut final_loss = f32::NAN;
+    let (mut final_loss, mut pseudo_patches) = (f32::NAN, 0);
     for _ in 0..args.steps {
-        final_loss = tuner.step().unwrap().loss;
+        let report = tuner.step().unwrap();
+        final_loss = report.loss;
+        pseudo_patches += report.pseudo_in_batch;
     }
+    let check = tuner.pseudo_label_check();
     let cases: Vec<(&Volume, &Volume)> = site.test.iter().map(|(i, l)| (i, l)).collect();
     let dice = tuner.evaluate(&cases).unwrap();
     Run {
@@ -305,6 +336,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         budget,
         seed,
         pseudo,
+        min_dice: args.min_dice,
         steps: args.steps,
         patch: args.patch,
         overlap: args.overlap,
@@ -312,6 +344,9 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         lr: args.lr.unwrap_or(engine.bundle().manifest().training.as_ref().map_or(0.0, |t| t.optimizer.lr)),
         picks: selection.picks.iter().map(|p| p.id.clone()).collect(),
         pseudo_volumes: unlabeled.len(),
+        labeler_dice: check.map(|c| c.foreground_dice),
+        pseudo_trusted: check.map(|c| c.trusted),
+        pseudo_patches: Some(pseudo_patches),
         dice_mean: dice_mean(&dice),
         dice_per_class: dice,
         final_loss: Some(final_loss),
@@ -340,12 +375,16 @@ fn main() {
     let sites: Vec<Site> = args.sites.iter().map(|name| load_site(&engine, &args, name)).collect();
     let mut record = |run: Run| {
         let loss = run.final_loss.map_or("-".to_string(), |l| format!("{l:.4}"));
-        eprintln!("{:<40} dice {:.4}  loss {loss}  {:.0} s", run.key(), run.dice_mean, run.seconds);
+        let check = match (run.labeler_dice, run.pseudo_trusted) {
+            (Some(d), Some(t)) => format!("  labeler dice {d:.3} {}", if t { "trusted" } else { "not trusted" }),
+            _ => String::new(),
+        };
+        eprintln!("{:<48} dice {:.4}  loss {loss}  {:.0} s{check}", run.key(), run.dice_mean, run.seconds);
         writeln!(out, "{}", serde_json::to_string(&run).unwrap()).unwrap();
         out.flush().unwrap();
     };
     for site in &sites {
-        if !done.contains(&key(&site.name, "none", 0, 0, Pseudo::None)) {
+        if !done.contains(&key(&site.name, "none", 0, 0, Pseudo::None, 0.0)) {
             record(baseline(&engine, &args, site));
         }
     }
@@ -363,7 +402,7 @@ fn main() {
                     }
                 }
                 for (method, pseudo) in jobs {
-                    if !done.contains(&key(&site.name, method.name(), budget, seed, pseudo)) {
+                    if !done.contains(&key(&site.name, method.name(), budget, seed, pseudo, args.min_dice)) {
                         record(run_one(&engine, &args, site, method, budget, seed, pseudo));
                     }
                 }

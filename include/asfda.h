@@ -368,6 +368,11 @@ typedef struct AsfdaFineTuneOptions {
    */
   uint64_t pseudo_label_refresh_every;
   /**
+   * Use pseudo-labels only while the model making them reaches this mean foreground Dice on
+   * the annotated volumes (asfda_finetuner_check_pseudo_labels); 0 = always. Default 0.5.
+   */
+  double pseudo_label_min_dice;
+  /**
    * Seed of all random draws. Default 0.
    */
   uint64_t seed;
@@ -763,6 +768,22 @@ enum AsfdaStatus asfda_finetuner_evaluate(const struct AsfdaFineTuner *tuner,
                                           size_t count,
                                           double *dice_per_class,
                                           size_t classes);
+
+/**
+ * Checks the pseudo-labels' source (see pseudo_label_min_dice): segments every annotated
+ * volume with the model that makes the pseudo-labels (the bundle's weights, or those of the last
+ * refresh) and compares with the annotations. asfda_finetune_step makes this check itself when
+ * due; call this to see its outcome. `dice_per_class` (may be NULL) receives `classes` values
+ * (asfda_finetuner_classes), `out_foreground_dice` their mean over the foreground classes, and
+ * `out_trusted` (may be NULL) whether pseudo-labelled patches are drawn. The result is kept
+ * until the next refresh or annotated volume. ASFDA_STATUS_INVALID_ARGUMENT before any annotated
+ * volume was added.
+ */
+enum AsfdaStatus asfda_finetuner_check_pseudo_labels(struct AsfdaFineTuner *tuner,
+                                                     double *dice_per_class,
+                                                     size_t classes,
+                                                     double *out_foreground_dice,
+                                                     bool *out_trusted);
 
 /**
  * Saves the run (weights, optimizer state, step count, options) to `path` crash-safely: a

@@ -291,6 +291,9 @@ fn finetune_checkpoints_resumes_exports_and_refuses_bad_inputs() {
     assert!(out.status.success());
     assert_eq!(step_numbers(&out), [1, 2]);
     assert!(stderr(&out).contains("step 2/2") && stderr(&out).contains("reliable"), "progress on stderr");
+    // The unadapted model fails pd's annotations, so its pseudo-labels are checked and withheld.
+    let err = stderr(&out);
+    assert!(err.contains("pseudo-labels by the bundle's weights") && err.contains("not used"), "{err}");
     assert!(checkpoint.is_file());
 
     // --resume continues the count (3, 4) into the same file, and exports the adapted bundle.
@@ -305,7 +308,18 @@ fn finetune_checkpoints_resumes_exports_and_refuses_bad_inputs() {
         serde_json::from_str(&std::fs::read_to_string(export.join("adaptation.json")).unwrap()).unwrap();
     assert_eq!(note["fine_tuning_steps"], 4);
     assert_eq!(note["annotated_volumes"], serde_json::json!(["case0", "case1"]));
+    assert_eq!(note["pseudo_label_check"]["trusted"], false, "{note}");
     assert!(export.join("manifest.json").is_file());
+    // --min-pseudo-dice 0 turns the check off: pseudo-labelled patches are drawn.
+    let mut args = vec!["finetune", "--steps", "6", "--min-pseudo-dice", "0"];
+    args.extend(common);
+    let out = asfda(&args);
+    assert!(out.status.success() && !stderr(&out).contains("pseudo-labels by"));
+    let pseudo: u64 = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["pseudo_in_batch"].as_u64().unwrap())
+        .sum();
+    assert!(pseudo > 0, "{}", stdout(&out));
     // Resuming a finished run does nothing and says so.
     let mut args = vec!["finetune", "--steps", "4", "--resume", s(&checkpoint)];
     args.extend(common);

@@ -101,7 +101,8 @@ fn a_resumed_run_continues_exactly() {
     let engine = engine();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run.safetensors");
-    let o = FineTuneOptions { ramp_fraction: 0.5, ..options(32, 2, 10, 11) };
+    // The pseudo-label check off, so that the resumed steps mix in pseudo-labelled patches.
+    let o = FineTuneOptions { ramp_fraction: 0.5, pseudo_label_min_dice: 0.0, ..options(32, 2, 10, 11) };
     let (labeled, label) = small("pd", 0);
     let (unlabeled, _) = small("pd", 2);
 
@@ -208,7 +209,8 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
     let engine = engine();
     let (labeled, label) = small("pd", 0);
     let (unlabeled, _) = small("pd", 3);
-    let o = FineTuneOptions { ramp_fraction: 0.5, ..options(32, 2, 6, 7) };
+    // The pseudo-label check off: this test is about sampling with pseudo-labels in use.
+    let o = FineTuneOptions { ramp_fraction: 0.5, pseudo_label_min_dice: 0.0, ..options(32, 2, 6, 7) };
     let mut tuner = FineTuner::new(&engine, o.clone()).unwrap();
     tuner.add_labeled("l", &labeled, &label).unwrap();
     let kept = tuner.add_unlabeled("u", &unlabeled).unwrap();
@@ -448,6 +450,8 @@ fn refreshed_pseudo_labels_come_from_the_fine_tuned_weights_and_resume_at_a_boun
     let want = expected_pseudo(&refreshed_engine, &unlabeled, 0.9, a.ignore_label());
     let expected = a.step().unwrap();
     assert_eq!(a.labels("u").unwrap(), &want);
+    let check = a.pseudo_label_check().expect("the step checks the refreshed labeller");
+    assert_eq!(check.labeler_step, Some(2));
     assert_ne!(&want, &initial, "two steps at lr 2e-3 should move some pseudo-labels");
 
     // Resumed at that boundary, pseudo-labels come from the checkpoint's weights: same step.
@@ -465,7 +469,7 @@ fn shared_pseudo_labels_train_like_add_unlabeled() {
     let engine = engine();
     let (image, label) = small("pd", 0);
     let (other, _) = small("pd", 1);
-    let o = options(32, 2, 10, 3);
+    let o = FineTuneOptions { pseudo_label_min_dice: 0.0, ..options(32, 2, 10, 3) };
     let mut direct = FineTuner::new(&engine, o.clone()).unwrap();
     direct.add_labeled("a", &image, &label).unwrap();
     let kept = direct.add_unlabeled("b", &other).unwrap();
@@ -486,4 +490,76 @@ fn shared_pseudo_labels_train_like_add_unlabeled() {
     let err = strict.add_pseudo_labeled(&pseudo).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert_eq!(shared.add_pseudo_labeled(&pseudo).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+/// Mean foreground Dice (classes 1..4) of `engine`'s argmax against `labels` (model grid), over
+/// the voxels `labels` does not ignore: what the pseudo-label check computes, done by hand.
+fn labeler_dice(engine: &Engine, image: &Volume, labels: &ndarray::Array3<i64>, ignore: i64) -> Vec<f64> {
+    let argmax = expected_pseudo(engine, image, 0.0, ignore);
+    (0..4i64)
+        .map(|c| {
+            let (mut inter, mut total) = (0usize, 0usize);
+            for (&p, &t) in argmax.iter().zip(labels) {
+                if t != ignore {
+                    inter += usize::from(p == c && t == c);
+                    total += usize::from(p == c) + usize::from(t == c);
+                }
+            }
+            if total == 0 {
+                1.0
+            } else {
+                2.0 * inter as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn pseudo_labels_are_used_only_while_their_model_segments_the_annotations_well() {
+    let engine = engine();
+    let default_min = FineTuneOptions::default().pseudo_label_min_dice;
+    assert_eq!(default_min, 0.5);
+
+    // pd: the unadapted model is confidently wrong there, so its pseudo-labels are withheld.
+    let (labeled, label) = small("pd", 0);
+    let (unlabeled, _) = small("pd", 3);
+    let mut tuner = FineTuner::new(&engine, options(32, 2, 6, 1)).unwrap();
+    let err = tuner.check_pseudo_labels().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("annotated volume"), "{err}");
+    tuner.add_labeled("l", &labeled, &label).unwrap();
+    tuner.add_unlabeled("u", &unlabeled).unwrap();
+    assert!(tuner.pseudo_label_check().is_none(), "made when first needed, not before");
+    assert!((0..50).flat_map(|t| tuner.plan_batch(t)).all(|p| p.labeled), "unchecked: no pseudo patch planned");
+    let check = tuner.check_pseudo_labels().unwrap().clone();
+    let want = labeler_dice(&engine, &labeled, &tuner.labels("l").unwrap(), tuner.ignore_label());
+    for (got, want) in check.dice.iter().zip(&want) {
+        assert!((got - want).abs() < 1e-12, "{:?} vs {want:?}", check.dice);
+    }
+    assert!((check.foreground_dice - (want[1] + want[2] + want[3]) / 3.0).abs() < 1e-12);
+    assert_eq!(check.labeler_step, None);
+    assert!(check.foreground_dice < default_min && !check.trusted, "{check:?}");
+    for _ in 0..3 {
+        let r = tuner.step().unwrap();
+        assert_eq!((r.labeled_in_batch, r.pseudo_in_batch), (2, 0), "step {}", r.step);
+    }
+    // A new annotated volume makes the check out of date.
+    let (labeled2, label2) = small("pd", 1);
+    tuner.add_labeled("l2", &labeled2, &label2).unwrap();
+    assert!(tuner.pseudo_label_check().is_none());
+
+    // A threshold at the measured Dice (>=) trusts the same pseudo-labels: they are drawn.
+    let o = FineTuneOptions { pseudo_label_min_dice: check.foreground_dice, ..options(32, 2, 6, 1) };
+    let mut lenient = FineTuner::new(&engine, o).unwrap();
+    lenient.add_labeled("l", &labeled, &label).unwrap();
+    lenient.add_unlabeled("u", &unlabeled).unwrap();
+    assert!(lenient.check_pseudo_labels().unwrap().trusted);
+    assert!((0..50).flat_map(|t| lenient.plan_batch(t)).any(|p| !p.labeled));
+
+    // thick: the unadapted model segments well, so the default threshold trusts it.
+    let (labeled, label) = small("thick", 0);
+    let mut thick = FineTuner::new(&engine, options(32, 2, 6, 1)).unwrap();
+    thick.add_labeled("l", &labeled, &label).unwrap();
+    let check = thick.check_pseudo_labels().unwrap();
+    assert!(check.trusted && check.foreground_dice >= default_min, "{check:?}");
 }

@@ -651,6 +651,7 @@ struct FineTuneOptions {
     double pseudo_label_threshold;
     double ramp_fraction;
     std::uint64_t pseudo_label_refresh_every;  // 0: never
+    double pseudo_label_min_dice;              // 0: always use pseudo-labels
     std::uint64_t seed;
 
     FineTuneOptions() {
@@ -666,6 +667,7 @@ struct FineTuneOptions {
         pseudo_label_threshold = d.pseudo_label_threshold;
         ramp_fraction = d.ramp_fraction;
         pseudo_label_refresh_every = d.pseudo_label_refresh_every;
+        pseudo_label_min_dice = d.pseudo_label_min_dice;
         seed = d.seed;
     }
     AsfdaFineTuneOptions to_c() const noexcept {
@@ -681,6 +683,7 @@ struct FineTuneOptions {
         c.pseudo_label_threshold = pseudo_label_threshold;
         c.ramp_fraction = ramp_fraction;
         c.pseudo_label_refresh_every = pseudo_label_refresh_every;
+        c.pseudo_label_min_dice = pseudo_label_min_dice;
         c.seed = seed;
         return c;
     }
@@ -688,6 +691,14 @@ struct FineTuneOptions {
 
 /// What one FineTuner::step did (loss, loss_ce, loss_dice, lr, lambda, step, patches by kind).
 using StepReport = AsfdaStepReport;
+
+/// How well the model making the pseudo-labels segments the annotated volumes
+/// (FineTuner::check_pseudo_labels).
+struct PseudoLabelCheck {
+    std::vector<double> dice;  // per class, index 0 = background
+    double foreground_dice;    // mean over the foreground classes
+    bool trusted;              // foreground_dice >= pseudo_label_min_dice: pseudo-labels are used
+};
 
 /// A fine-tuning run on an engine's bundle (independent of the engine afterwards). Not
 /// thread-safe: use one FineTuner from one thread at a time.
@@ -754,6 +765,15 @@ public:
         for (const Volume &v : images) im.push_back(&v);
         for (const Volume &v : labels) lb.push_back(&v);
         return evaluate(im, lb);
+    }
+    /// Segments the annotated volumes with the model that makes the pseudo-labels and compares
+    /// with the annotations; step() makes this check itself and uses pseudo-labels only if
+    /// trusted.
+    PseudoLabelCheck check_pseudo_labels() {
+        PseudoLabelCheck c{std::vector<double>(classes()), 0.0, false};
+        detail::check(asfda_finetuner_check_pseudo_labels(get(), c.dice.data(), c.dice.size(), &c.foreground_dice,
+                                                          &c.trusted));
+        return c;
     }
     /// Saves the run crash-safely (temp file + rename).
     void save(const std::string &path) const { detail::check(asfda_finetuner_save(get(), path.c_str())); }

@@ -100,6 +100,7 @@ int main(int argc, char **argv) {
     CHECK(o.batch_size == 2 && o.total_steps == 100 && o.lr == 0.0 && o.weight_decay < 0);
     CHECK(fabs(o.pseudo_label_threshold - 0.9) < 1e-12 && fabs(o.foreground_fraction - 1.0 / 3.0) < 1e-12);
     CHECK(o.patch_size[0] == 0 && o.patch_size[1] == 0 && o.patch_size[2] == 0);
+    CHECK(fabs(o.pseudo_label_min_dice - 0.5) < 1e-12);
 
     AsfdaFineTuner *sentinel = (AsfdaFineTuner *)&failures, *tuner = sentinel;
     EXPECT(asfda_finetuner_new(NULL, &o, &tuner), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
@@ -128,6 +129,9 @@ int main(int argc, char **argv) {
     EXPECT(asfda_finetune_step(NULL, &report), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
     EXPECT(asfda_finetune_step(tuner, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_report");
     CHECK(memcmp(&report, &untouched, sizeof report) == 0);
+    double fg_dice = -1;
+    EXPECT(asfda_finetuner_check_pseudo_labels(tuner, NULL, 0, &fg_dice, NULL), ASFDA_STATUS_INVALID_ARGUMENT,
+           "annotated");
 
     /* Adding volumes. */
     EXPECT(asfda_finetuner_add_labeled(NULL, "a", image, label), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
@@ -154,6 +158,22 @@ int main(int argc, char **argv) {
         CHECK(report.labeled_in_batch + report.pseudo_in_batch == 1);
         CHECK(report.lr > 0 && report.lambda > 0 && report.lambda <= 1);
     }
+
+    /* The pseudo-label check: the labelling model against the annotation of "a". */
+    double check_dice[4] = {-1, -1, -1, -1};
+    bool trusted = false;
+    EXPECT(asfda_finetuner_check_pseudo_labels(NULL, NULL, 0, &fg_dice, NULL), ASFDA_STATUS_INVALID_ARGUMENT,
+           "tuner");
+    EXPECT(asfda_finetuner_check_pseudo_labels(tuner, NULL, 0, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT,
+           "out_foreground_dice");
+    EXPECT(asfda_finetuner_check_pseudo_labels(tuner, check_dice, 3, &fg_dice, NULL),
+           ASFDA_STATUS_INVALID_ARGUMENT, "4 classes");
+    CHECK(fg_dice == -1 && check_dice[0] == -1);
+    must(asfda_finetuner_check_pseudo_labels(tuner, check_dice, 4, &fg_dice, &trusted), "check_pseudo_labels");
+    for (int c = 0; c < 4; c++) CHECK(check_dice[c] >= 0.0 && check_dice[c] <= 1.0);
+    CHECK(fabs(fg_dice - (check_dice[1] + check_dice[2] + check_dice[3]) / 3) < 1e-12);
+    CHECK(trusted == (fg_dice >= o.pseudo_label_min_dice));
+
     uint64_t steps = 0;
     must(asfda_finetuner_steps_done(tuner, &steps), "steps_done");
     CHECK(steps == 2);

@@ -487,6 +487,10 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
         EXPECT(r.labeled_in_batch + r.pseudo_in_batch == 1);
     }
     EXPECT(tuner.steps_done() == 2);
+    // The unadapted model labels: its check is on the annotation of "a" (model grid).
+    const asfda::PseudoLabelCheck check = tuner.check_pseudo_labels();
+    EXPECT(check.dice.size() == 4 && check.foreground_dice >= 0 && check.foreground_dice <= 1);
+    EXPECT(check.trusted == (check.foreground_dice >= o.pseudo_label_min_dice));
     EXPECT_ERROR(tuner.evaluate({&image}, {}), ASFDA_STATUS_INVALID_ARGUMENT, "1 images but 0 labels");
     EXPECT_ERROR(tuner.evaluate(std::vector<const asfda::Volume *>{}, {}), ASFDA_STATUS_INVALID_ARGUMENT, "count");
     EXPECT_ERROR(tuner.evaluate({&image}, {&shifted}), ASFDA_STATUS_GEOMETRY_MISMATCH, "");

@@ -41,6 +41,9 @@ pub struct AsfdaFineTuneOptions {
     pub ramp_fraction: f64,
     /// Recompute pseudo-labels with the fine-tuned weights every this many steps; 0 = never. Default 0.
     pub pseudo_label_refresh_every: u64,
+    /// Use pseudo-labels only while the model making them reaches this mean foreground Dice on
+    /// the annotated volumes (asfda_finetuner_check_pseudo_labels); 0 = always. Default 0.5.
+    pub pseudo_label_min_dice: f64,
     /// Seed of all random draws. Default 0.
     pub seed: u64,
 }
@@ -82,6 +85,7 @@ pub extern "C" fn asfda_finetune_options_default() -> AsfdaFineTuneOptions {
         pseudo_label_threshold: d.pseudo_label_threshold,
         ramp_fraction: d.ramp_fraction,
         pseudo_label_refresh_every: d.pseudo_label_refresh_every,
+        pseudo_label_min_dice: d.pseudo_label_min_dice,
         seed: d.seed,
     }
 }
@@ -111,6 +115,7 @@ fn finetune_options(o: &AsfdaFineTuneOptions) -> Result<FineTuneOptions> {
         pseudo_label_threshold: o.pseudo_label_threshold,
         ramp_fraction: o.ramp_fraction,
         pseudo_label_refresh_every: o.pseudo_label_refresh_every,
+        pseudo_label_min_dice: o.pseudo_label_min_dice,
         seed: o.seed,
     };
     options.validate()?;
@@ -300,6 +305,44 @@ pub extern "C" fn asfda_finetuner_evaluate(
         let dice = tuner.evaluate(&cases)?;
         // SAFETY: the caller provides `classes` writable doubles (checked equal to dice.len()).
         unsafe { std::ptr::copy_nonoverlapping(dice.as_ptr(), dice_per_class, classes) };
+        Ok(())
+    })
+}
+
+/// Checks the pseudo-labels' source (see pseudo_label_min_dice): segments every annotated
+/// volume with the model that makes the pseudo-labels (the bundle's weights, or those of the last
+/// refresh) and compares with the annotations. asfda_finetune_step makes this check itself when
+/// due; call this to see its outcome. `dice_per_class` (may be NULL) receives `classes` values
+/// (asfda_finetuner_classes), `out_foreground_dice` their mean over the foreground classes, and
+/// `out_trusted` (may be NULL) whether pseudo-labelled patches are drawn. The result is kept
+/// until the next refresh or annotated volume. ASFDA_STATUS_INVALID_ARGUMENT before any annotated
+/// volume was added.
+#[no_mangle]
+pub extern "C" fn asfda_finetuner_check_pseudo_labels(
+    tuner: *mut AsfdaFineTuner,
+    dice_per_class: *mut f64,
+    classes: usize,
+    out_foreground_dice: *mut f64,
+    out_trusted: *mut bool,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_foreground_dice, "out_foreground_dice")?;
+        let tuner = tuner_mut(tuner)?;
+        if !dice_per_class.is_null() && classes != tuner.classes() {
+            return Err(Error::invalid_argument(format!(
+                "dice_per_class holds {classes} values; the model has {} classes",
+                tuner.classes()
+            )));
+        }
+        let check = tuner.check_pseudo_labels()?;
+        if !dice_per_class.is_null() {
+            // SAFETY: the caller provides `classes` writable doubles (checked equal to dice.len()).
+            unsafe { std::ptr::copy_nonoverlapping(check.dice.as_ptr(), dice_per_class, classes) };
+        }
+        write_out(out_foreground_dice, check.foreground_dice);
+        if !out_trusted.is_null() {
+            write_out(out_trusted, check.trusted);
+        }
         Ok(())
     })
 }

@@ -29,7 +29,7 @@ from .model import Model
 from .score import Score, load_scores, merge_scores, save_scores
 from .engine import Cancel, Engine, EngineOptions, Segmentation
 from .select import Pick, Selection, SelectOptions, select
-from .finetune import FineTuneOptions, FineTuner, StepReport
+from .finetune import FineTuneOptions, FineTuner, PseudoLabelCheck, StepReport
 
 #: Earlier name of :class:`Error`, kept for existing callers.
 AsfdaError = Error

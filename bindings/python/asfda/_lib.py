@@ -151,6 +151,7 @@ class FineTuneOptions(C.Structure):
         ("pseudo_label_threshold", C.c_double),
         ("ramp_fraction", C.c_double),
         ("pseudo_label_refresh_every", C.c_uint64),
+        ("pseudo_label_min_dice", C.c_double),
         ("seed", C.c_uint64),
     ]
 
@@ -249,6 +250,9 @@ finetuner_classes = _declare("asfda_finetuner_classes", [P, SIZE_P])
 finetuner_steps_done = _declare("asfda_finetuner_steps_done", [P, C.POINTER(C.c_uint64)])
 finetuner_evaluate = _declare(
     "asfda_finetuner_evaluate", [P, C.POINTER(P), C.POINTER(P), C.c_size_t, DOUBLE_P, C.c_size_t]
+)
+finetuner_check_pseudo_labels = _declare(
+    "asfda_finetuner_check_pseudo_labels", [P, DOUBLE_P, C.c_size_t, DOUBLE_P, C.POINTER(C.c_bool)]
 )
 finetuner_save = _declare("asfda_finetuner_save", [P, C.c_char_p])
 finetuner_export_bundle = _declare("asfda_finetuner_export_bundle", [P, C.c_char_p])

@@ -62,6 +62,9 @@ class FineTuneOptions:
     ramp_fraction: float = _defaults().ramp_fraction
     #: Recompute pseudo-labels with the fine-tuned weights every this many steps; 0 = never.
     pseudo_label_refresh_every: int = _defaults().pseudo_label_refresh_every
+    #: Use pseudo-labels only while the model making them reaches this mean foreground Dice on
+    #: the annotated volumes (:meth:`FineTuner.check_pseudo_labels`); 0 = always.
+    pseudo_label_min_dice: float = _defaults().pseudo_label_min_dice
     #: Seed of all random draws.
     seed: int = _defaults().seed
 
@@ -94,7 +97,7 @@ class FineTuneOptions:
         o.lr = 0.0 if self.lr is None else float(self.lr)
         o.weight_decay = -1.0 if self.weight_decay is None else float(self.weight_decay)
         for name in ("poly_exponent", "foreground_fraction", "labeled_fraction", "pseudo_label_threshold",
-                     "ramp_fraction"):
+                     "ramp_fraction", "pseudo_label_min_dice"):
             setattr(o, name, float(getattr(self, name)))
         return o
 
@@ -118,6 +121,18 @@ class StepReport:
     labeled_in_batch: int
     #: Patches from pseudo-labelled volumes in this batch.
     pseudo_in_batch: int
+
+
+@dataclass(frozen=True)
+class PseudoLabelCheck:
+    """How well the model that makes the pseudo-labels segments the annotated volumes."""
+
+    #: Dice per class (index 0 = background), averaged over the annotated volumes.
+    dice: np.ndarray
+    #: Mean of ``dice`` over the model's foreground classes.
+    foreground_dice: float
+    #: ``foreground_dice >= pseudo_label_min_dice``: pseudo-labelled patches are drawn.
+    trusted: bool
 
 
 class FineTuner:
@@ -195,6 +210,18 @@ class FineTuner:
         return StepReport(r.loss, r.loss_ce, r.loss_dice, r.lr, r.lambda_, r.step, r.labeled_in_batch,
                           r.pseudo_in_batch)
 
+    def check_pseudo_labels(self) -> PseudoLabelCheck:
+        """Segments every annotated volume with the model that makes the pseudo-labels (the
+        bundle's weights, or those of the last refresh) and compares with the annotations;
+        :meth:`step` makes the same check itself when due and draws pseudo-labelled patches only
+        if it passes (``FineTuneOptions.pseudo_label_min_dice``). InvalidArgumentError before any
+        annotated volume was added."""
+        dice = np.empty(self.classes, dtype=np.float64)
+        fg, trusted = C.c_double(), C.c_bool()
+        self._call(_lib.finetuner_check_pseudo_labels, dice.ctypes.data_as(_lib.DOUBLE_P), dice.size,
+                   C.byref(fg), C.byref(trusted))
+        return PseudoLabelCheck(dice, fg.value, trusted.value)
+
     @property
     def steps_done(self) -> int:
         """Steps taken in this run (resumed ones included)."""
@@ -250,4 +277,4 @@ def _check_engine(engine) -> None:
         raise TypeError(f"expected an asfda.Engine, got {type(engine).__name__}")
 
 
-__all__ = ["FineTuneOptions", "FineTuner", "StepReport"]
+__all__ = ["FineTuneOptions", "FineTuner", "PseudoLabelCheck", "StepReport"]

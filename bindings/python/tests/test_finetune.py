@@ -134,6 +134,36 @@ def test_resume_continues_exactly_and_evaluate_apply_export(engine, pd0, tmp_pat
         b.export_bundle(tmp_path / "adapted")
 
 
+def test_pseudo_labels_are_checked_against_the_annotations(engine, pd0):
+    """The unadapted model on pd (Dice ~0.1) fails the default check: no pseudo-labelled patch
+    is drawn; with the check at its measured Dice the same pseudo-labels are used."""
+    assert asfda.FineTuneOptions().pseudo_label_min_dice == 0.5
+    tuner = asfda.FineTuner(engine, options(seed=4))
+    with pytest.raises(asfda.InvalidArgumentError, match="annotated volume"):
+        tuner.check_pseudo_labels()
+    tuner.add_labeled("a", *pd0)
+    tuner.add_unlabeled("u", pair(2)[0])
+    check = tuner.check_pseudo_labels()
+    assert isinstance(check, asfda.PseudoLabelCheck)
+    assert check.dice.shape == (4,) and np.all((check.dice >= 0) & (check.dice <= 1))
+    assert check.foreground_dice == pytest.approx(check.dice[1:].mean(), abs=1e-12)
+    # The engine's own segmentation on the caller's grid agrees with the model-grid check (this
+    # crop is on the model's 2 mm grid, so only padding differs).
+    pred = engine.segment(pd0[0]).array()
+    by_hand = np.mean([dice(pred, pd0[1].array(), (c,))[0] for c in (1, 2, 3)])
+    assert check.foreground_dice == pytest.approx(by_hand, abs=0.02)
+    assert not check.trusted and check.foreground_dice < 0.5
+    assert all(tuner.step().pseudo_in_batch == 0 for _ in range(3))
+
+    lenient = asfda.FineTuner(engine, options(seed=4, pseudo_label_min_dice=check.foreground_dice))
+    lenient.add_labeled("a", *pd0)
+    lenient.add_unlabeled("u", pair(2)[0])
+    assert lenient.check_pseudo_labels().trusted
+    assert sum(lenient.step().pseudo_in_batch for _ in range(10)) > 0
+    with pytest.raises(asfda.InvalidArgumentError, match="pseudo_label_min_dice"):
+        asfda.FineTuner(engine, pseudo_label_min_dice=1.5)
+
+
 def test_bad_inputs_raise_the_right_exceptions(engine, pd0, tmp_path):
     img, lab = pd0
     tuner = asfda.FineTuner(engine, options())

@@ -40,6 +40,8 @@ Training:
   --batch B                  patches per step (default 2)
   --lr LR                    base learning rate (default: the manifest's)
   --seed S                   seed of the patch sampling (default 0)
+  --min-pseudo-dice D        use pseudo-labels only while the model making them reaches this mean
+                             foreground Dice on the annotated volumes (default 0.5; 0 = always)
   --checkpoint PATH          save the run here (atomically) every --save-every steps and at the
                              end (default: the --resume file, else no checkpoint)
   --resume PATH              continue the run saved in PATH (add the same data again); its saved
@@ -61,6 +63,7 @@ Training:
         "batch",
         "lr",
         "seed",
+        "min-pseudo-dice",
         "checkpoint",
         "resume",
         "save-every",
@@ -228,6 +231,9 @@ pub fn tuner(
     if explicit.seed {
         merged.seed = options.seed;
     }
+    if explicit.min_pseudo_dice {
+        merged.pseudo_label_min_dice = options.pseudo_label_min_dice;
+    }
     if merged == *saved.options() {
         return Ok(saved);
     }
@@ -242,6 +248,7 @@ pub struct Explicit {
     pub batch: bool,
     pub lr: bool,
     pub seed: bool,
+    pub min_pseudo_dice: bool,
 }
 
 /// Step progress on stderr: a redrawn bar on a terminal, one line per step otherwise.
@@ -287,9 +294,20 @@ pub fn train(
     let first = tuner.steps_done();
     let bar = StepBar { tty: std::io::stderr().is_terminal(), started: Instant::now(), first, total: steps };
     let mut reports = Vec::new();
+    let mut told = None;
     while tuner.steps_done() < steps {
         let started = Instant::now();
         let r = tuner.step()?;
+        if let Some(c) = tuner.pseudo_label_check().filter(|c| told != Some(c.labeler_step)) {
+            told = Some(c.labeler_step);
+            let by = c.labeler_step.map_or("the bundle's weights".to_string(), |t| format!("the weights of step {t}"));
+            let min = tuner.options().pseudo_label_min_dice;
+            let verdict = if c.trusted { "used" } else { "not used (--min-pseudo-dice)" };
+            eprintln!(
+                "pseudo-labels by {by}: mean foreground Dice {:.3} on the annotated volumes (need {min}): {verdict}",
+                c.foreground_dice
+            );
+        }
         let seconds = started.elapsed().as_secs_f64();
         let last = r.step == steps;
         let save = checkpoint.filter(|_| last || (save_every > 0 && r.step.is_multiple_of(save_every)));
@@ -318,13 +336,21 @@ pub fn options(args: &Args, steps: u64) -> Result<(FineTuneOptions, Explicit)> {
     let batch: Option<usize> = args.parsed("batch", "a whole number")?;
     let lr: Option<f64> = args.parsed("lr", "a number")?;
     let seed: Option<u64> = args.parsed("seed", "a whole number")?;
-    let explicit = Explicit { patch: patch.is_some(), batch: batch.is_some(), lr: lr.is_some(), seed: seed.is_some() };
+    let min_pseudo_dice: Option<f64> = args.parsed("min-pseudo-dice", "a number")?;
+    let explicit = Explicit {
+        patch: patch.is_some(),
+        batch: batch.is_some(),
+        lr: lr.is_some(),
+        seed: seed.is_some(),
+        min_pseudo_dice: min_pseudo_dice.is_some(),
+    };
     let options = FineTuneOptions {
         patch_size: patch.map(|p| [p; 3]),
         batch_size: batch.unwrap_or(defaults.batch_size),
         total_steps: steps,
         lr,
         seed: seed.unwrap_or(defaults.seed),
+        pseudo_label_min_dice: min_pseudo_dice.unwrap_or(defaults.pseudo_label_min_dice),
         ..defaults
     };
     options.validate()?;
