@@ -5,6 +5,9 @@
 
 Reads one run per line; prints and writes markdown tables of mean +- sd Dice (over seeds) per
 site, budget and method, the SSFT ablation, and a plot of Dice against budget per site.
+
+Runs with pseudo-labels made before the pseudo-label check existed, or with it off
+(``min_dice`` 0), are reported as the "_unchecked" variants of their ``pseudo`` setting.
 """
 from __future__ import annotations
 
@@ -17,9 +20,13 @@ from pathlib import Path
 METHOD_ORDER = ["asfda", "dkd", "entropy", "coreset", "foreground_random", "random"]
 LABELS = {"asfda": "ASFDA + SSFT", "random": "random", "foreground_random": "foreground-aware random",
           "entropy": "entropy (ASD only)", "dkd": "DKD only", "coreset": "core-set"}
-PSEUDO = {"reliable": "SSFT (reliable pseudo-labels)",
-          "reliable_refresh": "SSFT, pseudo-labels refreshed with the fine-tuned weights",
-          "all": "all pseudo-labels", "none": "no pseudo-labels"}
+PSEUDO = {"reliable": "SSFT (reliable pseudo-labels, checked)",
+          "reliable_unchecked": "SSFT, without the check",
+          "reliable_refresh": "SSFT, refreshed with the fine-tuned weights every 10 steps, checked",
+          "reliable_refresh_unchecked": "SSFT, refreshed every 10 steps, without the check",
+          "all": "all pseudo-labels, checked",
+          "all_unchecked": "all pseudo-labels, without the check",
+          "none": "no pseudo-labels"}
 
 
 def mean_sd(values):
@@ -35,6 +42,9 @@ def fmt(values):
 
 def load(path: Path):
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in runs:
+        if r["pseudo"] != "none" and not r.get("min_dice"):
+            r["pseudo"] += "_unchecked"
     # Only the last record of a key counts (a rerun replaces an earlier one).
     keyed = {(r["site"], r["method"], r["budget"], r["seed"], r["pseudo"]): r for r in runs}
     return list(keyed.values())
@@ -52,33 +62,26 @@ def tables(runs) -> str:
             out.append(f"Unadapted model: mean foreground Dice {base[0]:.3f}.")
         if example:
             out.append(f"Fine-tuning: {example['steps']} steps, patch {example['patch']}^3, lr {example['lr']:g}.\n")
-        budgets = sorted({r["budget"] for r in rs if r["method"] != "none"})
-        methods = [m for m in METHOD_ORDER if any(r["method"] == m and r["pseudo"] == "reliable" for r in rs)]
-        out.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
-        out.append("|---|" + "---:|" * len(budgets))
-        best = {}
-        for b in budgets:
-            ms = {m: statistics.fmean([r["dice_mean"] for r in rs if r["method"] == m and r["budget"] == b
-                                       and r["pseudo"] == "reliable"] or [float("nan")]) for m in methods}
-            best[b] = max(ms, key=lambda m: ms[m] if ms[m] == ms[m] else -1)
-        for m in methods:
-            cells = []
-            for b in budgets:
-                vals = [r["dice_mean"] for r in rs if r["method"] == m and r["budget"] == b and r["pseudo"] == "reliable"]
-                cell = fmt(vals) if vals else "–"
-                cells.append(f"**{cell}**" if vals and best[b] == m else cell)
-            out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+        out.extend(grid(rs, "reliable"))
+        if any(r["pseudo"] == "reliable_unchecked" for r in rs):
+            out.append("\nThe same grid with the pseudo-labels used without the check (the default before it):\n")
+            out.extend(grid(rs, "reliable_unchecked"))
         abl = [r for r in rs if r["method"] == "asfda"]
-        abl_budgets = sorted({r["budget"] for r in abl if r["pseudo"] != "reliable"})
+        abl_budgets = sorted({r["budget"] for r in abl if r["pseudo"] not in ("reliable", "reliable_unchecked")})
         for b in abl_budgets:
             out.append(f"\nSSFT ablation (ASFDA selection, budget {b}):\n")
-            out.append("| pseudo-labels | Dice | pseudo-labeled volumes |")
-            out.append("|---|---:|---:|")
+            out.append("| pseudo-labels | Dice | pseudo-labeled volumes | labelling model's Dice on the picks "
+                       "(last check) | pseudo patches drawn of 60 |")
+            out.append("|---|---:|---:|---:|---:|")
             for p in PSEUDO:
                 vals = [r for r in abl if r["budget"] == b and r["pseudo"] == p]
                 if vals:
                     n = statistics.fmean([r["pseudo_volumes"] for r in vals])
-                    out.append(f"| {PSEUDO[p]} | {fmt([r['dice_mean'] for r in vals])} | {n:.1f} |")
+                    checks = [r["labeler_dice"] for r in vals if r.get("labeler_dice") is not None]
+                    check = f"{statistics.fmean(checks):.3f}" if checks else "–"
+                    patches = [r["pseudo_patches"] for r in vals if r.get("pseudo_patches") is not None]
+                    drawn = f"{statistics.fmean(patches):.1f}" if patches else "–"
+                    out.append(f"| {PSEUDO[p]} | {fmt([r['dice_mean'] for r in vals])} | {n:.1f} | {check} | {drawn} |")
         # Selection alone: every method fine-tuned on its picks' labels only.
         plain = [r for r in rs if r["pseudo"] == "none" and r["method"] != "none"]
         for b in sorted({r["budget"] for r in plain if r["method"] != "asfda"}):
@@ -92,6 +95,29 @@ def tables(runs) -> str:
     return "\n".join(out) + "\n"
 
 
+def grid(rs, pseudo: str) -> list[str]:
+    """Mean +- sd Dice per method (rows) and budget (columns) for one pseudo-label setting; the
+    best mean of each budget in bold."""
+    out = []
+    budgets = sorted({r["budget"] for r in rs if r["method"] != "none"})
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m and r["pseudo"] == pseudo for r in rs)]
+    values = {(m, b): [r["dice_mean"] for r in rs if r["method"] == m and r["budget"] == b and r["pseudo"] == pseudo]
+              for m in methods for b in budgets}
+    out.append("| method | " + " | ".join(f"budget {b}" for b in budgets) + " |")
+    out.append("|---|" + "---:|" * len(budgets))
+    best = {}
+    for b in budgets:
+        ms = {m: statistics.fmean(values[m, b]) for m in methods if values[m, b]}
+        best[b] = max(ms, key=ms.get) if ms else None
+    for m in methods:
+        cells = []
+        for b in budgets:
+            cell = fmt(values[m, b]) if values[m, b] else "–"
+            cells.append(f"**{cell}**" if values[m, b] and best[b] == m else cell)
+        out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return out
+
+
 def plot(runs, png: Path):
     import matplotlib
     matplotlib.use("Agg")
@@ -102,16 +128,26 @@ def plot(runs, png: Path):
     for ax, site in zip(axes[0], sites):
         rs = [r for r in runs if r["site"] == site]
         budgets = sorted({r["budget"] for r in rs if r["method"] != "none"})
+        # Methods side by side around each budget, so their error bars do not hide each other.
+        shift = {m: 0.12 * (i - 2.5) for i, m in enumerate(METHOD_ORDER)}
         for m in METHOD_ORDER:
             pts = []
             for b in budgets:
                 vals = [r["dice_mean"] for r in rs if r["method"] == m and r["budget"] == b and r["pseudo"] == "reliable"]
                 if vals:
-                    pts.append((b, *mean_sd(vals)))
+                    pts.append((b + shift[m], *mean_sd(vals)))
             if pts:
                 xs, ms, sds = zip(*pts)
                 ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=LABELS[m],
                             linewidth=2.5 if m == "asfda" else 1.2)
+        # ASFDA's pseudo-labels used without the check (the earlier default), for comparison.
+        pts = [(b + 0.12 * 3.5, *mean_sd(v)) for b in budgets
+               if (v := [r["dice_mean"] for r in rs
+                         if r["method"] == "asfda" and r["budget"] == b and r["pseudo"] == "reliable_unchecked"])]
+        if pts:
+            xs, ms, sds = zip(*pts)
+            ax.errorbar(xs, ms, yerr=sds, marker="x", capsize=3, linestyle=":", color="black",
+                        label="ASFDA + SSFT without the check")
         base = [r["dice_mean"] for r in rs if r["method"] == "none"]
         if base:
             ax.axhline(base[0], color="grey", linestyle="--", label="unadapted")
