@@ -404,6 +404,7 @@ fn demo_runs_the_whole_loop_and_writes_the_report() {
         assert!(err.contains(phase), "progress of every phase: '{phase}' not in {err}");
     }
     assert!(stdout(&out).contains("mean fg"), "{}", stdout(&out));
+    assert!(err.contains("pseudo-labels by the bundle's weights"), "the pseudo-label check is reported: {err}");
 
     let png = std::fs::read(out_dir.join("report.png")).unwrap();
     let info = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap().info().clone();
