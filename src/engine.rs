@@ -179,6 +179,46 @@ impl Engine {
     /// [`Engine::score`] stream z-slabs instead.
     pub fn infer(&self, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Inference> {
         let (image, grid) = self.prepare(volume, Work::Infer)?;
+        self.infer_model_image(image, grid, cancel, progress)
+    }
+
+    /// [`Engine::infer`] on an image already preprocessed for this bundle
+    /// ([`crate::preprocess::prepare`]: `image` is [`Prepared::image`], `grid` its
+    /// [`Prepared::grid`]), read without a copy. The probabilities equal those of
+    /// [`Engine::infer`] on the volume it was prepared from; callers that keep prepared images
+    /// (the fine-tuner's training samples) need neither the volume nor a second preprocessing.
+    ///
+    /// Errors: `InvalidArgument` when `image` does not have the model grid's shape and the
+    /// bundle's channel count; `TooLarge` past the memory limit ([`Engine::memory_estimate_prepared`]).
+    ///
+    /// [`Prepared::image`]: crate::preprocess::Prepared::image
+    /// [`Prepared::grid`]: crate::preprocess::Prepared::grid
+    pub fn infer_prepared(
+        &self,
+        image: ArrayView4<'_, f32>,
+        grid: &ModelGrid,
+        cancel: &Cancel,
+        progress: Progress<'_>,
+    ) -> Result<Inference> {
+        let [z, y, x] = grid.model_shape();
+        let channels = self.bundle.manifest().input.channels;
+        if image.shape() != [channels, z, y, x] {
+            return Err(Error::invalid_argument(format!(
+                "infer_prepared: the image has shape {:?}, its model grid needs [{channels}, {z}, {y}, {x}]",
+                image.shape()
+            )));
+        }
+        self.check_memory(self.memory_estimate_prepared(grid), Work::Infer)?;
+        self.infer_model_image(ModelImage::Borrowed(image), grid.clone(), cancel, progress)
+    }
+
+    fn infer_model_image(
+        &self,
+        image: ModelImage<'_>,
+        grid: ModelGrid,
+        cancel: &Cancel,
+        progress: Progress<'_>,
+    ) -> Result<Inference> {
         let [z, y, x] = grid.model_shape();
         let mut probabilities: Option<Array4<f32>> = None;
         let features = self.stream(image, cancel, progress, &mut |z0, mut slab| {
@@ -259,7 +299,9 @@ impl Engine {
     }
 
     fn prepare<'a>(&self, volume: &'a Volume, work: Work) -> Result<(ModelImage<'a>, ModelGrid)> {
-        self.check_memory(volume, work)?;
+        if self.options.memory_limit_bytes > 0 {
+            self.check_memory(self.memory_estimate(volume, work)?, work)?;
+        }
         prepare_in_place(volume, &self.bundle.manifest().input)
     }
 
@@ -314,11 +356,7 @@ impl Engine {
                     .max(resampled + image)
             };
 
-        let [tz, ty, tx] = m.input.patch_size;
-        let [_, my, mx] = grid.model_shape();
-        let window = (k + 1) * tz * my * mx * f;
-        let passes = if self.options.window.mirror { 2 } else { 1 };
-        let batch = self.options.window.tiles_per_batch * tz * ty * tx * f * (2 * c + (2 + passes) * k);
+        let window = self.window_bytes(&grid);
         let valid = {
             let [vz, vy, vx] = grid.valid_region();
             [vz.len(), vy.len(), vx.len()]
@@ -332,7 +370,7 @@ impl Engine {
                     + if o.probabilities { k * model_voxels * f } else { 0 }
             }
         };
-        let during = input + image + window + batch + outputs;
+        let during = input + image + window + outputs;
 
         let mut after = 0;
         if let Work::Segment(o) = work {
@@ -354,20 +392,37 @@ impl Engine {
                 after = after.max(held + back(1));
             }
         }
-        // Small buffers not modelled above: resampling taps, tile features, score histograms.
-        const SMALL: usize = 8 << 20;
-        Ok((prep.max(during).max(after) + SMALL) as u64)
+        Ok((prep.max(during).max(after) + SMALL_BUFFERS) as u64)
     }
 
-    /// Refuses a volume whose working set ([`Engine::memory_estimate`]) would pass the configured
-    /// limit, before any allocation.
-    fn check_memory(&self, volume: &Volume, work: Work) -> Result<()> {
+    /// Estimated peak heap bytes of [`Engine::infer_prepared`] on an image of `grid`, the
+    /// caller's prepared image included (as [`Engine::memory_estimate`]): the image, the streaming
+    /// window and the full probabilities.
+    pub fn memory_estimate_prepared(&self, grid: &ModelGrid) -> u64 {
+        let m = self.bundle.manifest();
+        let model_voxels: usize = grid.model_shape().iter().product();
+        let image = m.input.channels * model_voxels * 4;
+        let outputs = m.classes.len() * model_voxels * 4;
+        (image + self.window_bytes(grid) + outputs + SMALL_BUFFERS) as u64
+    }
+
+    /// The streaming window's own buffers: accumulators over one tile of z and the batch tensors.
+    fn window_bytes(&self, grid: &ModelGrid) -> usize {
+        let m = self.bundle.manifest();
+        let (c, k, f) = (m.input.channels, m.classes.len(), 4);
+        let [tz, ty, tx] = m.input.patch_size;
+        let [_, my, mx] = grid.model_shape();
+        let accumulators = (k + 1) * tz * my * mx * f;
+        let passes = if self.options.window.mirror { 2 } else { 1 };
+        let batch = self.options.window.tiles_per_batch * tz * ty * tx * f * (2 * c + (2 + passes) * k);
+        accumulators + batch
+    }
+
+    /// Refuses work whose estimated working set `needed` would pass the configured limit, before
+    /// any allocation.
+    fn check_memory(&self, needed: u64, work: Work) -> Result<()> {
         let limit = self.options.memory_limit_bytes;
-        if limit == 0 {
-            return Ok(());
-        }
-        let needed = self.memory_estimate(volume, work)?;
-        if needed > limit {
+        if limit > 0 && needed > limit {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!(
@@ -386,6 +441,9 @@ impl Engine {
         Ok(())
     }
 }
+
+/// Small buffers the memory estimates do not model: resampling taps, tile features, score histograms.
+const SMALL_BUFFERS: usize = 8 << 20;
 
 /// What a call computes, for [`Engine::memory_estimate`].
 #[derive(Clone, Copy, Debug)]

@@ -748,6 +748,8 @@ fn channel_norm(x: &[f32], normalization: &Normalization) -> ChannelNorm {
 pub enum ModelImage<'a> {
     /// [`Prepared::image`].
     Owned(Array4<f32>),
+    /// A [`Prepared::image`] the caller keeps (e.g. a fine-tuner's training sample), read without a copy.
+    Borrowed(ArrayView4<'a, f32>),
     /// The caller's `[C, Z, Y, X]` voxels (x fastest) of unpadded shape `shape` (z, y, x).
     InPlace {
         data: &'a [f32],
@@ -790,18 +792,32 @@ pub fn prepare_in_place<'a>(volume: &'a Volume, input: &InputSpec) -> Result<(Mo
     Ok((image, grid))
 }
 
+impl ModelImage<'_> {
+    /// The whole image, when it exists as an array.
+    fn array(&self) -> Option<ArrayView4<'_, f32>> {
+        match self {
+            ModelImage::Owned(image) => Some(image.view()),
+            ModelImage::Borrowed(image) => Some(image.view()),
+            ModelImage::InPlace { .. } => None,
+        }
+    }
+}
+
 impl TileSource for ModelImage<'_> {
     fn shape(&self) -> [usize; 3] {
-        match self {
-            ModelImage::Owned(image) => [image.shape()[1], image.shape()[2], image.shape()[3]],
-            ModelImage::InPlace { model_shape, .. } => *model_shape,
+        match (self.array(), self) {
+            (Some(image), _) => [image.shape()[1], image.shape()[2], image.shape()[3]],
+            (None, ModelImage::InPlace { model_shape, .. }) => *model_shape,
+            (None, _) => unreachable!("only an in-place image has no array"),
         }
     }
 
     fn gather(&self, starts: &[[usize; 3]], tile: [usize; 3]) -> Array5<f32> {
+        if let Some(image) = self.array() {
+            return gather_tiles(image, starts, tile);
+        }
         let ModelImage::InPlace { data, shape, norms, background, pad_before, .. } = self else {
-            let ModelImage::Owned(image) = self else { unreachable!() };
-            return gather_tiles(image.view(), starts, tile);
+            unreachable!("only an in-place image has no array")
         };
         let [nz, ny, nx] = *shape;
         let channels = norms.len();

@@ -378,3 +378,51 @@ fn the_memory_limit_counts_the_optional_maps() {
     assert!(err.message().contains("probability maps"), "{err}");
     assert!(limited.segment(&image, SegmentOutputs::default(), &cancel, &mut |_| true).is_ok());
 }
+
+#[test]
+fn inference_on_a_prepared_image_equals_inference_on_its_volume() {
+    use asfda::preprocess::prepare;
+    let engine = engine();
+    let cancel = Cancel::new().unwrap();
+    // t1 is read in place by infer (RAS at the model spacing); spacing_orient is reoriented and
+    // resampled, so both of infer's paths are compared with the prepared one.
+    for site in ["t1", "spacing_orient"] {
+        let (image, _) = cases(site, 1).remove(0);
+        let want = engine.infer(&image, &cancel, &mut |_| true).unwrap();
+        let prepared = prepare(&image, &engine.bundle().manifest().input).unwrap();
+        drop(image);
+        let got = engine.infer_prepared(prepared.image.view(), &prepared.grid, &cancel, &mut |_| true).unwrap();
+        assert_eq!(got.probabilities, want.probabilities, "{site}");
+        assert_eq!(got.features, want.features, "{site}");
+        assert_eq!(got.grid.valid_region(), want.grid.valid_region(), "{site}");
+    }
+}
+
+#[test]
+fn a_prepared_image_of_the_wrong_shape_or_over_the_memory_limit_is_refused() {
+    use asfda::preprocess::prepare;
+    let (image, _) = cases("t1", 1).remove(0);
+    let plain = engine();
+    let prepared = prepare(&image, &plain.bundle().manifest().input).unwrap();
+    let cancel = Cancel::new().unwrap();
+    let cropped = prepared.image.slice(ndarray::s![.., 1.., .., ..]);
+    let Err(err) = plain.infer_prepared(cropped, &prepared.grid, &cancel, &mut |_| true) else {
+        panic!("a cropped image must be refused");
+    };
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.message().contains("shape"), "{err}");
+
+    let needed = plain.memory_estimate_prepared(&prepared.grid);
+    let model_bytes = (prepared.image.len() * 4) as u64;
+    // The image itself plus four class probabilities per voxel at least.
+    assert!(needed >= 5 * model_bytes, "{needed} {model_bytes}");
+    let limited = Engine::new(
+        &root().join("models/demo_brain_unet"),
+        EngineOptions { memory_limit_bytes: needed - 1, ..Default::default() },
+    )
+    .unwrap();
+    let Err(err) = limited.infer_prepared(prepared.image.view(), &prepared.grid, &cancel, &mut |_| true) else {
+        panic!("over the memory limit");
+    };
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+}
