@@ -314,12 +314,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         }
     };
     for &i in &unlabeled {
-        let (id, volume) = &site.pool[i];
-        if pseudo == Pseudo::ReliableRefresh {
-            tuner.add_unlabeled(id, volume).unwrap(); // a refresh needs the volume
-        } else {
-            tuner.add_pseudo_labeled(&site.pseudo_labels(engine, args)[id]).unwrap();
-        }
+        tuner.add_pseudo_labeled(&site.pseudo_labels(engine, args)[&site.pool[i].0]).unwrap();
     }
     let (mut final_loss, mut pseudo_patches) = (f32::NAN, 0);
     for _ in 0..args.steps {

@@ -720,6 +720,8 @@ void asfda_finetuner_free(struct AsfdaFineTuner *tuner);
  * Adds an annotated volume. `label` must be on `image`'s voxel grid
  * (ASFDA_STATUS_GEOMETRY_MISMATCH) with one channel of class indices 0..classes-1
  * (ASFDA_STATUS_INVALID_DATA names a bad value). `id` must be unique within the run.
+ * The fine-tuner keeps only the preprocessed image and labels on the model grid: `image` and
+ * `label` may be freed after the call.
  */
 enum AsfdaStatus asfda_finetuner_add_labeled(struct AsfdaFineTuner *tuner,
                                              const char *id,
@@ -729,7 +731,8 @@ enum AsfdaStatus asfda_finetuner_add_labeled(struct AsfdaFineTuner *tuner,
 /**
  * Adds an unannotated volume (from the reliable set of asfda_select): it is segmented now and
  * its confident voxels become pseudo-labels. `out_reliable_fraction` (may be NULL) receives the
- * share of its voxels kept.
+ * share of its voxels kept. As for asfda_finetuner_add_labeled, only the model-grid image is kept
+ * (refreshes relabel it): `image` may be freed after the call.
  */
 enum AsfdaStatus asfda_finetuner_add_unlabeled(struct AsfdaFineTuner *tuner,
                                                const char *id,

@@ -492,6 +492,36 @@ fn shared_pseudo_labels_train_like_add_unlabeled() {
     assert_eq!(shared.add_pseudo_labeled(&pseudo).unwrap_err().kind(), ErrorKind::InvalidArgument);
 }
 
+/// A shared pseudo-labelled volume carries its prepared image, so a refresh relabels it exactly
+/// as it relabels a volume added with add_unlabeled.
+#[test]
+fn shared_pseudo_labels_are_refreshed_like_added_ones() {
+    let engine = engine();
+    let (image, label) = small("pd", 0);
+    let (other, _) = small("pd", 2);
+    let o = FineTuneOptions {
+        lr: Some(2e-3),
+        pseudo_label_refresh_every: 2,
+        pseudo_label_min_dice: 0.0,
+        ..options(32, 1, 8, 5)
+    };
+    let mut direct = FineTuner::new(&engine, o.clone()).unwrap();
+    direct.add_labeled("a", &image, &label).unwrap();
+    direct.add_unlabeled("b", &other).unwrap();
+    let pseudo = FineTuner::new(&engine, o.clone()).unwrap().pseudo_label_volume("b", &other).unwrap();
+    drop(other);
+    let mut shared = FineTuner::new(&engine, o).unwrap();
+    shared.add_labeled("a", &image, &label).unwrap();
+    shared.add_pseudo_labeled(&pseudo).unwrap();
+    let initial = shared.labels("b").unwrap();
+    for _ in 0..3 {
+        assert_eq!(shared.step().unwrap(), direct.step().unwrap());
+    }
+    assert_ne!(shared.labels("b").unwrap(), initial, "step index 2 relabels");
+    assert_eq!(shared.labels("b"), direct.labels("b"));
+    assert_eq!(weights_bits(&shared), weights_bits(&direct));
+}
+
 /// Mean foreground Dice (classes 1..4) of `engine`'s argmax against `labels` (model grid), over
 /// the voxels `labels` does not ignore: what the pseudo-label check computes, done by hand.
 fn labeler_dice(engine: &Engine, image: &Volume, labels: &ndarray::Array3<i64>, ignore: i64) -> Vec<f64> {

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs, Work};
+use asfda::finetune::{FineTuneOptions, FineTuner};
+use asfda::preprocess::prepare;
 use asfda::runtime::RuntimeOptions;
 use asfda::volume::Volume;
 use asfda::window::Cancel;
@@ -103,12 +105,16 @@ fn phantom(dims: [usize; 3], spacing: f64) -> Volume {
     Volume::new(data, dims, 1, affine).unwrap()
 }
 
+fn demo_engine() -> Engine {
+    let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
+    Engine::new(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo_brain_unet"), options).unwrap()
+}
+
 /// Segments and scores a volume of `dims` at 0.5 mm and returns (peak heap bytes over the
 /// baseline, including the input; input bytes; the engine's estimate for segmentation).
 fn measure(dims: [usize; 3], spacing: f64) -> (usize, usize, u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
-    let engine = Engine::new(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo_brain_unet"), options).unwrap();
+    let engine = demo_engine();
     let baseline = CURRENT.load(Ordering::SeqCst);
     PEAK.store(baseline, Ordering::SeqCst);
     let image = phantom(dims, spacing);
@@ -173,4 +179,69 @@ fn a_quarter_size_volume_stays_within_three_times_its_input() {
 #[ignore = "512x512x400: 400 MiB input, ~1.2 GB peak RSS, ~70 s in release; run by hand: cargo test --release --test memory -- --ignored"]
 fn a_512_by_512_by_400_volume_stays_within_three_times_its_input() {
     check([512, 512, 400]);
+}
+
+/// Inference on a prepared image (what the fine-tuner's pseudo-label check and refreshes run):
+/// the estimate the memory limit compares covers the measured peak, the image included.
+#[test]
+fn the_estimate_covers_the_peak_of_inference_on_a_prepared_image() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = demo_engine();
+    let image = phantom([128, 128, 96], 2.0);
+    let prepared = prepare(&image, &engine.bundle().manifest().input).unwrap();
+    drop(image);
+    let image_bytes = prepared.image.len() * 4;
+    let baseline = CURRENT.load(Ordering::SeqCst);
+    PEAK.store(baseline, Ordering::SeqCst);
+    let inference =
+        engine.infer_prepared(prepared.image.view(), &prepared.grid, &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let peak = PEAK.load(Ordering::SeqCst) - baseline + image_bytes;
+    drop(inference);
+    let estimate = engine.memory_estimate_prepared(&prepared.grid);
+    eprintln!(
+        "infer_prepared: image {} MiB, peak {} MiB, estimate {} MiB",
+        image_bytes >> 20,
+        peak >> 20,
+        estimate >> 20
+    );
+    assert!(estimate >= peak as u64, "the memory estimate {estimate} is below the measured peak {peak}");
+}
+
+/// A fine-tuner keeps an added volume on the model grid only (its prepared image, labels and
+/// foreground index), not a copy of the caller's volume, also after the pseudo-label check ran
+/// on it. At 0.5 mm the model grid (2 mm) has 1/64 of the voxels, so a kept copy of the image
+/// would show as more than the input's size.
+#[test]
+fn a_fine_tuner_keeps_no_copy_of_the_callers_volume() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let engine = demo_engine();
+    let image = phantom([256, 256, 200], 0.5);
+    let label_data = image
+        .data()
+        .iter()
+        .map(|&v| {
+            if v > 800.0 {
+                2.0
+            } else if v > 0.0 {
+                3.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let label = Volume::new(label_data, image.dims(), 1, image.affine()).unwrap();
+    let input = image.data().len() * 4;
+    let mut tuner = FineTuner::new(&engine, FineTuneOptions::default()).unwrap();
+    let before = CURRENT.load(Ordering::SeqCst);
+    tuner.add_labeled("big", &image, &label).unwrap();
+    tuner.add_unlabeled("big2", &image).unwrap();
+    let check = tuner.check_pseudo_labels().unwrap().clone();
+    let kept = CURRENT.load(Ordering::SeqCst) - before;
+    eprintln!(
+        "fine-tuner: input {} MiB, kept after adding it twice and the check {} MiB (check Dice {:.3})",
+        input >> 20,
+        kept >> 20,
+        check.foreground_dice
+    );
+    assert!(kept < input / 4, "the fine-tuner kept {kept} bytes for two volumes of {input} bytes");
 }

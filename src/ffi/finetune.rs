@@ -182,6 +182,8 @@ pub extern "C" fn asfda_finetuner_free(tuner: *mut AsfdaFineTuner) {
 /// Adds an annotated volume. `label` must be on `image`'s voxel grid
 /// (ASFDA_STATUS_GEOMETRY_MISMATCH) with one channel of class indices 0..classes-1
 /// (ASFDA_STATUS_INVALID_DATA names a bad value). `id` must be unique within the run.
+/// The fine-tuner keeps only the preprocessed image and labels on the model grid: `image` and
+/// `label` may be freed after the call.
 #[no_mangle]
 pub extern "C" fn asfda_finetuner_add_labeled(
     tuner: *mut AsfdaFineTuner,
@@ -199,7 +201,8 @@ pub extern "C" fn asfda_finetuner_add_labeled(
 
 /// Adds an unannotated volume (from the reliable set of asfda_select): it is segmented now and
 /// its confident voxels become pseudo-labels. `out_reliable_fraction` (may be NULL) receives the
-/// share of its voxels kept.
+/// share of its voxels kept. As for asfda_finetuner_add_labeled, only the model-grid image is kept
+/// (refreshes relabel it): `image` may be freed after the call.
 #[no_mangle]
 pub extern "C" fn asfda_finetuner_add_unlabeled(
     tuner: *mut AsfdaFineTuner,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array3, Array4, Array5, Axis};
+use ndarray::{s, Array3, Array4, Array5, ArrayView4, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint};
@@ -18,7 +18,7 @@ use crate::atomic_file;
 use crate::bundle::Manifest;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::preprocess::prepare;
+use crate::preprocess::{prepare, ModelGrid, Prepared};
 use crate::volume::Volume;
 use crate::window::Cancel;
 
@@ -184,12 +184,15 @@ pub struct PlannedPatch {
     pub patch: Patch,
 }
 
-/// One volume ready for patch sampling, on the padded model grid.
+/// One volume ready for patch sampling, on the padded model grid. The prepared image is all the
+/// fine-tuner keeps of a volume: the pseudo-label check and refreshes infer from it
+/// ([`Engine::infer_prepared`]), so the caller's volume is not copied.
 #[derive(Clone)]
 struct Sample {
     id: String,
-    /// [C, Z, Y, X], preprocessed.
+    /// [C, Z, Y, X], preprocessed ([`Prepared::image`]).
     image: Array4<f32>,
+    grid: ModelGrid,
     /// [Z, Y, X]: class indices, or [`IGNORED`] (padding, unreliable pseudo-labels); one byte a
     /// voxel instead of the train step's i64, converted per patch.
     labels: Array3<u8>,
@@ -198,6 +201,23 @@ struct Sample {
     /// Per-channel background (minimum), to pad patches reaching outside the grid.
     fill: Vec<f32>,
     foreground: ForegroundIndex,
+}
+
+impl Sample {
+    fn new(id: &str, prepared: Prepared, labels: Array3<u8>, foreground_classes: &[usize]) -> Sample {
+        let Prepared { image, grid } = prepared;
+        let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
+        let foreground = ForegroundIndex::new(&labels, foreground_classes);
+        let reliable = labels.iter().filter(|&&l| l != IGNORED).count();
+        Sample { id: id.to_string(), image, grid, labels, reliable, fill, foreground }
+    }
+
+    /// New labels for the same image (a pseudo-label refresh).
+    fn set_labels(&mut self, labels: Array3<u8>, foreground_classes: &[usize]) {
+        self.foreground = ForegroundIndex::new(&labels, foreground_classes);
+        self.reliable = labels.iter().filter(|&&l| l != IGNORED).count();
+        self.labels = labels;
+    }
 }
 
 /// A pseudo-labelled volume ready to add to a [`FineTuner`] ([`FineTuner::pseudo_label_volume`]).
@@ -227,13 +247,6 @@ struct PseudoOrigin {
     threshold_bits: u64,
 }
 
-/// An annotated volume: the training sample, and the caller's volume for
-/// [`FineTuner::check_pseudo_labels`] (which segments it with the labelling model).
-struct Labeled {
-    sample: Sample,
-    volume: Volume,
-}
-
 /// How well the model that makes the pseudo-labels segments the annotated volumes
 /// ([`FineTuner::check_pseudo_labels`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -247,12 +260,6 @@ pub struct PseudoLabelCheck {
     pub foreground_dice: f64,
     /// `foreground_dice >= pseudo_label_min_dice`: pseudo-labelled patches are drawn.
     pub trusted: bool,
-}
-
-struct Unlabeled {
-    sample: Sample,
-    /// Kept only when pseudo-labels are refreshed (re-inference needs the caller's volume).
-    volume: Option<Volume>,
 }
 
 /// The SSFT trainer. It starts from the bundle's checkpoint (or a saved fine-tuning checkpoint,
@@ -277,8 +284,10 @@ pub struct FineTuner {
     base_step: i64,
     /// Step index whose weights made the current pseudo-labels (None: the bundle's weights).
     labeler_step: Option<u64>,
-    labeled: Vec<Labeled>,
-    unlabeled: Vec<Unlabeled>,
+    /// Annotated volumes, in id order.
+    labeled: Vec<Sample>,
+    /// Pseudo-labelled volumes, in id order.
+    unlabeled: Vec<Sample>,
     /// The pseudo-label check of the current labeller and annotated set (None: not made yet,
     /// or out of date).
     check: Option<PseudoLabelCheck>,
@@ -404,21 +413,13 @@ impl FineTuner {
 
     /// Ids of the annotated and the pseudo-labelled volumes, each in sampling (id) order.
     pub fn ids(&self) -> (Vec<&str>, Vec<&str>) {
-        (
-            self.labeled.iter().map(|l| l.sample.id.as_str()).collect(),
-            self.unlabeled.iter().map(|u| u.sample.id.as_str()).collect(),
-        )
+        (self.labeled.iter().map(|l| l.id.as_str()).collect(), self.unlabeled.iter().map(|u| u.id.as_str()).collect())
     }
 
     /// The training labels of an added volume on the padded model grid [Z, Y, X]: its annotation,
     /// or its pseudo-labels; the ignore label on padding and unreliable voxels.
     pub fn labels(&self, id: &str) -> Option<Array3<i64>> {
-        let sample = self
-            .labeled
-            .iter()
-            .map(|l| &l.sample)
-            .chain(self.unlabeled.iter().map(|u| &u.sample))
-            .find(|s| s.id == id)?;
+        let sample = self.labeled.iter().chain(&self.unlabeled).find(|s| s.id == id)?;
         Some(sample.labels.mapv(|l| if l == IGNORED { self.ignore } else { i64::from(l) }))
     }
 
@@ -434,7 +435,8 @@ impl FineTuner {
 
     /// Adds an annotated volume. `label` must be on `image`'s voxel grid (`GeometryMismatch`),
     /// have one channel and integer class values in `0..classes` (`InvalidData` naming the first
-    /// bad value). Ids must be unique across both sets.
+    /// bad value). Ids must be unique across both sets. Only the volume's preprocessed image and
+    /// labels on the model grid are kept (no copy of `image` or `label`).
     pub fn add_labeled(&mut self, id: &str, image: &Volume, label: &Volume) -> Result<()> {
         self.check_new_id(id)?;
         image.check_same_grid(label, &format!("add_labeled('{id}'): the image and its label volume"))?;
@@ -446,9 +448,9 @@ impl FineTuner {
                 .grid
                 .labels_to_model(label, self.ignore)?
                 .mapv(|l| if l == self.ignore { IGNORED } else { l as u8 });
-        let sample = self.sample(id, prepared.image, labels);
-        let at = self.labeled.partition_point(|l| l.sample.id.as_str() < id);
-        self.labeled.insert(at, Labeled { sample, volume: image.clone() });
+        let sample = self.sample(id, prepared, labels);
+        let at = self.labeled.partition_point(|l| l.id.as_str() < id);
+        self.labeled.insert(at, sample);
         self.check = None;
         Ok(())
     }
@@ -460,9 +462,8 @@ impl FineTuner {
     pub fn add_unlabeled(&mut self, id: &str, image: &Volume) -> Result<f64> {
         self.check_new_id(id)?;
         let (sample, kept) = self.pseudo_label(id, image)?;
-        let volume = (self.options.pseudo_label_refresh_every > 0).then(|| image.clone());
-        let at = self.unlabeled.partition_point(|u| u.sample.id.as_str() < id);
-        self.unlabeled.insert(at, Unlabeled { sample, volume });
+        let at = self.unlabeled.partition_point(|u| u.id.as_str() < id);
+        self.unlabeled.insert(at, sample);
         Ok(kept)
     }
 
@@ -477,15 +478,11 @@ impl FineTuner {
 
     /// Adds a volume pseudo-labelled by [`FineTuner::pseudo_label_volume`] (of this or another
     /// fine-tuner). It must come from the same labelling weights and threshold as this
-    /// fine-tuner's own pseudo-labels, and refresh must be off (a refresh needs the volume).
+    /// fine-tuner's own pseudo-labels; it carries its prepared image, so refreshes relabel it
+    /// like a volume added with [`FineTuner::add_unlabeled`].
     /// Returns the fraction of voxels kept, as [`FineTuner::add_unlabeled`].
     pub fn add_pseudo_labeled(&mut self, labeled: &PseudoLabeled) -> Result<f64> {
         self.check_new_id(&labeled.sample.id)?;
-        if self.options.pseudo_label_refresh_every > 0 {
-            return Err(Error::invalid_argument(
-                "add_pseudo_labeled: pseudo-labels are refreshed in this run, which needs the volume: use add_unlabeled",
-            ));
-        }
         if labeled.origin != self.pseudo_origin() {
             return Err(Error::invalid_argument(format!(
                 "add_pseudo_labeled('{}'): made by {:?}, this fine-tuner labels with {:?}",
@@ -494,8 +491,8 @@ impl FineTuner {
                 self.pseudo_origin()
             )));
         }
-        let at = self.unlabeled.partition_point(|u| u.sample.id < labeled.sample.id);
-        self.unlabeled.insert(at, Unlabeled { sample: labeled.sample.clone(), volume: None });
+        let at = self.unlabeled.partition_point(|u| u.id < labeled.sample.id);
+        self.unlabeled.insert(at, labeled.sample.clone());
         Ok(labeled.kept)
     }
 
@@ -509,7 +506,7 @@ impl FineTuner {
     }
 
     fn check_new_id(&self, id: &str) -> Result<()> {
-        if self.labeled.iter().any(|l| l.sample.id == id) || self.unlabeled.iter().any(|u| u.sample.id == id) {
+        if self.labeled.iter().chain(&self.unlabeled).any(|v| v.id == id) {
             return Err(Error::invalid_argument(format!("a volume with id '{id}' was already added")));
         }
         Ok(())
@@ -532,21 +529,25 @@ impl FineTuner {
         Ok(())
     }
 
-    fn sample(&self, id: &str, image: Array4<f32>, labels: Array3<u8>) -> Sample {
-        let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
-        let foreground = ForegroundIndex::new(&labels, &self.manifest.foreground_classes);
-        let reliable = labels.iter().filter(|&&l| l != IGNORED).count();
-        Sample { id: id.to_string(), image, labels, reliable, fill, foreground }
+    fn sample(&self, id: &str, prepared: Prepared, labels: Array3<u8>) -> Sample {
+        Sample::new(id, prepared, labels, &self.manifest.foreground_classes)
     }
 
     fn pseudo_label(&self, id: &str, image: &Volume) -> Result<(Sample, f64)> {
-        let inference = self.labeler.infer(image, &Cancel::new()?, &mut |_| true)?;
         let prepared = prepare(image, &self.manifest.input)?;
+        let (labels, kept) = self.pseudo_labels(prepared.image.view(), &prepared.grid)?;
+        Ok((self.sample(id, prepared, labels), kept))
+    }
+
+    /// The labelling model's pseudo-labels of a prepared image, and the fraction of its
+    /// (unpadded) voxels kept.
+    fn pseudo_labels(&self, image: ArrayView4<'_, f32>, grid: &ModelGrid) -> Result<(Array3<u8>, f64)> {
+        let inference = self.labeler.infer_prepared(image, grid, &Cancel::new()?, &mut |_| true)?;
         let probs = &inference.probabilities;
         let (_, z, y, x) = probs.dim();
         let tau = self.options.pseudo_label_threshold as f32;
         let mut labels = Array3::from_elem((z, y, x), IGNORED);
-        let [rz, ry, rx] = inference.grid.valid_region();
+        let [rz, ry, rx] = grid.valid_region();
         let mut kept = 0usize;
         for k in rz.clone() {
             for j in ry.clone() {
@@ -559,15 +560,8 @@ impl FineTuner {
                 }
             }
         }
-        if prepared.image.shape()[1..] != [z, y, x] {
-            return Err(Error::internal(format!(
-                "the engine's model grid {:?} differs from preprocessing's {:?}",
-                [z, y, x],
-                &prepared.image.shape()[1..]
-            )));
-        }
         let valid = rz.len() * ry.len() * rx.len();
-        Ok((self.sample(id, prepared.image, labels), kept as f64 / valid.max(1) as f64))
+        Ok((labels, kept as f64 / valid.max(1) as f64))
     }
 
     /// Relabels every unlabelled volume with the current weights.
@@ -576,12 +570,8 @@ impl FineTuner {
         self.labeler_step = Some(t);
         self.check = None;
         for i in 0..self.unlabeled.len() {
-            let volume =
-                self.unlabeled[i].volume.take().ok_or_else(|| Error::internal("refresh without the volume"))?;
-            let id = self.unlabeled[i].sample.id.clone();
-            let result = self.pseudo_label(&id, &volume);
-            self.unlabeled[i].volume = Some(volume);
-            self.unlabeled[i].sample = result?.0;
+            let (labels, _) = self.pseudo_labels(self.unlabeled[i].image.view(), &self.unlabeled[i].grid)?;
+            self.unlabeled[i].set_labels(labels, &self.manifest.foreground_classes);
         }
         Ok(())
     }
@@ -614,16 +604,10 @@ impl FineTuner {
         let classes = self.classes();
         let mut per_volume = Vec::with_capacity(self.labeled.len());
         for l in &self.labeled {
-            let probs = self.labeler.infer(&l.volume, &Cancel::new()?, &mut |_| true)?.probabilities;
-            if probs.shape()[1..] != *l.sample.labels.shape() {
-                return Err(Error::internal(format!(
-                    "the engine's model grid {:?} differs from the annotation's {:?}",
-                    &probs.shape()[1..],
-                    l.sample.labels.shape()
-                )));
-            }
+            let probs =
+                self.labeler.infer_prepared(l.image.view(), &l.grid, &Cancel::new()?, &mut |_| true)?.probabilities;
             let mut overlap = Overlap::new(classes);
-            for ((k, j, i), &truth) in l.sample.labels.indexed_iter() {
+            for ((k, j, i), &truth) in l.labels.indexed_iter() {
                 if truth != IGNORED {
                     overlap.add(top_class(&probs, [k, j, i]).0, usize::from(truth));
                 }
@@ -648,7 +632,7 @@ impl FineTuner {
 
     /// Pseudo-labelled volumes with at least one reliable voxel (the rest teach nothing).
     fn usable_pseudo(&self) -> Vec<usize> {
-        (0..self.unlabeled.len()).filter(|&i| self.unlabeled[i].sample.reliable > 0).collect()
+        (0..self.unlabeled.len()).filter(|&i| self.unlabeled[i].reliable > 0).collect()
     }
 
     /// The patches step `t` (0-based) draws, as [`FineTuner::step`] describes; a pure function
@@ -667,7 +651,7 @@ impl FineTuner {
                 } else {
                     pseudo[rng.below(pseudo.len() as u64) as usize]
                 };
-                let sample = if labeled { &self.labeled[volume].sample } else { &self.unlabeled[volume].sample };
+                let sample = if labeled { &self.labeled[volume] } else { &self.unlabeled[volume] };
                 let foreground = uniform(&mut rng) < o.foreground_fraction;
                 let (z, y, x) = sample.labels.dim();
                 let patch = sample_patch(&mut rng, [z, y, x], self.patch, &sample.foreground, foreground);
@@ -717,7 +701,7 @@ impl FineTuner {
         let mut labels = Array4::<i64>::zeros((n, pz, py, px));
         let mut weights = Vec::with_capacity(n);
         for (b, p) in plan.iter().enumerate() {
-            let sample = if p.labeled { &self.labeled[p.volume].sample } else { &self.unlabeled[p.volume].sample };
+            let sample = if p.labeled { &self.labeled[p.volume] } else { &self.unlabeled[p.volume] };
             crop_image(&sample.image, p.patch.start, &sample.fill, image.index_axis_mut(Axis(0), b));
             crop_labels(&sample.labels, IGNORED, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
             weights.push(if p.labeled { 1.0f32 } else { lambda as f32 });
@@ -831,8 +815,8 @@ impl FineTuner {
             "adapted_from": self.manifest.name,
             "source_bundle": bundle.dir().display().to_string(),
             "fine_tuning_steps": self.steps_done(),
-            "annotated_volumes": self.labeled.iter().map(|l| l.sample.id.as_str()).collect::<Vec<_>>(),
-            "pseudo_labelled_volumes": self.unlabeled.iter().map(|u| u.sample.id.as_str()).collect::<Vec<_>>(),
+            "annotated_volumes": self.labeled.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            "pseudo_labelled_volumes": self.unlabeled.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
             // Whether those pseudo-labels were used (None: no check was made).
             "pseudo_label_check": self.check.as_ref().map(|c| serde_json::json!({
                 "labeler_step": c.labeler_step,

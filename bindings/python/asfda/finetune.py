@@ -188,7 +188,8 @@ class FineTuner:
     def add_labeled(self, id: str, image, label) -> None:
         """Adds an annotated volume (asfda.Volume or NIfTI path each). ``label`` must be on
         ``image``'s grid (GeometryMismatchError) with class indices 0..classes-1
-        (InvalidDataError names a bad value); ``id`` unique within the run (InvalidArgumentError)."""
+        (InvalidDataError names a bad value); ``id`` unique within the run (InvalidArgumentError).
+        Only the preprocessed image and labels on the model grid are kept, not the volumes."""
         image, label = _as_volume(image), _as_volume(label)
         self._call(_lib.finetuner_add_labeled, _lib.c_string(id, "id"), image._h, label._h)
 
