@@ -55,6 +55,9 @@ struct Run {
     #[serde(default)]
     min_dice: f64,
     steps: u64,
+    /// Patches per step. Runs recorded before this field all used the default, 2.
+    #[serde(default = "default_batch")]
+    batch: usize,
     patch: usize,
     lr: f64,
     overlap: f64,
@@ -256,6 +259,10 @@ fn fine_tune_options(args: &Args, seed: u64) -> FineTuneOptions {
     }
 }
 
+fn default_batch() -> usize {
+    2
+}
+
 fn dice_mean(per_class: &[f64]) -> f64 {
     // Foreground classes only (class 0 is background).
     per_class[1..].iter().sum::<f64>() / (per_class.len() - 1) as f64
@@ -275,6 +282,7 @@ fn baseline(engine: &Engine, args: &Args, site: &Site) -> Run {
         pseudo: Pseudo::None,
         min_dice: 0.0,
         steps: 0,
+        batch: 0,
         patch: args.patch,
         lr: 0.0,
         overlap: args.overlap,
@@ -333,6 +341,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         pseudo,
         min_dice: args.min_dice,
         steps: args.steps,
+        batch: tuner.options().batch_size,
         patch: args.patch,
         overlap: args.overlap,
         test_volumes: site.test.len(),

@@ -70,8 +70,9 @@ def tables(runs) -> str:
         abl_budgets = sorted({r["budget"] for r in abl if r["pseudo"] not in ("reliable", "reliable_unchecked")})
         for b in abl_budgets:
             out.append(f"\nSSFT ablation (ASFDA selection, budget {b}):\n")
+            drawn_of = " / ".join(str(n) for n in sorted({r["steps"] * r["batch"] for r in abl if r["budget"] == b}))
             out.append("| pseudo-labels | Dice | pseudo-labeled volumes | labelling model's Dice on the picks "
-                       "(last check) | pseudo patches drawn of 60 |")
+                       f"(last check) | pseudo patches drawn of {drawn_of} (steps x batch) |")
             out.append("|---|---:|---:|---:|---:|")
             for p in PSEUDO:
                 vals = [r for r in abl if r["budget"] == b and r["pseudo"] == p]
