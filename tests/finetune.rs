@@ -593,3 +593,49 @@ fn pseudo_labels_are_used_only_while_their_model_segments_the_annotations_well()
     let check = thick.check_pseudo_labels().unwrap();
     assert!(check.trusted && check.foreground_dice >= default_min, "{check:?}");
 }
+
+/// Needs an NVIDIA GPU and the CUDA flavour of ONNX Runtime: `make test-gpu`. The same run on
+/// CUDA and on CPU: the same patches (sampling does not depend on the device), the same
+/// pseudo-label check outcome, and losses and weights equal to f32 round-off (cuDNN sums in
+/// another order).
+#[test]
+#[ignore = "needs a GPU: run `make test-gpu`"]
+fn gpu_fine_tuning_steps_match_cpu() {
+    use asfda::runtime::Device;
+    let cuda = Engine::new(
+        &root().join("models/demo_brain_unet"),
+        EngineOptions {
+            runtime: RuntimeOptions { device: Device::Cuda(0), ..Default::default() },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (image, label) = small("thick", 0);
+    let (other, _) = small("thick", 1);
+    let run = |engine: &Engine| {
+        let mut tuner = FineTuner::new(engine, options(32, 2, 4, 7)).unwrap();
+        tuner.add_labeled("a", &image, &label).unwrap();
+        tuner.add_unlabeled("b", &other).unwrap();
+        let steps: Vec<_> = (0..3).map(|_| tuner.step().unwrap()).collect();
+        let check = tuner.pseudo_label_check().cloned();
+        (steps, check, tuner)
+    };
+    let (cpu_steps, cpu_check, cpu) = run(&engine());
+    let (gpu_steps, gpu_check, gpu) = run(&cuda);
+    assert_eq!(gpu_check.map(|c| c.trusted), cpu_check.map(|c| c.trusted));
+    for (g, c) in gpu_steps.iter().zip(&cpu_steps) {
+        assert_eq!((g.step, g.labeled_in_batch, g.pseudo_in_batch), (c.step, c.labeled_in_batch, c.pseudo_in_batch));
+        assert!((g.loss - c.loss).abs() <= 1e-3 * c.loss.abs(), "loss CUDA {} vs CPU {}", g.loss, c.loss);
+    }
+    // Adam moves a weight whose gradient is ~0 by up to lr either way, so single weights may
+    // differ by that much; overall, the two runs must differ far less than training moved them.
+    let initial = FineTuner::new(&engine(), options(32, 2, 4, 7)).unwrap();
+    let (mut apart, mut moved) = (0.0f64, 0.0f64);
+    for (((_, g), (_, c)), (_, w0)) in gpu.weights().into_iter().zip(cpu.weights()).zip(initial.weights()) {
+        for ((a, b), w) in g.iter().zip(c.iter()).zip(w0.iter()) {
+            apart += f64::from((a - b).abs());
+            moved += f64::from((b - w).abs());
+        }
+    }
+    assert!(moved > 0.0 && apart <= 0.05 * moved, "CUDA vs CPU weights differ by {apart}, training moved them {moved}");
+}
