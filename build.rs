@@ -27,6 +27,21 @@ fn main() {
     if env::var_os("ASFDA_UPDATE_HEADER").is_some_and(|v| v == "1") {
         std::fs::copy(&out, crate_dir.join("include").join("asfda.h")).expect("cannot write include/asfda.h");
     }
+    set_soname();
+}
+
+/// Gives the shared library a SONAME, so programs linked against it record the ABI version they
+/// need (DT_NEEDED) rather than the build path, and packagers can install versions side by side.
+/// Before 1.0 every minor version may change the ABI (semver), so it is part of the name:
+/// libasfda.so.0.1 (libasfda.so.1 from 1.0 on). cmake/install.sh installs the file under this
+/// name with the libasfda.so development link.
+fn set_soname() {
+    if env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux") {
+        let v = |k: &str| env::var(k).expect("set by cargo");
+        let major = v("CARGO_PKG_VERSION_MAJOR");
+        let abi = if major == "0" { format!("0.{}", v("CARGO_PKG_VERSION_MINOR")) } else { major };
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libasfda.so.{abi}");
+    }
 }
 
 /// Version macros so C code can check at compile time what asfda_version() reports at run time.

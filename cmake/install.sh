@@ -39,10 +39,10 @@ version="$(sed -n '/^\[package\]/,/^\[/ s/^version *= *"\([^"]*\)".*/\1/p' "$roo
 major="${BASH_REMATCH[1]}"
 minor="${BASH_REMATCH[2]}"
 
-# cargo builds the cdylib without a SONAME. Then consumers must link it by name (-lasfda), or
-# the linker records the build-time full path as DT_NEEDED: CMake does that with
-# IMPORTED_NO_SONAME. Should the build ever set one (build.rs: cargo:rustc-cdylib-link-arg=
-# -Wl,-soname,...), the file is installed under it with the libasfda.so development link.
+# build.rs gives the library a SONAME (libasfda.so.0.1 for 0.1.x): the file is installed under
+# it, with the libasfda.so development link, and consumers record the SONAME as DT_NEEDED. A
+# library built without one (another platform's toolchain) is installed as libasfda.so and
+# linked by CMake with IMPORTED_NO_SONAME.
 soname="$(readelf -d "$lib" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')"
 
 mkdir -p "$dest/lib/cmake/asfda" "$dest/lib/pkgconfig" "$dest/include"
