@@ -5,7 +5,7 @@
 //!
 //!     cargo run --release --example al_benchmark -- [--out DIR] [--sites pd,thick]
 //!         [--budgets 2,4,8] [--seeds 0,1,2] [--methods asfda,random,...] [--steps N]
-//!         [--patch P] [--lr LR] [--threads T] [--ablation-budget B] [--overlap F]
+//!         [--batch B] [--patch P] [--lr LR] [--threads T] [--ablation-budget B] [--overlap F]
 //!         [--test-volumes N] [--refresh N] [--selection-only true] [--min-dice D]
 //!
 //! Results are appended to DIR/runs.jsonl one run per line, and runs already there are skipped,
@@ -105,6 +105,8 @@ struct Args {
     seeds: Vec<u64>,
     methods: Vec<Method>,
     steps: u64,
+    /// Patches per step (`FineTuneOptions::batch_size`).
+    batch: usize,
     patch: usize,
     lr: Option<f64>,
     threads: usize,
@@ -137,6 +139,7 @@ fn parse_args() -> Args {
         seeds: vec![0, 1, 2],
         methods: vec![Method::Asfda, Method::Random, Method::ForegroundRandom, Method::Entropy, Method::Coreset],
         steps: 40,
+        batch: FineTuneOptions::default().batch_size,
         patch: 48,
         lr: None,
         threads: 2,
@@ -158,6 +161,7 @@ fn parse_args() -> Args {
             "--seeds" => a.seeds = list(value),
             "--methods" => a.methods = list(value),
             "--steps" => a.steps = value.parse().unwrap(),
+            "--batch" => a.batch = value.parse().unwrap(),
             "--patch" => a.patch = value.parse().unwrap(),
             "--lr" => a.lr = Some(value.parse().unwrap()),
             "--threads" => a.threads = value.parse().unwrap(),
@@ -252,6 +256,7 @@ fn fine_tune_options(args: &Args, seed: u64) -> FineTuneOptions {
     FineTuneOptions {
         seed,
         total_steps: args.steps,
+        batch_size: args.batch,
         patch_size: Some([args.patch; 3]),
         lr: args.lr,
         pseudo_label_min_dice: args.min_dice,
