@@ -8,6 +8,9 @@ site, budget and method, the SSFT ablation, and a plot of Dice against budget pe
 
 Runs with pseudo-labels made before the pseudo-label check existed, or with it off
 (``min_dice`` 0), are reported as the "_unchecked" variants of their ``pseudo`` setting.
+
+When the runs use more than one fine-tuning recipe (learning rate, steps, batch), a table
+compares the recipes first; ``--recipe LR,STEPS,BATCH`` keeps one recipe for the other tables.
 """
 from __future__ import annotations
 
@@ -40,14 +43,37 @@ def fmt(values):
     return f"{m:.3f} ± {sd:.3f} (n={len(values)})"
 
 
+def recipe(r) -> tuple:
+    """The fine-tuning settings a run shares with the runs it is compared with."""
+    return (r["lr"], r["steps"], r["batch"])
+
+
 def load(path: Path):
     runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for r in runs:
         if r["pseudo"] != "none" and not r.get("min_dice"):
             r["pseudo"] += "_unchecked"
-    # Only the last record of a key counts (a rerun replaces an earlier one).
-    keyed = {(r["site"], r["method"], r["budget"], r["seed"], r["pseudo"]): r for r in runs}
+    # Only the last record of a key counts (a rerun replaces an earlier one). The unadapted
+    # baseline (no step) belongs to every recipe.
+    keyed = {(r["site"], r["method"], r["budget"], r["seed"], r["pseudo"],
+              recipe(r) if r["method"] != "none" else None): r for r in runs}
     return list(keyed.values())
+
+
+def recipes(runs) -> str:
+    """Dice per fine-tuning recipe, method, pseudo-label setting and budget, over seeds."""
+    out = ["| site | lr | steps | batch | patches seen | method | pseudo-labels | budget | Dice |",
+           "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+    groups = defaultdict(list)
+    for r in runs:
+        if r["method"] != "none":
+            groups[(r["site"], *recipe(r), r["method"], r["pseudo"], r["budget"])].append(r["dice_mean"])
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for (site, lr, steps, batch, m, pseudo, b), vals in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][6], order.get(kv[0][4], 99), kv[0][1:4])):
+        out.append(f"| {site} | {lr:g} | {steps} | {batch} | {steps * batch} | {LABELS.get(m, m)} | {pseudo} "
+                   f"| {b} | {fmt(vals)} |")
+    return "\n".join(out) + "\n"
 
 
 def tables(runs) -> str:
@@ -169,9 +195,17 @@ def main():
     ap.add_argument("runs", type=Path)
     ap.add_argument("--md", type=Path)
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--recipe", help="LR,STEPS,BATCH: report only the runs of this recipe")
     a = ap.parse_args()
     runs = load(a.runs)
-    text = tables(runs)
+    text = ""
+    if len({recipe(r) for r in runs if r["method"] != "none"}) > 1:
+        text += "\n### Fine-tuning recipes\n\n" + recipes(runs)
+    if a.recipe:
+        lr, steps, batch = a.recipe.split(",")
+        want = (float(lr), int(steps), int(batch))
+        runs = [r for r in runs if r["method"] == "none" or recipe(r) == want]
+    text += tables(runs)
     print(text)
     if a.md:
         a.md.write_text(text)
