@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tables and plot of the active-learning benchmark (examples/al_benchmark.rs).
 
-    scripts/al_report.py RUNS.jsonl --md docs/al-benchmark.md --png docs/al-benchmark.png
+    scripts/al_report.py RUNS.jsonl [MORE.jsonl ...] --md TABLES.md --png docs/al-benchmark.png
 
 Reads one run per line; prints and writes markdown tables of mean +- sd Dice (over seeds) per
 site, budget and method, the SSFT ablation, and a plot of Dice against budget per site.
@@ -9,8 +9,9 @@ site, budget and method, the SSFT ablation, and a plot of Dice against budget pe
 Runs with pseudo-labels made before the pseudo-label check existed, or with it off
 (``min_dice`` 0), are reported as the "_unchecked" variants of their ``pseudo`` setting.
 
-When the runs use more than one fine-tuning recipe (learning rate, steps, batch), a table
-compares the recipes first; ``--recipe LR,STEPS,BATCH`` keeps one recipe for the other tables.
+When the runs use more than one fine-tuning recipe (learning rate, steps, batch), a table first
+compares the recipes wherever the same runs were made with several; ``--recipe LR,STEPS,BATCH``
+keeps one recipe for the other tables.
 """
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ def recipe(r) -> tuple:
     return (r["lr"], r["steps"], r["batch"])
 
 
-def load(path: Path):
-    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def load(paths: list[Path]):
+    runs = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     for r in runs:
         if r["pseudo"] != "none" and not r.get("min_dice"):
             r["pseudo"] += "_unchecked"
@@ -61,18 +62,22 @@ def load(path: Path):
 
 
 def recipes(runs) -> str:
-    """Dice per fine-tuning recipe, method, pseudo-label setting and budget, over seeds."""
-    out = ["| site | lr | steps | batch | patches seen | method | pseudo-labels | budget | Dice |",
-           "|---|---:|---:|---:|---:|---|---|---:|---:|"]
-    groups = defaultdict(list)
+    """Dice per fine-tuning recipe (columns) for each site, pseudo-label setting, method and
+    budget run with more than one recipe (rows), over seeds; the best mean of a row in bold."""
+    groups = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r["method"] != "none":
-            groups[(r["site"], *recipe(r), r["method"], r["pseudo"], r["budget"])].append(r["dice_mean"])
+            groups[(r["site"], r["pseudo"], r["method"], r["budget"])][recipe(r)].append(r["dice_mean"])
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    cols = sorted({c for v in groups.values() for c in v}, key=lambda c: (c[1] * c[2], c[0], c[2]))
+    out = ["| site | pseudo-labels | method | budget | "
+           + " | ".join(f"lr {lr:g}, {steps} x {batch} patches" for lr, steps, batch in cols) + " |",
+           "|---|---|---|---:|" + "---:|" * len(cols)]
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    for (site, lr, steps, batch, m, pseudo, b), vals in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][6], order.get(kv[0][4], 99), kv[0][1:4])):
-        out.append(f"| {site} | {lr:g} | {steps} | {batch} | {steps * batch} | {LABELS.get(m, m)} | {pseudo} "
-                   f"| {b} | {fmt(vals)} |")
+    for (site, pseudo, m, b), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.get(kv[0][2], 99), kv[0][3])):
+        best = max(by, key=lambda c: statistics.fmean(by[c]))
+        cells = [("**" + fmt(by[c]) + "**" if c == best else fmt(by[c])) if c in by else "–" for c in cols]
+        out.append(f"| {site} | {pseudo} | {LABELS.get(m, m)} | {b} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -83,11 +88,13 @@ def tables(runs) -> str:
         rs = [r for r in runs if r["site"] == site]
         base = [r["dice_mean"] for r in rs if r["method"] == "none"]
         example = next((r for r in rs if r["method"] != "none"), None)
+        if example is None:  # only the unadapted baseline (e.g. another recipe's site)
+            continue
         out.append(f"\n### Site `{site}`\n")
         if base:
             out.append(f"Unadapted model: mean foreground Dice {base[0]:.3f}.")
         if example:
-            out.append(f"Fine-tuning: {example['steps']} steps, patch {example['patch']}^3, lr {example['lr']:g}.\n")
+            out.append(f"Fine-tuning: {example['steps']} steps of batch {example['batch']}, patch {example['patch']}^3, lr {example['lr']:g}.\n")
         out.extend(grid(rs, "reliable"))
         if any(r["pseudo"] == "reliable_unchecked" for r in rs):
             out.append("\nThe same grid with the pseudo-labels used without the check (the default before it):\n")
@@ -192,7 +199,7 @@ def plot(runs, png: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", type=Path)
+    ap.add_argument("runs", type=Path, nargs="+", help="runs.jsonl files, read as one")
     ap.add_argument("--md", type=Path)
     ap.add_argument("--png", type=Path)
     ap.add_argument("--recipe", help="LR,STEPS,BATCH: report only the runs of this recipe")

@@ -30,10 +30,10 @@ def test_recipes_are_kept_apart_and_selectable(root, tmp_path):
     runs += [run("pd", "asfda", s, d, batch=4) for s, d in enumerate([0.8, 0.8, 0.9])]
     runs += [run("pd", "random", s, 0.4, batch=4) for s in range(3)]
     text = report(root, tmp_path, runs)
-    recipe_rows = rows(text, "| pd |")
-    assert len(recipe_rows) == 3, text
-    assert "| pd | 0.001 | 30 | 2 | 60 | ASFDA + SSFT | reliable | 4 | 0.600 ± 0.100 (n=3) |" in recipe_rows
-    assert "| pd | 0.001 | 30 | 4 | 120 | ASFDA + SSFT | reliable | 4 | 0.833 ± 0.058 (n=3) |" in recipe_rows
+    # random ran with one recipe only: nothing to compare.
+    assert rows(text, "| pd |") == [
+        "| pd | reliable | ASFDA + SSFT | 4 | 0.600 ± 0.100 (n=3) | **0.833 ± 0.058 (n=3)** |"], text
+    assert "| lr 0.001, 30 x 2 patches | lr 0.001, 30 x 4 patches |" in text
 
     only = report(root, tmp_path, runs, "--recipe", "0.001,30,4")
     assert "Fine-tuning recipes" in only
