@@ -208,7 +208,7 @@ impl Engine {
                 image.shape()
             )));
         }
-        self.check_memory(self.memory_estimate_prepared(grid), Work::Infer)?;
+        self.check_memory(Work::Infer, || Ok(self.memory_estimate_prepared(grid)))?;
         self.infer_model_image(ModelImage::Borrowed(image), grid.clone(), cancel, progress)
     }
 
@@ -299,9 +299,7 @@ impl Engine {
     }
 
     fn prepare<'a>(&self, volume: &'a Volume, work: Work) -> Result<(ModelImage<'a>, ModelGrid)> {
-        if self.options.memory_limit_bytes > 0 {
-            self.check_memory(self.memory_estimate(volume, work)?, work)?;
-        }
+        self.check_memory(work, || self.memory_estimate(volume, work))?;
         prepare_in_place(volume, &self.bundle.manifest().input)
     }
 
@@ -418,11 +416,15 @@ impl Engine {
         accumulators + batch
     }
 
-    /// Refuses work whose estimated working set `needed` would pass the configured limit, before
-    /// any allocation.
-    fn check_memory(&self, needed: u64, work: Work) -> Result<()> {
+    /// Refuses work whose estimated working set (`estimate`, computed only when a limit is set)
+    /// would pass the configured limit, before any allocation.
+    fn check_memory(&self, work: Work, estimate: impl FnOnce() -> Result<u64>) -> Result<()> {
         let limit = self.options.memory_limit_bytes;
-        if limit > 0 && needed > limit {
+        if limit == 0 {
+            return Ok(());
+        }
+        let needed = estimate()?;
+        if needed > limit {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!(

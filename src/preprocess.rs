@@ -805,10 +805,10 @@ impl ModelImage<'_> {
 
 impl TileSource for ModelImage<'_> {
     fn shape(&self) -> [usize; 3] {
-        match (self.array(), self) {
-            (Some(image), _) => [image.shape()[1], image.shape()[2], image.shape()[3]],
-            (None, ModelImage::InPlace { model_shape, .. }) => *model_shape,
-            (None, _) => unreachable!("only an in-place image has no array"),
+        match self {
+            ModelImage::Owned(image) => [image.shape()[1], image.shape()[2], image.shape()[3]],
+            ModelImage::Borrowed(image) => [image.shape()[1], image.shape()[2], image.shape()[3]],
+            ModelImage::InPlace { model_shape, .. } => *model_shape,
         }
     }
 

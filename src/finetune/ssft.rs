@@ -207,17 +207,21 @@ impl Sample {
     fn new(id: &str, prepared: Prepared, labels: Array3<u8>, foreground_classes: &[usize]) -> Sample {
         let Prepared { image, grid } = prepared;
         let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
-        let foreground = ForegroundIndex::new(&labels, foreground_classes);
-        let reliable = labels.iter().filter(|&&l| l != IGNORED).count();
+        let (foreground, reliable) = label_index(&labels, foreground_classes);
         Sample { id: id.to_string(), image, grid, labels, reliable, fill, foreground }
     }
 
     /// New labels for the same image (a pseudo-label refresh).
     fn set_labels(&mut self, labels: Array3<u8>, foreground_classes: &[usize]) {
-        self.foreground = ForegroundIndex::new(&labels, foreground_classes);
-        self.reliable = labels.iter().filter(|&&l| l != IGNORED).count();
+        (self.foreground, self.reliable) = label_index(&labels, foreground_classes);
         self.labels = labels;
     }
+}
+
+/// What sampling derives from a label volume: the foreground index and the count of voxels
+/// not [`IGNORED`].
+fn label_index(labels: &Array3<u8>, foreground_classes: &[usize]) -> (ForegroundIndex, usize) {
+    (ForegroundIndex::new(labels, foreground_classes), labels.iter().filter(|&&l| l != IGNORED).count())
 }
 
 /// A pseudo-labelled volume ready to add to a [`FineTuner`] ([`FineTuner::pseudo_label_volume`]).
