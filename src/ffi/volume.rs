@@ -98,7 +98,7 @@ fn read_options(options: *const AsfdaReadOptions) -> Result<ReadOptions> {
         }
     };
     let max_voxels = if o.max_voxels == 0 { defaults.max_voxels } else { o.max_voxels };
-    Ok(ReadOptions { max_voxels, nonfinite })
+    Ok(ReadOptions { max_voxels, nonfinite, ..defaults })
 }
 
 fn data_type(code: i32) -> Result<DataType> {

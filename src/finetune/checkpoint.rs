@@ -7,7 +7,8 @@
 //!
 //! Files are written crash-safely: a temporary file in the same folder, fsync, rename over the
 //! target, fsync of the folder. A process killed at any moment leaves either the previous file
-//! or the new one at the path, never a mix (and possibly a stray `.<name>.tmp-<pid>` file).
+//! or the new one at the path, never a mix. Its temporary file (`.<name>.asfda-<pid>-<n>.tmp`)
+//! is removed by the next save to the same path (`atomic_file::remove_stale_temporaries`).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -11,7 +11,7 @@ pub mod nifti_io;
 pub mod orientation;
 
 pub use datatype::DataType;
-pub use nifti_io::{read_nifti, write_nifti, NonFinitePolicy, OutputType, ReadOptions};
+pub use nifti_io::{read_nifti, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES};
 pub use orientation::Orientation;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -76,7 +76,8 @@ impl Volume {
     ///
     /// If `spacing` is given it must equal the affine's column norms within 1e-3 relative, else
     /// `GeometryMismatch` (it catches callers passing a matrix without spacing, or transposed).
-    /// Values are converted to f32 unscaled; non-finite values are kept.
+    /// Values are converted to f32 unscaled; non-finite values are kept. The f32 copy may take at
+    /// most [`DEFAULT_MAX_BYTES`] (`TooLarge` beyond; see [`Volume::from_buffer_with_options`]).
     pub fn from_buffer(
         bytes: &[u8],
         dtype: DataType,
@@ -86,7 +87,33 @@ impl Volume {
         affine: [[f64; 4]; 4],
         convention: Convention,
     ) -> Result<Volume> {
+        let options = ReadOptions::default();
+        Volume::from_buffer_with_options(bytes, dtype, dims, channels, spacing, affine, convention, &options)
+    }
+
+    /// [`Volume::from_buffer`] under `options`' limits: `max_voxels` and `max_bytes` (the f32 copy),
+    /// both checked before anything is allocated; the allocation itself failing is `TooLarge`
+    /// too. `options.nonfinite` does not apply: a buffer's values are kept as they are.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_buffer_with_options(
+        bytes: &[u8],
+        dtype: DataType,
+        dims: [usize; 3],
+        channels: usize,
+        spacing: Option<[f64; 3]>,
+        affine: [[f64; 4]; 4],
+        convention: Convention,
+        options: &ReadOptions,
+    ) -> Result<Volume> {
         let count = element_count(dims, channels)?;
+        let what = format!("dims {dims:?} x {channels} channel(s)");
+        if count as u64 > options.max_voxels {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("{what} hold {count} voxels, over the limit of {} (max_voxels)", options.max_voxels),
+            ));
+        }
+        check_f32_bytes(count, options.max_bytes, &what)?;
         let expected = count
             .checked_mul(dtype.size_bytes())
             .ok_or_else(|| Error::new(ErrorKind::TooLarge, format!("dims {dims:?} x {channels} channels overflow")))?;
@@ -102,7 +129,7 @@ impl Volume {
         if let Some(spacing) = spacing {
             check_spacing(spacing, affine::spacing(&affine_ras))?;
         }
-        let mut data = Vec::with_capacity(count);
+        let mut data = try_vec_f32(count)?;
         dtype.decode_into(bytes, cfg!(target_endian = "big"), None, &mut data);
         Volume::new(data, dims, channels, affine_ras)
     }
@@ -249,6 +276,34 @@ fn element_count(dims: [usize; 3], channels: usize) -> Result<usize> {
     dims.iter()
         .try_fold(channels, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| Error::new(ErrorKind::TooLarge, format!("dims {dims:?} x {channels} channels overflow")))
+}
+
+/// Refuses `count` f32 values over `max_bytes`, naming the bytes needed and the limit.
+fn check_f32_bytes(count: usize, max_bytes: u64, what: &str) -> Result<()> {
+    let needed = (count as u64).saturating_mul(std::mem::size_of::<f32>() as u64);
+    if needed > max_bytes {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!("{what} need {needed} bytes as f32 voxels, over the limit of {max_bytes} bytes (max_bytes)"),
+        ));
+    }
+    Ok(())
+}
+
+/// An empty vector with room for `count` f32 values, or `TooLarge` when the allocator refuses
+/// (a `Vec::with_capacity` would abort the host process instead).
+fn try_vec_f32(count: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    try_reserve_f32(&mut v, count)?;
+    Ok(v)
+}
+
+/// Room for `more` values in `v` (amortised growth), or `TooLarge` when the allocator refuses.
+fn try_reserve_f32(v: &mut Vec<f32>, more: usize) -> Result<()> {
+    v.try_reserve(more).map_err(|e| {
+        let bytes = (v.len() as u64 + more as u64) * std::mem::size_of::<f32>() as u64;
+        Error::new(ErrorKind::TooLarge, format!("cannot allocate {bytes} bytes for the voxels: {e}"))
+    })
 }
 
 /// The caller's spacing must agree with the affine's column norms (1e-3 relative).

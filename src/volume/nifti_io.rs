@@ -27,18 +27,27 @@ pub enum NonFinitePolicy {
     Keep,
 }
 
-/// Options for [`read_nifti`].
+/// Options for [`read_nifti`] and [`Volume::from_buffer_with_options`].
 #[derive(Clone, Debug)]
 pub struct ReadOptions {
     /// Most voxels accepted, counting every channel (default 2^31).
     pub max_voxels: u64,
+    /// Most bytes the volume's f32 voxels may take in memory (4 per voxel and channel; default
+    /// [`DEFAULT_MAX_BYTES`], 4 GiB). The check runs before anything is allocated, so a small file
+    /// whose header declares a huge image (a well-compressed `.nii.gz`, a sparse `.nii`) is
+    /// refused with `TooLarge` instead of taking the host's memory.
+    pub max_bytes: u64,
     /// Default [`NonFinitePolicy::Error`].
     pub nonfinite: NonFinitePolicy,
 }
 
+/// The default [`ReadOptions::max_bytes`]: 4 GiB of f32 voxels (1024^3 voxels, e.g. a
+/// 512 x 512 x 4096 CT; a 512 x 512 x 400 series takes 400 MiB).
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { max_voxels: 1 << 31, nonfinite: NonFinitePolicy::Error }
+        ReadOptions { max_voxels: 1 << 31, max_bytes: DEFAULT_MAX_BYTES, nonfinite: NonFinitePolicy::Error }
     }
 }
 
@@ -104,9 +113,20 @@ fn read_file(file: File, opts: &ReadOptions) -> Result<Volume> {
     let mut source = Source { reader: MultiGzDecoder::new(reader), gzip: true };
     let volume = read_stream(&mut source, None, opts)?;
     // Decompress the rest: the gzip CRC and length are only checked at the end of the stream.
-    io::copy(&mut source.reader, &mut io::sink()).map_err(|e| source.error("after the voxel data", &e))?;
+    // Bounded, so that a stream inflating to far more than its header declares (a gzip bomb
+    // behind a small image) cannot keep the reader busy for minutes.
+    let rest = io::copy(&mut (&mut source.reader).take(MAX_TRAILING_BYTES + 1), &mut io::sink())
+        .map_err(|e| source.error("after the voxel data", &e))?;
+    if rest > MAX_TRAILING_BYTES {
+        return Err(Error::format(format!(
+            "the gzip stream holds more than {MAX_TRAILING_BYTES} bytes after the voxel data its header declares"
+        )));
+    }
     Ok(volume)
 }
+
+/// Decompressed bytes accepted after a `.nii.gz`'s voxel data (16 MiB; writers put none there).
+const MAX_TRAILING_BYTES: u64 = 16 << 20;
 
 /// A byte stream and whether it is decompressed gzip (whose errors mean corruption, not I/O).
 struct Source<R> {
@@ -149,6 +169,11 @@ fn read_stream<R: Read>(source: &mut Source<R>, file_len: Option<u64>, opts: &Re
     let data_bytes = (shape.elements as u64)
         .checked_mul(dtype.size_bytes() as u64)
         .ok_or_else(|| Error::new(ErrorKind::TooLarge, "the voxel data size overflows"))?;
+    super::check_f32_bytes(
+        shape.elements,
+        opts.max_bytes,
+        &format!("dims {:?} x {} channel(s)", shape.dims, shape.channels),
+    )?;
     if let Some(len) = file_len {
         let available = len.saturating_sub(offset);
         if available < data_bytes {
@@ -207,12 +232,15 @@ fn read_voxels<R: Read>(
         .elements
         .checked_mul(dtype.size_bytes())
         .ok_or_else(|| Error::new(ErrorKind::TooLarge, "the voxel data does not fit in memory"))?;
-    let mut data = Vec::with_capacity(if preallocate { shape.elements } else { shape.elements.min(CHUNK_BYTES) });
+    // Allocations fail with an error, never an abort: `preallocate` only when the file size was
+    // checked, else the buffer grows (fallibly) with the data that really arrives.
+    let mut data = super::try_vec_f32(if preallocate { shape.elements } else { shape.elements.min(CHUNK_BYTES) })?;
     let mut chunk = vec![0u8; CHUNK_BYTES.min(total)];
     let mut done = 0;
     while done < total {
         let want = (total - done).min(chunk.len());
         let got = source.read_up_to(&mut chunk[..want], "voxel data")?;
+        super::try_reserve_f32(&mut data, got / dtype.size_bytes())?;
         dtype.decode_into(&chunk[..got], encoding.is_big_endian(), scale, &mut data);
         done += got;
         if got < want {

@@ -1,0 +1,213 @@
+//! Hostile input never takes the host down: each case runs in a child process (this test binary
+//! re-run with one case named) under an address-space limit (`setrlimit(RLIMIT_AS)`), with the
+//! hostile file made at test time. The child must return an error, never abort: a failed
+//! allocation would kill it with SIGABRT ("memory allocation of N bytes failed"), which the parent
+//! sees as a non-zero exit.
+
+use asfda::volume::{read_nifti, write_nifti, Convention, DataType, OutputType, ReadOptions, Volume};
+use asfda::ErrorKind;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The environment variable naming the case a child runs (and the folder it works in).
+const CASE_ENV: &str = "ASFDA_HOSTILE_CASE";
+const DIR_ENV: &str = "ASFDA_HOSTILE_DIR";
+
+const GIB: u64 = 1 << 30;
+
+/// Runs `case` in a child under an address-space limit of `limit` bytes and returns the
+/// error kind it reported. Fails the test if the child died (signal, abort) or reported success.
+fn in_child(test_name: &str, case: &str, dir: &Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
+        .env(CASE_ENV, case)
+        .env(DIR_ENV, dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "case {case}: the child died ({:?}); stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness prints "test NAME ... " without a newline before the case runs.
+    let result = stdout.split("CASE-RESULT ").nth(1).and_then(|rest| rest.lines().next());
+    result.unwrap_or_else(|| panic!("case {case}: no result line; stdout:\n{stdout}")).to_string()
+}
+
+/// Child side: limits the address space, runs the case, prints its outcome and exits.
+fn child_mode(limit: u64, run: impl FnOnce(&Path) -> asfda::Result<()>) {
+    if std::env::var_os(CASE_ENV).is_none() {
+        return;
+    }
+    let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
+    let rl = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+    // SAFETY: setrlimit with a valid struct pointer.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0, "setrlimit failed");
+    let outcome = match run(&dir) {
+        Ok(()) => "Ok".to_string(),
+        Err(e) => format!("{:?}: {}", e.kind(), e.message()),
+    };
+    println!("CASE-RESULT {outcome}");
+    std::process::exit(0);
+}
+
+/// A NIfTI-1 header (348 bytes + 4 extension bytes) declaring `dims` of u8 voxels, written by
+/// asfda for a tiny volume and then patched, so everything but the dims is valid.
+fn header_declaring(dims: [i16; 3], dir: &Path) -> Vec<u8> {
+    let small = Volume::new(vec![0.0; 8], [2, 2, 2], 1, diag()).unwrap();
+    let path = dir.join("small.nii");
+    write_nifti(&small, &path, OutputType::U8).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(352);
+    for (i, d) in dims.iter().enumerate() {
+        let at = 42 + 2 * i; // dim[1..=3], little-endian i16
+        bytes[at..at + 2].copy_from_slice(&d.to_le_bytes());
+    }
+    bytes
+}
+
+fn diag() -> [[f64; 4]; 4] {
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+}
+
+/// 2048 x 1024 x 1024 = 2^31 u8 voxels: within the default `max_voxels`, 8 GiB as f32.
+const HUGE: [i16; 3] = [2048, 1024, 1024];
+
+/// Writes a `.nii.gz` of `header` followed by `zeros` zero bytes (which compress ~1000:1).
+fn gzip_bomb(path: &Path, header: &[u8], zeros: u64) {
+    let mut gz = GzEncoder::new(std::fs::File::create(path).unwrap(), Compression::fast());
+    gz.write_all(header).unwrap();
+    let block = vec![0u8; 1 << 20];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        gz.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    gz.finish().unwrap();
+}
+
+fn read_default(path: &Path) -> asfda::Result<()> {
+    read_nifti(path, &ReadOptions::default()).map(|_| ())
+}
+
+#[test]
+fn a_small_gzip_declaring_two_gib_of_voxels_is_refused_before_allocating() {
+    child_mode(4 * GIB, |dir| {
+        let path = dir.join("bomb.nii.gz");
+        gzip_bomb(&path, &header_declaring(HUGE, dir), 64 << 20);
+        assert!(std::fs::metadata(&path).unwrap().len() < 2 << 20, "the bomb is small");
+        read_default(&path)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got = in_child("a_small_gzip_declaring_two_gib_of_voxels_is_refused_before_allocating", "bomb", dir.path());
+    assert!(got.starts_with("TooLarge") && got.contains("max_bytes"), "{got}");
+}
+
+#[test]
+fn a_truncated_gzip_declaring_two_gib_is_refused() {
+    child_mode(4 * GIB, |dir| {
+        let path = dir.join("truncated.nii.gz");
+        gzip_bomb(&path, &header_declaring(HUGE, dir), 8 << 20);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        read_default(&path)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got = in_child("a_truncated_gzip_declaring_two_gib_is_refused", "truncated", dir.path());
+    assert!(got.starts_with("TooLarge"), "{got}");
+}
+
+#[test]
+fn a_sparse_two_gib_nii_is_refused() {
+    child_mode(4 * GIB, |dir| {
+        let path = dir.join("sparse.nii");
+        std::fs::write(&path, header_declaring(HUGE, dir)).unwrap();
+        // Passes the file-size check: the file really is 352 + 2^31 bytes long (sparse on disk).
+        std::fs::File::options().write(true).open(&path).unwrap().set_len(352 + (2 * GIB)).unwrap();
+        read_default(&path)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got = in_child("a_sparse_two_gib_nii_is_refused", "sparse", dir.path());
+    assert!(got.starts_with("TooLarge") && got.contains("8589934592 bytes"), "{got}");
+}
+
+/// With the byte limit lifted, the allocation itself fails under the address-space limit: the
+/// reader grows its buffer fallibly and reports `TooLarge` instead of aborting.
+#[test]
+fn an_allocation_failure_is_an_error_not_an_abort() {
+    child_mode(GIB, |dir| {
+        let path = dir.join("inflating.nii.gz");
+        // 2^28 u8 voxels = 1 GiB as f32; 512 MiB of them are really there, so the buffer must
+        // grow past the 1 GiB address-space limit before the data ends.
+        gzip_bomb(&path, &header_declaring([1024, 512, 512], dir), 512 << 20);
+        read_nifti(&path, &ReadOptions { max_bytes: u64::MAX, ..Default::default() }).map(|_| ())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got = in_child("an_allocation_failure_is_an_error_not_an_abort", "alloc", dir.path());
+    assert!(got.starts_with("TooLarge") && got.contains("cannot allocate"), "{got}");
+}
+
+#[test]
+fn a_two_gib_caller_buffer_is_refused_by_the_byte_limit() {
+    child_mode(4 * GIB, |_| {
+        let bytes = vec![0u8; 2 * GIB as usize]; // calloc: pages untouched until read
+        let dims = [2048, 1024, 1024];
+        Volume::from_buffer(&bytes, DataType::U8, dims, 1, None, diag(), Convention::Ras).map(|_| ())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got = in_child("a_two_gib_caller_buffer_is_refused_by_the_byte_limit", "buffer", dir.path());
+    assert!(got.starts_with("TooLarge") && got.contains("max_bytes"), "{got}");
+}
+
+#[test]
+fn dims_that_overflow_are_too_large_not_a_panic() {
+    let byte = [0u8; 1];
+    for dims in [[usize::MAX, 1, 1], [usize::MAX / 2, 3, 1], [1 << 40, 1, 1]] {
+        let e = Volume::from_buffer(&byte, DataType::U8, dims, 1, None, diag(), Convention::Ras).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooLarge, "{dims:?}: {e}");
+    }
+    // Within the limits, a wrong length is still the caller's argument error.
+    let e = Volume::from_buffer(&byte, DataType::U8, [2, 1, 1], 1, None, diag(), Convention::Ras).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+}
+
+#[test]
+fn the_byte_limit_is_an_option() {
+    let bytes = vec![7u8; 64];
+    let small = ReadOptions { max_bytes: 255, ..Default::default() };
+    let e = Volume::from_buffer_with_options(&bytes, DataType::U8, [4, 4, 4], 1, None, diag(), Convention::Ras, &small)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+    assert!(e.message().contains("256 bytes") && e.message().contains("255"), "names needed and limit: {e}");
+    let exact = ReadOptions { max_bytes: 256, ..Default::default() };
+    let v = Volume::from_buffer_with_options(&bytes, DataType::U8, [4, 4, 4], 1, None, diag(), Convention::Ras, &exact)
+        .unwrap();
+    assert_eq!(v.data()[0], 7.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.nii.gz");
+    write_nifti(&v, &path, OutputType::U8).unwrap();
+    assert_eq!(read_nifti(&path, &small).unwrap_err().kind(), ErrorKind::TooLarge);
+    assert_eq!(read_nifti(&path, &exact).unwrap().data(), v.data());
+}
+
+#[test]
+fn a_gzip_stream_continuing_far_past_its_voxels_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = header_declaring([2, 2, 2], dir.path());
+    header.extend_from_slice(&[1u8; 8]);
+    let path = dir.path().join("tail.nii.gz");
+    gzip_bomb(&path, &header, 17 << 20);
+    let e = read_nifti(&path, &ReadOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Format, "{e}");
+    assert!(e.message().contains("after the voxel data"), "{e}");
+    // A little trailing data (within 16 MiB) is tolerated, as nibabel does.
+    gzip_bomb(&path, &header, 1 << 20);
+    assert_eq!(read_nifti(&path, &ReadOptions::default()).unwrap().data(), &[1.0; 8]);
+}
