@@ -580,3 +580,16 @@ fn from_buffer_every_type_and_convention() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::GeometryMismatch);
 }
+
+#[test]
+fn reading_from_memory_equals_reading_the_file() {
+    for name in ["example4d.nii.gz", "anatomical.nii", "example_nifti2.nii.gz"] {
+        let path = nibabel_file(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let from_memory = asfda::volume::read_nifti_bytes(&bytes, &ReadOptions::default()).unwrap();
+        assert!(from_memory == read(&path).unwrap(), "{name}");
+        // Truncated in memory: the same refusal as a truncated file.
+        let cut = asfda::volume::read_nifti_bytes(&bytes[..bytes.len() - 100], &ReadOptions::default()).unwrap_err();
+        assert_eq!(cut.kind(), ErrorKind::Format, "{name}: {cut}");
+    }
+}

@@ -11,7 +11,7 @@ pub mod nifti_io;
 pub mod orientation;
 
 pub use datatype::DataType;
-pub use nifti_io::{read_nifti, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES};
+pub use nifti_io::{read_nifti, read_nifti_bytes, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES};
 pub use orientation::Orientation;
 
 use crate::error::{Error, ErrorKind, Result};

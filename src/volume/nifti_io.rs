@@ -82,11 +82,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// `InvalidData` (bad dims, spacing or affine; non-finite voxels under [`NonFinitePolicy::Error`]),
 /// `TooLarge` (more than `opts.max_voxels`), `InvalidArgument` (a non-finite replacement value).
 pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
-    if let NonFinitePolicy::Replace(value) = opts.nonfinite {
-        if !value.is_finite() {
-            return Err(Error::invalid_argument(format!("NonFinitePolicy::Replace({value}) must use a finite value")));
-        }
-    }
+    check_options(opts)?;
     if is_pair_file(path) {
         return Err(Error::unsupported(format!(
             "'{}' is part of a .hdr/.img pair (Analyze or NIfTI-1 pair); only single-file .nii/.nii.gz is supported",
@@ -94,7 +90,25 @@ pub fn read_nifti(path: &Path, opts: &ReadOptions) -> Result<Volume> {
         )));
     }
     let file = File::open(path).map_err(|e| Error::io(path, "open", &e))?;
-    read_file(file, opts).map_err(|e| e.context(format!("'{}'", path.display())))
+    let file_len = file.metadata().map_err(|e| Error::io(path, "stat", &e))?.len();
+    read_from(BufReader::new(file), file_len, opts).map_err(|e| e.context(format!("'{}'", path.display())))
+}
+
+/// Reads a single-file NIfTI-1 or NIfTI-2 image held in memory (uncompressed or gzip), with the
+/// same checks and results as [`read_nifti`]: for hosts that receive files over a network or
+/// from a database, and for the fuzz targets.
+pub fn read_nifti_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Volume> {
+    check_options(opts)?;
+    read_from(bytes, bytes.len() as u64, opts)
+}
+
+fn check_options(opts: &ReadOptions) -> Result<()> {
+    match opts.nonfinite {
+        NonFinitePolicy::Replace(value) if !value.is_finite() => {
+            Err(Error::invalid_argument(format!("NonFinitePolicy::Replace({value}) must use a finite value")))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn is_pair_file(path: &Path) -> bool {
@@ -102,10 +116,8 @@ fn is_pair_file(path: &Path) -> bool {
     [".hdr", ".img", ".hdr.gz", ".img.gz"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// Reads from an open file, uncompressed or gzip (recognised by its magic bytes, not the name).
-fn read_file(file: File, opts: &ReadOptions) -> Result<Volume> {
-    let file_len = file.metadata().map_err(|e| Error::new(ErrorKind::Io, format!("cannot stat: {e}")))?.len();
-    let mut reader = BufReader::new(file);
+/// Reads `file_len` bytes, uncompressed or gzip (recognised by its magic bytes, not the name).
+fn read_from<R: BufRead>(mut reader: R, file_len: u64, opts: &ReadOptions) -> Result<Volume> {
     let start = reader.fill_buf().map_err(|e| Error::new(ErrorKind::Io, format!("cannot read: {e}")))?;
     if !start.starts_with(&GZIP_MAGIC) {
         return read_stream(&mut Source { reader, gzip: false }, Some(file_len), opts);
