@@ -114,3 +114,22 @@ header:
 
 clean-cache:
 	rm -rf .cache $(VENV) $(VENV_TORCH) $(CMAKE_BUILD)
+
+## Coverage-guided fuzzing (cargo-fuzz, libFuzzer; nightly toolchain): seeds from
+## scripts/fuzz_corpus.py, then FUZZ_RUNS executions per target (docs/fuzzing.md). A crash
+## leaves its input in fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/ so that
+## tests/fuzz_regressions.rs keeps it fixed on stable.
+FUZZ_TARGETS := nifti score_json selection_json
+FUZZ_RUNS ?= 1000000
+fuzz: venv
+	cargo build
+	$(VPY) scripts/fuzz_corpus.py
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  (cd fuzz && cargo +nightly fuzz run $$t corpus/$$t -- -runs=$(FUZZ_RUNS) -rss_limit_mb=2048 -print_final_stats=1) || exit 1; \
+	done
+
+## A short fuzzing pass of every target (CI): catches a target that no longer builds or a
+## shallow crash; the long runs are `make fuzz`.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_RUNS=20000

@@ -11,7 +11,9 @@ pub mod nifti_io;
 pub mod orientation;
 
 pub use datatype::DataType;
-pub use nifti_io::{read_nifti, read_nifti_bytes, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES};
+pub use nifti_io::{
+    read_nifti, read_nifti_bytes, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES,
+};
 pub use orientation::Orientation;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -25,6 +27,10 @@ pub enum Convention {
     /// x = Left, y = Posterior, z = Superior (DICOM, ITK, 3D Slicer's internal files).
     Lps,
 }
+
+/// Voxel sizes (mm) the engine accepts (see [`Volume::check_plausible_spacing`]): from 1 µm
+/// (microscopy-grade) to 1 m.
+pub const PLAUSIBLE_SPACING_MM: std::ops::RangeInclusive<f64> = 1e-3..=1e3;
 
 /// Largest absolute difference (mm) between affine entries for two volumes to share a grid.
 const GRID_TOLERANCE_MM: f64 = 1e-4;
@@ -184,6 +190,23 @@ impl Volume {
         affine::spacing(&self.affine)
     }
 
+    /// `InvalidData` naming the spacing unless every voxel size is within
+    /// [`PLAUSIBLE_SPACING_MM`]. Reading stays as tolerant as nibabel (any finite, non-zero
+    /// spacing); the engine refuses to run a model on a grid like 1e-30 mm, where resampling to
+    /// the model's spacing would be meaningless (and at 1e-30 mm, silently degenerate).
+    pub fn check_plausible_spacing(&self) -> Result<()> {
+        let spacing = self.spacing();
+        if spacing.iter().all(|s| PLAUSIBLE_SPACING_MM.contains(s)) {
+            return Ok(());
+        }
+        Err(Error::invalid_data(format!(
+            "voxel spacing {spacing:?} mm is implausible for a medical image: each voxel size must be within {} to {} mm \
+             (check the file's pixdim/affine or the spacing passed with the buffer)",
+            PLAUSIBLE_SPACING_MM.start(),
+            PLAUSIBLE_SPACING_MM.end()
+        )))
+    }
+
     /// Same dims and affines equal within 1e-4 mm per entry (channel counts may differ).
     pub fn same_grid(&self, other: &Volume) -> bool {
         self.dims == other.dims
@@ -327,6 +350,18 @@ mod tests {
 
     fn diag(s: [f64; 3]) -> [[f64; 4]; 4] {
         [[s[0], 0.0, 0.0, 1.0], [0.0, s[1], 0.0, 2.0], [0.0, 0.0, s[2], 3.0], [0.0, 0.0, 0.0, 1.0]]
+    }
+
+    #[test]
+    fn implausible_spacing_is_named() {
+        for ok in [[1e-3, 1.0, 1.0], [1.0, 1.0, 1e3], [0.5, 0.5, 5.0]] {
+            Volume::new(vec![0.0; 8], [2, 2, 2], 1, diag(ok)).unwrap().check_plausible_spacing().unwrap();
+        }
+        for bad in [[1e-30, 1.0, 1.0], [1.0, 1e5, 1.0], [1.0, 1.0, 9.9e-4], [1.0, 1001.0, 1.0]] {
+            let e = Volume::new(vec![0.0; 8], [2, 2, 2], 1, diag(bad)).unwrap().check_plausible_spacing().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidData);
+            assert!(e.message().contains("implausible") && e.message().contains(&format!("{:?}", bad[0])), "{e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,38 @@
+//! The fuzz target bodies, shared by the libFuzzer binaries in fuzz_targets/ and by the stable
+//! regression test (tests/fuzz_regressions.rs), which runs every file under
+//! fuzz/regressions/<target>/ through the same function. A body returns normally for any input:
+//! errors are the expected outcome of bad input; a panic, abort or sanitizer report is a finding.
+
+use asfda::volume::{read_nifti_bytes, ReadOptions};
+
+/// Read limits small enough that libFuzzer's 2 GiB RSS limit is never the finding.
+fn fuzz_read_options() -> ReadOptions {
+    ReadOptions { max_bytes: 64 << 20, max_voxels: 16 << 20, ..ReadOptions::default() }
+}
+
+/// NIfTI-1/2, `.nii` or gzip, from bytes. What is read back must hold the Volume invariants.
+pub fn nifti(data: &[u8]) {
+    if let Ok(v) = read_nifti_bytes(data, &fuzz_read_options()) {
+        let [x, y, z] = v.dims();
+        assert_eq!(v.data().len(), x * y * z * v.channels());
+        assert!(v.spacing().iter().all(|s| s.is_finite() && *s > 0.0), "{:?}", v.spacing());
+    }
+}
+
+/// A score as JSON. What parses must write and read back to the same score.
+pub fn score_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(score) = asfda::score::Score::from_json(text) {
+        let again = asfda::score::Score::from_json(&score.to_json()).expect("a written score reads back");
+        assert_eq!(again.to_json(), score.to_json());
+    }
+}
+
+/// A selection as JSON. What parses must write and read back to the same selection.
+pub fn selection_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(selection) = asfda::select::Selection::from_json(text) {
+        let again = asfda::select::Selection::from_json(&selection.to_json()).expect("a written selection reads back");
+        assert_eq!(again.to_json(), selection.to_json());
+    }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Seed corpus for the fuzz targets (fuzz/corpus/<target>/), made from small real inputs so that
+nothing large is committed: the NIfTI test files nibabel ships, score JSON in the library's own
+format, and selections that `asfda select` writes from those scores.
+
+usage: scripts/fuzz_corpus.py [--cli target/debug/asfda] [--out fuzz/corpus]
+"""
+import argparse
+import glob
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def nibabel_data():
+    import nibabel
+
+    return os.path.join(os.path.dirname(nibabel.__file__), "tests", "data")
+
+
+def nifti_seeds(out):
+    """Single-file NIfTI-1/2 images under 256 KiB shipped with nibabel (.nii and .nii.gz)."""
+    n = 0
+    for path in sorted(glob.glob(os.path.join(nibabel_data(), "*.nii*"))):
+        if os.path.getsize(path) <= 256 << 10:
+            shutil.copy(path, os.path.join(out, os.path.basename(path)))
+            n += 1
+    return n
+
+
+def score(rng, i, dim):
+    bins = rng.choice([2, 10, 100])
+    histogram = [rng.randrange(0, 1000) for _ in range(bins)]
+    return {
+        "format_version": 1, "id": f"v{i:02d}", "embedding": [rng.uniform(-1, 1) for _ in range(dim)],
+        "gap_kl": rng.uniform(0, 3), "gap_anchor": rng.uniform(0, 2), "asd": rng.uniform(0, 1),
+        "asd_threshold": rng.uniform(0, 0.5), "confidence": rng.uniform(0.5, 1),
+        "foreground_fraction": rng.uniform(0, 0.6),
+        "entropy_histogram": histogram, "voxels": 1000000, "foreground_voxels": sum(histogram),
+        "options": {"foreground_dilation": 2, "threshold": rng.choice(["first_peak", "otsu", "none"]),
+                    "histogram_bins": bins, "peak_smoothing": 5, "class_balanced": rng.random() < 0.5,
+                    "variance_floor": 0.01},
+    }
+
+
+def json_seeds(out_scores, out_selections, cli):
+    rng = random.Random(0)
+    scores = [score(rng, i, 6) for i in range(12)]
+    for s in scores:
+        with open(os.path.join(out_scores, s["id"] + ".json"), "w") as f:
+            f.write(json.dumps(s))
+    with tempfile.TemporaryDirectory() as tmp:
+        jsonl = os.path.join(tmp, "scores.jsonl")
+        with open(jsonl, "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in scores)
+        for method in ["asfda", "random", "foreground_random", "entropy", "dkd", "coreset"]:
+            for budget in [1, 4]:
+                out = os.path.join(out_selections, f"{method}_{budget}.json")
+                subprocess.run([cli, "select", "--scores", jsonl, "--budget", str(budget), "--method", method,
+                                "--out", out], check=True, stdout=subprocess.DEVNULL)
+    return len(scores), 12
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cli", default=os.path.join(ROOT, "target", "debug", "asfda"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "fuzz", "corpus"))
+    args = ap.parse_args()
+    dirs = {t: os.path.join(args.out, t) for t in ["nifti", "score_json", "selection_json"]}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    n_nifti = nifti_seeds(dirs["nifti"])
+    n_scores, n_selections = json_seeds(dirs["score_json"], dirs["selection_json"], args.cli)
+    print(f"seeds: nifti {n_nifti}, score_json {n_scores}, selection_json {n_selections} -> {args.out}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
