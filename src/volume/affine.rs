@@ -46,8 +46,16 @@ pub(super) fn validate(a: &Affine) -> Result<()> {
             "the affine {a:?} has zero spacing along voxel axis {axis} (an all-zero column)"
         )));
     }
+    // Finite entries can still have a column norm (or a determinant) that overflows f64 (found by
+    // fuzzing: entries near 1e200); such a grid has no usable spacing.
+    if let Some(axis) = spacing.iter().position(|s| !s.is_finite()) {
+        return Err(Error::invalid_data(format!(
+            "the affine {a:?} has a spacing along voxel axis {axis} too large to represent"
+        )));
+    }
     let normalized_det = linear_part(a).determinant() / spacing.iter().product::<f64>();
-    if normalized_det.abs() < MIN_NORMALIZED_DET {
+    // Written so that a NaN (inf / inf) counts as singular.
+    if !(normalized_det.abs() >= MIN_NORMALIZED_DET) {
         return Err(Error::invalid_data(format!("the affine {a:?} is singular (its voxel axes are coplanar)")));
     }
     Ok(())
@@ -164,6 +172,8 @@ mod tests {
         assert!(validate(&a).unwrap_err().message().contains("singular"));
         a = [[f64::NAN, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
         assert!(validate(&a).unwrap_err().message().contains("NaN"));
+        a = [[1.8, 0.0, 0.0, 0.0], [0.0, 1e200, 0.0, 0.0], [0.0, 1e200, 1e300, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        assert!(validate(&a).unwrap_err().message().contains("voxel axis 1 too large"), "{:?}", validate(&a));
     }
 
     #[test]
