@@ -2,7 +2,7 @@
 //! of annotated volumes with patches of reliable pseudo-labelled ones, ramps the pseudo-label
 //! weight, decays the learning rate, and saves, resumes, evaluates and exports the result.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{s, Array3, Array4, Array5, ArrayView4, Axis};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ use super::sampling::{
 };
 use super::step::{Batch, Trainer};
 use crate::atomic_file;
-use crate::bundle::Manifest;
+use crate::bundle::{Adaptation, Manifest};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::{prepare, ModelGrid, Prepared};
@@ -772,52 +772,16 @@ impl FineTuner {
     /// Writes an adapted model bundle to the new folder `dir`: the manifest, train-step graph and
     /// source knowledge copied, the checkpoint replaced by this run's state (so fine-tuning can
     /// continue from it), and the inference model with the fine-tuned weights baked into its
-    /// initializers (a standalone ONNX file any runtime can use), plus `adaptation.json`
-    /// (what was done). Built in `<dir>.partial` and renamed into place, so `dir` is either
-    /// complete or absent. `dir` must not exist yet.
+    /// initializers (a standalone ONNX file any runtime can use), plus
+    /// [`crate::bundle::ADAPTATION_FILE`] (what was done); see [`crate::bundle::Bundle::write_adapted`].
+    /// Built in `<dir>.partial` and renamed into place, so `dir` is either complete or absent.
+    /// `dir` must not exist yet.
     pub fn export_bundle(&self, dir: &Path) -> Result<()> {
-        if dir.exists() {
-            return Err(Error::invalid_argument(format!(
-                "'{}' already exists; export the adapted bundle to a new folder",
-                dir.display()
-            )));
-        }
-        let name = dir
-            .file_name()
-            .ok_or_else(|| Error::invalid_argument(format!("'{}' names no folder", dir.display())))?
-            .to_string_lossy();
-        let partial = atomic_file::parent(dir).join(format!("{name}.partial"));
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, "remove the unfinished export", &e))?;
-        }
-        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, "create", &e))?;
-        let result = self.write_bundle(&partial).and_then(|()| {
-            std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, "rename the finished bundle to", &e))?;
-            atomic_file::sync_dir(&atomic_file::parent(dir))
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-        }
-        result
-    }
-
-    fn write_bundle(&self, out: &Path) -> Result<()> {
-        let bundle = self.labeler.bundle();
-        let training = bundle.training()?;
-        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| Error::io(&p, "read", &e));
-        let mut copies = vec!["manifest.json".to_string(), training.train_step.clone()];
-        if let Some(k) = &self.manifest.source_knowledge {
-            copies.push(k.file.clone());
-        }
-        for file in copies {
-            atomic_file::write_synced(&out.join(&file), &read(bundle.path(&file))?)?;
-        }
-        atomic_file::write_synced(&out.join(&training.checkpoint), &self.checkpoint_bytes()?)?;
-        let model = bake_weights(&read(bundle.inference_path())?, &self.trainer.weights())?;
-        atomic_file::write_synced(&out.join(&self.manifest.inference.file), &model)?;
+        let checkpoint = self.checkpoint_bytes()?;
+        let weights = self.trainer.weights();
         let note = serde_json::json!({
             "adapted_from": self.manifest.name,
-            "source_bundle": bundle.dir().display().to_string(),
+            "source_bundle": self.labeler.bundle().dir().display().to_string(),
             "fine_tuning_steps": self.steps_done(),
             "annotated_volumes": self.labeled.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
             "pseudo_labelled_volumes": self.unlabeled.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
@@ -829,9 +793,12 @@ impl FineTuner {
             })),
             "options": self.options,
         });
-        let text = serde_json::to_string_pretty(&note).map_err(|e| Error::internal(e.to_string()))?;
-        atomic_file::write_synced(&out.join("adaptation.json"), text.as_bytes())?;
-        atomic_file::sync_dir(out)
+        let adaptation = Adaptation {
+            checkpoint: &checkpoint,
+            inference: &|model: &[u8]| bake_weights(model, &weights),
+            note: &note,
+        };
+        self.labeler.bundle().write_adapted(dir, &adaptation)
     }
 
     /// Makes `engine` run the fine-tuned weights from now on (no disk access); calls already in
