@@ -41,11 +41,11 @@ pub const ADAPTATION_FILE: &str = "adaptation.json";
 /// Feature statistics of the source data shipped with the model (no source images needed).
 #[derive(Clone, Debug)]
 pub struct SourceKnowledge {
-    /// Per-channel mean of tile features, [C].
+    /// Per-channel mean of tile features, \[C\].
     pub mean: Vec<f32>,
-    /// Per-channel variance of tile features, [C].
+    /// Per-channel variance of tile features, \[C\].
     pub var: Vec<f32>,
-    /// k-means centres of L2-normalised volume embeddings, [K, C].
+    /// k-means centres of L2-normalised volume embeddings, \[K, C\].
     pub anchors: ArrayD<f32>,
 }
 

@@ -1,7 +1,7 @@
 //! Bakes new weights into an ONNX model's initializers, for a standalone adapted inference model
 //! that any ONNX Runtime (or other ONNX consumer) runs without asfda.
 //!
-//! The protobuf walker of [`crate::onnx_proto`] instead of an ONNX dependency: only three
+//! The protobuf walker of `crate::onnx_proto` instead of an ONNX dependency: only three
 //! messages are touched, everything else is copied byte for byte.
 //! - `ModelProto.graph` is field 7; `GraphProto.initializer` is field 5 (a `TensorProto`);
 //! - `TensorProto`: dims 1 (int64, packed or not), data_type 2 (1 = FLOAT), float_data 4,
