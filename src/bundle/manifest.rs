@@ -1,7 +1,7 @@
 //! The manifest's serde types: `manifest.json` exactly as the Python generator
 //! (`bindings/python/asfda_tools/export.py`) writes it. Every field is described here and in
 //! `docs/manifest.md`; the checks beyond types (ranges, cross-field rules) are in
-//! [`super::validate`] and run when a manifest is read ([`Manifest::from_json`]).
+//! `super::validate` and run when a manifest is read ([`Manifest::from_json`]).
 //!
 //! Reading errors name the field's path and, for enums, the allowed values, e.g.
 //! "input.orientation: unknown variant \`LPS\`, expected \`RAS\`" or
@@ -150,6 +150,7 @@ pub struct TrainingSpec {
     /// count), relative to the bundle folder.
     pub checkpoint: String,
     /// The model's parameters, in the train step's order.
+    #[serde(deserialize_with = "at::parameters")]
     pub parameters: Vec<ParameterSpec>,
     /// Names of the parameters that are not trained (informational: `parameters[].trainable`
     /// is what the library uses).
@@ -232,7 +233,7 @@ pub struct TrainIo {
     pub image: String,
     /// Input: the label batch, int64 [N, Z, Y, X] (class indices or `ignore_label`).
     pub labels: String,
-    /// Input: per-sample loss weights, float32 [N].
+    /// Input: per-sample loss weights, float32 \[N\].
     pub loss_weight: String,
     /// Input: the learning rate of this step, float32 scalar.
     pub lr: String,
@@ -299,9 +300,9 @@ pub struct SourceKnowledgeSpec {
 /// Tensor names in the source-knowledge file (`source_knowledge.tensors`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceTensorNames {
-    /// Per-channel mean of tile features, float32 [feature_channels].
+    /// Per-channel mean of tile features, float32 \[feature_channels\].
     pub mean: String,
-    /// Per-channel variance of tile features, float32 [feature_channels].
+    /// Per-channel variance of tile features, float32 \[feature_channels\].
     pub var: String,
     /// k-means centres of L2-normalised volume embeddings, float32 [k, feature_channels].
     pub anchors: String,
@@ -323,7 +324,7 @@ macro_rules! spelling {
 spelling!(InputOrientation, Layout, LossKind, OptimizerKind, ZscoreMask);
 
 impl Manifest {
-    /// Parses and checks a manifest's text (types, then [`Manifest::validate`]): `Format` for
+    /// Parses and checks a manifest's text (types, then [`Manifest::problems`]): `Format` for
     /// text that is not a manifest, `InvalidData` for values out of range; both name the field.
     pub fn from_json(text: &str) -> Result<Manifest> {
         let manifest = parse(text).map_err(|e| Error::new(ErrorKind::Format, e))?;
@@ -375,7 +376,7 @@ mod at {
     }
     fields!(input => "input", inference => "inference", training => "training",
         source_knowledge => "source_knowledge", orientation => "orientation", normalization => "normalization",
-        layout => "layout", loss => "loss", optimizer => "optimizer", io => "io", loss_kind => "kind",
+        layout => "layout", loss => "loss", optimizer => "optimizer", io => "io", parameters => "parameters", loss_kind => "kind",
         optimizer_kind => "kind", tensors => "tensors");
 
     #[cfg(test)]
