@@ -10,6 +10,7 @@ pub mod error;
 pub mod ffi;
 pub mod finetune;
 pub mod model;
+mod onnx_proto;
 pub mod preprocess;
 pub mod report;
 pub mod runtime;

@@ -55,7 +55,7 @@ use std::ops::Range;
 
 use ndarray::{s, Array3, Array4, Array5, ArrayView3, ArrayView4};
 
-use crate::bundle::{InputSpec, Normalization, ZscoreMask};
+use crate::bundle::{InputOrientation, InputSpec, Normalization, ZscoreMask};
 use crate::error::{Error, ErrorKind, Result};
 use crate::volume::{Orientation, Volume};
 use crate::window::{gather_tiles, TileSource};
@@ -392,7 +392,7 @@ fn check_input_spec(volume: &Volume, input: &InputSpec) -> Result<()> {
             input.channels
         )));
     }
-    if input.orientation != "RAS" {
+    if input.orientation != InputOrientation::Ras {
         return Err(Error::unsupported(format!(
             "input orientation '{}' is not supported (only \"RAS\")",
             input.orientation

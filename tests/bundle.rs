@@ -137,7 +137,7 @@ fn tampered(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, Pa
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
-    let manifest_path = dir.join("manifest.json");
+    let manifest_path = dir.join(asfda::bundle::MANIFEST_FILE);
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     edit(&mut manifest);
@@ -164,7 +164,7 @@ fn inconsistent_bundles_are_reported_by_name() {
     assert!(err.message().contains("has shape") && err.message().contains("[3, 3]"), "{err}");
 
     let (_t, dir) = tampered(|m| m["format_version"] = 2.into());
-    assert!(load_error(&dir).message().contains("format_version 2"));
+    assert!(load_error(&dir).message().contains("format_version: 2"));
 
     let (_t, dir) = tampered(|m| m["foreground_classes"] = serde_json::json!([0, 9]));
     assert!(load_error(&dir).message().contains("foreground_classes"));
@@ -173,6 +173,27 @@ fn inconsistent_bundles_are_reported_by_name() {
     let err = load_error(&dir);
     assert_eq!(err.kind(), ErrorKind::Format);
     assert!(err.message().contains("magic"), "{err}");
+
+    // Enums name the field and the allowed values.
+    let (_t, dir) = tampered(|m| m["input"]["orientation"] = "LPS".into());
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::Format);
+    assert!(err.message().contains("input.orientation: unknown variant `LPS`, expected `RAS`"), "{err}");
+    let (_t, dir) = tampered(|m| m["training"]["optimizer"]["kind"] = "sgd".into());
+    assert!(load_error(&dir).message().contains("training.optimizer.kind: unknown variant `sgd`"));
+    let (_t, dir) = tampered(|m| {
+        m["training"]["optimizer"].as_object_mut().unwrap().remove("lr");
+    });
+    assert!(load_error(&dir).message().contains("training.optimizer.lr: missing"));
+
+    // Normalisation parameters are checked at load, not per call.
+    let (_t, dir) = tampered(|m| {
+        m["input"]["normalization"] =
+            serde_json::json!({"kind": "ct_window", "lower": 0, "upper": 1, "mean": 0, "std": 0})
+    });
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(err.message().contains("input.normalization.std"), "{err}");
 
     let (_t, dir) = tampered(|_| {});
     std::fs::remove_file(dir.join("checkpoint.safetensors")).unwrap();

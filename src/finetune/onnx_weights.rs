@@ -1,8 +1,8 @@
 //! Bakes new weights into an ONNX model's initializers, for a standalone adapted inference model
 //! that any ONNX Runtime (or other ONNX consumer) runs without asfda.
 //!
-//! A minimal protobuf walker instead of an ONNX dependency: only three messages are touched,
-//! everything else is copied byte for byte.
+//! The protobuf walker of `crate::onnx_proto` instead of an ONNX dependency: only three
+//! messages are touched, everything else is copied byte for byte.
 //! - `ModelProto.graph` is field 7; `GraphProto.initializer` is field 5 (a `TensorProto`);
 //! - `TensorProto`: dims 1 (int64, packed or not), data_type 2 (1 = FLOAT), float_data 4,
 //!   name 8, raw_data 9, external_data 13, data_location 14 (1 = EXTERNAL).
@@ -15,85 +15,13 @@ use std::collections::HashMap;
 
 use ndarray::ArrayD;
 
-use crate::error::{Error, ErrorKind, Result};
-
-const WIRE_VARINT: u8 = 0;
-const WIRE_FIXED64: u8 = 1;
-const WIRE_LEN: u8 = 2;
-const WIRE_FIXED32: u8 = 5;
-
-/// One field of a protobuf message: its number, wire type, the whole field's bytes and the
-/// payload (the varint value or the bytes of a length-delimited field).
-struct Field<'a> {
-    number: u64,
-    wire: u8,
-    raw: &'a [u8],
-    payload: &'a [u8],
-    value: u64,
-}
+use crate::error::{Error, Result};
+use crate::onnx_proto::{
+    fields, put_len_field, varint, DecodeError, GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_NAME, WIRE_LEN, WIRE_VARINT,
+};
 
 fn corrupt(what: &str) -> Error {
-    Error::new(ErrorKind::Format, format!("the ONNX model is not a valid protobuf: {what}"))
-}
-
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*pos).ok_or_else(|| corrupt("truncated varint"))?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(corrupt("varint longer than 10 bytes"))
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let start = pos;
-        let tag = varint(buf, &mut pos)?;
-        let (number, wire) = (tag >> 3, (tag & 7) as u8);
-        let (payload, value) = match wire {
-            WIRE_VARINT => {
-                let v = varint(buf, &mut pos)?;
-                (&buf[pos..pos], v)
-            }
-            WIRE_FIXED64 | WIRE_FIXED32 => {
-                let n = if wire == WIRE_FIXED64 { 8 } else { 4 };
-                let end = pos.checked_add(n).filter(|&e| e <= buf.len()).ok_or_else(|| corrupt("truncated field"))?;
-                let p = &buf[pos..end];
-                pos = end;
-                (p, 0)
-            }
-            WIRE_LEN => {
-                let len = varint(buf, &mut pos)? as usize;
-                let end = pos.checked_add(len).filter(|&e| e <= buf.len()).ok_or_else(|| corrupt("truncated field"))?;
-                let p = &buf[pos..end];
-                pos = end;
-                (p, 0)
-            }
-            other => return Err(corrupt(&format!("unsupported wire type {other} (field {number})"))),
-        };
-        out.push(Field { number, wire, raw: &buf[start..pos], payload, value });
-    }
-    Ok(out)
-}
-
-fn put_len_field(out: &mut Vec<u8>, number: u64, payload: &[u8]) {
-    put_varint(out, (number << 3) | u64::from(WIRE_LEN));
-    put_varint(out, payload.len() as u64);
-    out.extend_from_slice(payload);
+    DecodeError(what.to_string()).into()
 }
 
 /// `model` (the bytes of an ONNX ModelProto) with the initializers named in `weights` replaced.
@@ -105,10 +33,10 @@ pub fn bake_weights(model: &[u8], weights: &[(&str, &ArrayD<f32>)]) -> Result<Ve
     let mut out = Vec::with_capacity(model.len());
     let mut graphs = 0;
     for f in fields(model)? {
-        if f.number == 7 && f.wire == WIRE_LEN {
+        if f.number == MODEL_GRAPH && f.wire == WIRE_LEN {
             graphs += 1;
             let graph = rewrite_graph(f.payload, &wanted, &mut found)?;
-            put_len_field(&mut out, 7, &graph);
+            put_len_field(&mut out, MODEL_GRAPH, &graph);
         } else {
             out.extend_from_slice(f.raw);
         }
@@ -128,11 +56,11 @@ pub fn bake_weights(model: &[u8], weights: &[(&str, &ArrayD<f32>)]) -> Result<Ve
 fn rewrite_graph(graph: &[u8], wanted: &HashMap<&str, &ArrayD<f32>>, found: &mut Vec<String>) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(graph.len());
     for f in fields(graph)? {
-        if f.number == 5 && f.wire == WIRE_LEN {
+        if f.number == GRAPH_INITIALIZER && f.wire == WIRE_LEN {
             match rewrite_tensor(f.payload, wanted)? {
                 Some((name, tensor)) => {
                     found.push(name);
-                    put_len_field(&mut out, 5, &tensor);
+                    put_len_field(&mut out, GRAPH_INITIALIZER, &tensor);
                 }
                 None => out.extend_from_slice(f.raw),
             }
@@ -146,7 +74,7 @@ fn rewrite_graph(graph: &[u8], wanted: &HashMap<&str, &ArrayD<f32>>, found: &mut
 /// The new TensorProto bytes if this initializer is one to replace.
 fn rewrite_tensor(tensor: &[u8], wanted: &HashMap<&str, &ArrayD<f32>>) -> Result<Option<(String, Vec<u8>)>> {
     let parsed = fields(tensor)?;
-    let Some(name) = parsed.iter().find(|f| f.number == 8 && f.wire == WIRE_LEN) else { return Ok(None) };
+    let Some(name) = parsed.iter().find(|f| f.number == TENSOR_NAME && f.wire == WIRE_LEN) else { return Ok(None) };
     let name = std::str::from_utf8(name.payload).map_err(|_| corrupt("initializer name is not UTF-8"))?;
     let Some(value) = wanted.get(name) else { return Ok(None) };
     let mut dims = Vec::new();
@@ -187,6 +115,8 @@ fn rewrite_tensor(tensor: &[u8], wanted: &HashMap<&str, &ArrayD<f32>>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+    use crate::onnx_proto::put_varint;
 
     /// A hand-built ModelProto: ir_version, a graph with one FLOAT initializer "w" [2] in
     /// float_data and one untouched initializer "b".

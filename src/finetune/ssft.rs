@@ -1,21 +1,21 @@
-//! Selective Semi-supervised Fine-tuning (method.md section 2): the [`FineTuner`] mixes patches
+//! Selective Semi-supervised Fine-tuning (docs/method.md section 2): the [`FineTuner`] mixes patches
 //! of annotated volumes with patches of reliable pseudo-labelled ones, ramps the pseudo-label
 //! weight, decays the learning rate, and saves, resumes, evaluates and exports the result.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ndarray::{s, Array3, Array4, Array5, ArrayView4, Axis};
+use ndarray::{s, Array3, Array4, ArrayView4};
 use serde::{Deserialize, Serialize};
 
+use super::batch::{self, PlannedPatch, Sample, IGNORED};
 use super::checkpoint::{self, Checkpoint};
-use super::dice::{mean_over, mean_per_class, Overlap};
+use super::dice::{mean_per_class, Overlap};
 use super::onnx_weights::bake_weights;
-use super::sampling::{
-    crop_image, crop_labels, poly_lr, ramp_weight, sample_patch, step_rng, uniform, ForegroundIndex, Patch,
-};
+use super::pseudo_label::{self, PseudoLabelCheck, PseudoLabeled, PseudoOrigin};
+use super::sampling::{poly_lr, ramp_weight};
 use super::step::{Batch, Trainer};
 use crate::atomic_file;
-use crate::bundle::Manifest;
+use crate::bundle::{Adaptation, Manifest};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::{prepare, ModelGrid, Prepared};
@@ -23,8 +23,8 @@ use crate::volume::Volume;
 use crate::window::Cancel;
 
 /// Fine-tuning settings. `Default` gives the documented defaults; `None` fields take the
-/// bundle manifest's value. Choices marked [RECON] are this project's reconstruction of what
-/// the paper leaves open (method.md).
+/// bundle manifest's value. Choices marked \[RECON\] are this project's reconstruction of what
+/// the paper leaves open (docs/method.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FineTuneOptions {
@@ -34,7 +34,7 @@ pub struct FineTuneOptions {
     pub patch_size: Option<[usize; 3]>,
     /// Patches per step. Default 2 (nnU-Net's 3D default).
     pub batch_size: usize,
-    /// Length T of the schedules (poly LR, lambda ramp). Default 100 [RECON]: few labelled
+    /// Length T of the schedules (poly LR, lambda ramp). Default 100 \[RECON\]: few labelled
     /// volumes over-fit quickly; steps past T run with learning rate 0.
     pub total_steps: u64,
     /// Base learning rate. Default (None): the manifest's `optimizer.lr`.
@@ -48,25 +48,25 @@ pub struct FineTuneOptions {
     /// nnU-Net's per-batch rule gives 1 of 2 at batch size 2).
     pub foreground_fraction: f64,
     /// Probability that a patch comes from an annotated volume rather than a pseudo-labelled one
-    /// (when both exist). Default 0.8 [RECON]. Equal shares (0.5) are the literal reading of
-    /// method.md's two loss terms, but the pseudo-labels come from the unadapted model: on the
+    /// (when both exist). Default 0.8 \[RECON\]. Equal shares (0.5) are the literal reading of
+    /// docs/method.md's two loss terms, but the pseudo-labels come from the unadapted model: on the
     /// demo's pd site (its Dice there is 0.14, yet 94% of voxels pass tau_pl = 0.9) two annotated
     /// volumes plus one reliable volume at 0.5 lowered mean Dice (0.136 -> 0.130, 20 steps),
     /// while 0.8 raised it to 0.545 (30 steps; 1.0, annotations only, 0.899 in 40 steps).
     pub labeled_fraction: f64,
     /// tau_pl: pseudo-label voxels whose top probability is below this are ignored by the loss.
-    /// Default 0.9 (method.md).
+    /// Default 0.9 (docs/method.md).
     pub pseudo_label_threshold: f64,
     /// Share of `total_steps` over which lambda ramps from ~0 to 1: with `R = ramp_fraction * T`
     /// and `x = clamp(t / R, 0, 1)`, `lambda(t) = exp(-5 (1 - x)^2)` (the "sigmoid" ramp-up of
-    /// Laine & Aila and Mean Teacher; [`super::sampling::ramp_weight`]). Default 0.2 (method.md).
+    /// Laine & Aila and Mean Teacher; [`super::sampling::ramp_weight`]). Default 0.2 (docs/method.md).
     pub ramp_fraction: f64,
     /// Recompute pseudo-labels with the current fine-tuned weights every this many steps
-    /// (0 = never: they come from the bundle's weights). Default 0 [RECON].
+    /// (0 = never: they come from the bundle's weights). Default 0 \[RECON\].
     pub pseudo_label_refresh_every: u64,
     /// Pseudo-labels are used only while the model that made them reaches at least this mean
     /// foreground Dice on the annotated volumes ([`FineTuner::check_pseudo_labels`]); 0 = always
-    /// use them. Default 0.5 [RECON]: method.md judges reliability by confidence and distance to
+    /// use them. Default 0.5 \[RECON\]: docs/method.md judges reliability by confidence and distance to
     /// the annotated samples, which cannot see a model that is confidently wrong on the whole
     /// site. On the benchmark's pd site the unadapted model (held-out Dice 0.12) has 94% of its
     /// voxels above tau_pl, and its reliable pseudo-labels lowered the fine-tuned Dice from 0.71
@@ -168,102 +168,6 @@ impl std::fmt::Display for StepReport {
             self.loss, self.loss_ce, self.loss_dice, self.lr, self.lambda, self.labeled_in_batch, self.pseudo_in_batch
         )
     }
-}
-
-/// Marks ignored voxels in the stored label maps (models have at most 255 classes here).
-const IGNORED: u8 = u8::MAX;
-
-/// One patch of a planned batch ([`FineTuner::plan_batch`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct PlannedPatch {
-    /// From the annotated set (else the pseudo-labelled one).
-    pub labeled: bool,
-    /// Index of the volume in its set, in id order.
-    pub volume: usize,
-    pub id: String,
-    pub patch: Patch,
-}
-
-/// One volume ready for patch sampling, on the padded model grid. The prepared image is all the
-/// fine-tuner keeps of a volume: the pseudo-label check and refreshes infer from it
-/// ([`Engine::infer_prepared`]), so the caller's volume is not copied.
-#[derive(Clone)]
-struct Sample {
-    id: String,
-    /// [C, Z, Y, X], preprocessed ([`Prepared::image`]).
-    image: Array4<f32>,
-    grid: ModelGrid,
-    /// [Z, Y, X]: class indices, or [`IGNORED`] (padding, unreliable pseudo-labels); one byte a
-    /// voxel instead of the train step's i64, converted per patch.
-    labels: Array3<u8>,
-    /// Voxels not [`IGNORED`] (a pseudo-labelled volume without any teaches nothing).
-    reliable: usize,
-    /// Per-channel background (minimum), to pad patches reaching outside the grid.
-    fill: Vec<f32>,
-    foreground: ForegroundIndex,
-}
-
-impl Sample {
-    fn new(id: &str, prepared: Prepared, labels: Array3<u8>, foreground_classes: &[usize]) -> Sample {
-        let Prepared { image, grid } = prepared;
-        let fill = image.axis_iter(Axis(0)).map(|c| c.iter().copied().fold(f32::INFINITY, f32::min)).collect();
-        let (foreground, reliable) = label_index(&labels, foreground_classes);
-        Sample { id: id.to_string(), image, grid, labels, reliable, fill, foreground }
-    }
-
-    /// New labels for the same image (a pseudo-label refresh).
-    fn set_labels(&mut self, labels: Array3<u8>, foreground_classes: &[usize]) {
-        (self.foreground, self.reliable) = label_index(&labels, foreground_classes);
-        self.labels = labels;
-    }
-}
-
-/// What sampling derives from a label volume: the foreground index and the count of voxels
-/// not [`IGNORED`].
-fn label_index(labels: &Array3<u8>, foreground_classes: &[usize]) -> (ForegroundIndex, usize) {
-    (ForegroundIndex::new(labels, foreground_classes), labels.iter().filter(|&&l| l != IGNORED).count())
-}
-
-/// A pseudo-labelled volume ready to add to a [`FineTuner`] ([`FineTuner::pseudo_label_volume`]).
-#[derive(Clone)]
-pub struct PseudoLabeled {
-    sample: Sample,
-    kept: f64,
-    origin: PseudoOrigin,
-}
-
-impl PseudoLabeled {
-    pub fn id(&self) -> &str {
-        &self.sample.id
-    }
-
-    /// Fraction of the volume's voxels whose pseudo-label is kept (confidence >= threshold).
-    pub fn kept_fraction(&self) -> f64 {
-        self.kept
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-struct PseudoOrigin {
-    bundle: String,
-    /// Step whose weights labelled (None: the bundle's).
-    labeler_step: Option<u64>,
-    threshold_bits: u64,
-}
-
-/// How well the model that makes the pseudo-labels segments the annotated volumes
-/// ([`FineTuner::check_pseudo_labels`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct PseudoLabelCheck {
-    /// Step whose weights made the pseudo-labels (None: the bundle's).
-    pub labeler_step: Option<u64>,
-    /// Dice per class (index 0 = background) of the labelling model's argmax against the
-    /// annotations, on the model grid, averaged over the annotated volumes.
-    pub dice: Vec<f64>,
-    /// Mean of `dice` over the manifest's foreground classes.
-    pub foreground_dice: f64,
-    /// `foreground_dice >= pseudo_label_min_dice`: pseudo-labelled patches are drawn.
-    pub trusted: bool,
 }
 
 /// The SSFT trainer. It starts from the bundle's checkpoint (or a saved fine-tuning checkpoint,
@@ -546,26 +450,7 @@ impl FineTuner {
     /// The labelling model's pseudo-labels of a prepared image, and the fraction of its
     /// (unpadded) voxels kept.
     fn pseudo_labels(&self, image: ArrayView4<'_, f32>, grid: &ModelGrid) -> Result<(Array3<u8>, f64)> {
-        let inference = self.labeler.infer_prepared(image, grid, &Cancel::new()?, &mut |_| true)?;
-        let probs = &inference.probabilities;
-        let (_, z, y, x) = probs.dim();
-        let tau = self.options.pseudo_label_threshold as f32;
-        let mut labels = Array3::from_elem((z, y, x), IGNORED);
-        let [rz, ry, rx] = grid.valid_region();
-        let mut kept = 0usize;
-        for k in rz.clone() {
-            for j in ry.clone() {
-                for i in rx.clone() {
-                    let (best, p) = top_class(probs, [k, j, i]);
-                    if p >= tau {
-                        labels[[k, j, i]] = best as u8;
-                        kept += 1;
-                    }
-                }
-            }
-        }
-        let valid = rz.len() * ry.len() * rx.len();
-        Ok((labels, kept as f64 / valid.max(1) as f64))
+        pseudo_label::pseudo_labels(&self.labeler, image, grid, self.options.pseudo_label_threshold)
     }
 
     /// Relabels every unlabelled volume with the current weights.
@@ -600,32 +485,13 @@ impl FineTuner {
     }
 
     fn run_check(&self) -> Result<PseudoLabelCheck> {
-        if self.labeled.is_empty() {
-            return Err(Error::invalid_argument(
-                "checking pseudo-labels needs at least one annotated volume: add one with add_labeled",
-            ));
-        }
-        let classes = self.classes();
-        let mut per_volume = Vec::with_capacity(self.labeled.len());
-        for l in &self.labeled {
-            let probs =
-                self.labeler.infer_prepared(l.image.view(), &l.grid, &Cancel::new()?, &mut |_| true)?.probabilities;
-            let mut overlap = Overlap::new(classes);
-            for ((k, j, i), &truth) in l.labels.indexed_iter() {
-                if truth != IGNORED {
-                    overlap.add(top_class(&probs, [k, j, i]).0, usize::from(truth));
-                }
-            }
-            per_volume.push(overlap.dice());
-        }
-        let dice = mean_per_class(&per_volume, classes);
-        let foreground_dice = mean_over(&dice, &self.manifest.foreground_classes);
-        Ok(PseudoLabelCheck {
-            labeler_step: self.labeler_step,
-            trusted: foreground_dice >= self.options.pseudo_label_min_dice,
-            dice,
-            foreground_dice,
-        })
+        pseudo_label::check(
+            &self.labeler,
+            &self.labeled,
+            &self.manifest.foreground_classes,
+            self.labeler_step,
+            self.options.pseudo_label_min_dice,
+        )
     }
 
     /// Whether pseudo-labelled patches may be drawn: always with the check off
@@ -644,24 +510,8 @@ impl FineTuner {
     /// Before a check was made (see [`FineTuner::check_pseudo_labels`]) with the check on, no
     /// pseudo-labelled patch is planned.
     pub fn plan_batch(&self, t: u64) -> Vec<PlannedPatch> {
-        let o = &self.options;
         let pseudo = if self.pseudo_labels_trusted() { self.usable_pseudo() } else { Vec::new() };
-        let mut rng = step_rng(o.seed, t);
-        (0..o.batch_size)
-            .map(|_| {
-                let labeled = uniform(&mut rng) < o.labeled_fraction || pseudo.is_empty();
-                let volume = if labeled {
-                    rng.below(self.labeled.len() as u64) as usize
-                } else {
-                    pseudo[rng.below(pseudo.len() as u64) as usize]
-                };
-                let sample = if labeled { &self.labeled[volume] } else { &self.unlabeled[volume] };
-                let foreground = uniform(&mut rng) < o.foreground_fraction;
-                let (z, y, x) = sample.labels.dim();
-                let patch = sample_patch(&mut rng, [z, y, x], self.patch, &sample.foreground, foreground);
-                PlannedPatch { labeled, volume, id: sample.id.clone(), patch }
-            })
-            .collect()
+        batch::plan(&self.options, t, self.patch, &self.labeled, &self.unlabeled, &pseudo)
     }
 
     /// One AdamW step on a batch of `batch_size` patches.
@@ -699,19 +549,10 @@ impl FineTuner {
         let lambda = ramp_weight(t, o.total_steps, o.ramp_fraction);
         let plan = self.plan_batch(t);
         let channels = self.manifest.input.channels;
-        let [pz, py, px] = self.patch;
-        let n = plan.len();
-        let mut image = Array5::<f32>::zeros((n, channels, pz, py, px));
-        let mut labels = Array4::<i64>::zeros((n, pz, py, px));
-        let mut weights = Vec::with_capacity(n);
-        for (b, p) in plan.iter().enumerate() {
-            let sample = if p.labeled { &self.labeled[p.volume] } else { &self.unlabeled[p.volume] };
-            crop_image(&sample.image, p.patch.start, &sample.fill, image.index_axis_mut(Axis(0), b));
-            crop_labels(&sample.labels, IGNORED, p.patch.start, self.ignore, labels.index_axis_mut(Axis(0), b));
-            weights.push(if p.labeled { 1.0f32 } else { lambda as f32 });
-        }
+        let (image, labels, weights) =
+            batch::assemble(&plan, &self.labeled, &self.unlabeled, channels, self.patch, self.ignore, lambda);
         let n_labeled = plan.iter().filter(|p| p.labeled).count();
-        let n_pseudo = n - n_labeled;
+        let n_pseudo = plan.len() - n_labeled;
         let batch = Batch { image: image.view().into_dyn(), labels: labels.view().into_dyn(), loss_weight: &weights };
         let loss = self.trainer.step(&batch, lr as f32, self.weight_decay as f32)?;
         Ok(StepReport {
@@ -772,52 +613,16 @@ impl FineTuner {
     /// Writes an adapted model bundle to the new folder `dir`: the manifest, train-step graph and
     /// source knowledge copied, the checkpoint replaced by this run's state (so fine-tuning can
     /// continue from it), and the inference model with the fine-tuned weights baked into its
-    /// initializers (a standalone ONNX file any runtime can use), plus `adaptation.json`
-    /// (what was done). Built in `<dir>.partial` and renamed into place, so `dir` is either
-    /// complete or absent. `dir` must not exist yet.
+    /// initializers (a standalone ONNX file any runtime can use), plus
+    /// [`crate::bundle::ADAPTATION_FILE`] (what was done); see [`crate::bundle::Bundle::write_adapted`].
+    /// Built in `<dir>.partial` and renamed into place, so `dir` is either complete or absent.
+    /// `dir` must not exist yet.
     pub fn export_bundle(&self, dir: &Path) -> Result<()> {
-        if dir.exists() {
-            return Err(Error::invalid_argument(format!(
-                "'{}' already exists; export the adapted bundle to a new folder",
-                dir.display()
-            )));
-        }
-        let name = dir
-            .file_name()
-            .ok_or_else(|| Error::invalid_argument(format!("'{}' names no folder", dir.display())))?
-            .to_string_lossy();
-        let partial = atomic_file::parent(dir).join(format!("{name}.partial"));
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, "remove the unfinished export", &e))?;
-        }
-        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, "create", &e))?;
-        let result = self.write_bundle(&partial).and_then(|()| {
-            std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, "rename the finished bundle to", &e))?;
-            atomic_file::sync_dir(&atomic_file::parent(dir))
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-        }
-        result
-    }
-
-    fn write_bundle(&self, out: &Path) -> Result<()> {
-        let bundle = self.labeler.bundle();
-        let training = bundle.training()?;
-        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| Error::io(&p, "read", &e));
-        let mut copies = vec!["manifest.json".to_string(), training.train_step.clone()];
-        if let Some(k) = &self.manifest.source_knowledge {
-            copies.push(k.file.clone());
-        }
-        for file in copies {
-            atomic_file::write_synced(&out.join(&file), &read(bundle.path(&file))?)?;
-        }
-        atomic_file::write_synced(&out.join(&training.checkpoint), &self.checkpoint_bytes()?)?;
-        let model = bake_weights(&read(bundle.inference_path())?, &self.trainer.weights())?;
-        atomic_file::write_synced(&out.join(&self.manifest.inference.file), &model)?;
+        let checkpoint = self.checkpoint_bytes()?;
+        let weights = self.trainer.weights();
         let note = serde_json::json!({
             "adapted_from": self.manifest.name,
-            "source_bundle": bundle.dir().display().to_string(),
+            "source_bundle": self.labeler.bundle().dir().display().to_string(),
             "fine_tuning_steps": self.steps_done(),
             "annotated_volumes": self.labeled.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
             "pseudo_labelled_volumes": self.unlabeled.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
@@ -829,9 +634,12 @@ impl FineTuner {
             })),
             "options": self.options,
         });
-        let text = serde_json::to_string_pretty(&note).map_err(|e| Error::internal(e.to_string()))?;
-        atomic_file::write_synced(&out.join("adaptation.json"), text.as_bytes())?;
-        atomic_file::sync_dir(out)
+        let adaptation = Adaptation {
+            checkpoint: &checkpoint,
+            inference: &|model: &[u8]| bake_weights(model, &weights),
+            note: &note,
+        };
+        self.labeler.bundle().write_adapted(dir, &adaptation)
     }
 
     /// Makes `engine` run the fine-tuned weights from now on (no disk access); calls already in
@@ -849,7 +657,7 @@ impl FineTuner {
 }
 
 /// The most probable class at voxel `at` of `probs` [C, Z, Y, X], and its probability.
-fn top_class(probs: &Array4<f32>, [k, j, i]: [usize; 3]) -> (usize, f32) {
+pub(super) fn top_class(probs: &Array4<f32>, [k, j, i]: [usize; 3]) -> (usize, f32) {
     probs
         .slice(s![.., k, j, i])
         .iter()

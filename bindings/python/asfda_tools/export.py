@@ -1,6 +1,7 @@
 """Model bundles: everything the library needs to run, score with and fine-tune a model.
 
-A bundle folder holds ``manifest.json`` (the single description of the model), ``model.onnx``
+A bundle folder holds ``manifest.json`` (the single description of the model, checked by
+``asfda_tools.manifest`` with the library's rules and described in docs/manifest.md), ``model.onnx``
 (inference: ``image`` -> ``logits``, ``features``), ``train_step.onnx`` (see trainstep.py),
 ``checkpoint.safetensors`` (the train step's state: ``param.*``, ``m.*``, ``v.*`` and ``step``),
 optionally ``source_knowledge.safetensors`` (feature statistics of the source data), and
@@ -17,12 +18,10 @@ import numpy as np
 import torch
 from safetensors.numpy import save
 
+from .manifest import (FORMAT_VERSION, MANIFEST_FILE, NORMALIZATION_KEYS,  # noqa: F401
+                       input_problems, validate_manifest)
 from .trainstep import TrainStepConfig, dice_ce, export_train_step, parameter_names, save_onnx
 
-FORMAT_VERSION = 1
-# Keys each normalisation kind needs (the library's manifest reader requires the same).
-NORMALIZATION_KEYS = {"zscore": set(), "ct_window": {"lower", "upper", "mean", "std"},
-                      "percentile": {"lower", "upper"}}
 SOURCE_TENSORS = {"mean": "feature_mean", "var": "feature_var", "anchors": "anchors"}
 
 
@@ -146,7 +145,7 @@ def rewrite_train_step(model, bundle_dir, weight_grad="conv"):
     should be the checkpoint's, see load_checkpoint_params), leaving every other file as it is.
     The new graph must have exactly the manifest's inputs and outputs, or nothing is replaced."""
     out = Path(bundle_dir)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     training = manifest["training"]
     config = TrainStepConfig(foreground_classes=list(manifest["foreground_classes"]),
                              ignore_label=training["loss"]["ignore_label"],
@@ -178,19 +177,19 @@ def export_bundle(model, out_dir, *, classes, foreground_classes, patch_size, sp
     model = model.eval()
     if len(classes) != model.num_classes:
         raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
-    if not foreground_classes or not all(0 <= c < len(classes) for c in foreground_classes):
-        raise ValueError(f"foreground_classes must be class indices, got {foreground_classes}")
-    kind = normalization.get("kind")
-    if kind not in NORMALIZATION_KEYS or not NORMALIZATION_KEYS[kind] <= set(normalization):
-        raise ValueError(f"normalization {normalization} must have a kind and keys in "
-                         f"{NORMALIZATION_KEYS}")
-    if kind == "zscore" and normalization.get("mask", "nonzero") not in ("nonzero", "all"):
-        raise ValueError("zscore normalization mask must be 'nonzero' or 'all'")
+    if not foreground_classes or not all(1 <= c < len(classes) for c in foreground_classes):
+        raise ValueError(f"foreground_classes must be class indices in 1..{len(classes)}, "
+                         f"got {foreground_classes}")
     if 0 <= ignore_label < len(classes):
         raise ValueError("ignore_label must not be a class index")
     div = getattr(model, "size_divisible_by", 1)
-    if any(s % div for s in patch_size):
-        raise ValueError(f"patch_size {patch_size} is not divisible by {div}")
+    # The input spec is checked before the (slow) exports; the whole manifest before it is written.
+    input_spec = {"channels": model.in_channels, "patch_size": list(patch_size),
+                  "size_divisible_by": div, "spacing_mm": list(spacing), "orientation": "RAS",
+                  "normalization": dict(normalization)}
+    problems = input_problems(input_spec)
+    if problems:
+        raise ValueError("; ".join(problems))
 
     config = TrainStepConfig(foreground_classes=list(foreground_classes), ignore_label=ignore_label,
                              betas=tuple(betas), eps=eps, dice_smooth=dice_smooth,
@@ -229,9 +228,7 @@ def export_bundle(model, out_dir, *, classes, foreground_classes, patch_size, sp
         "name": name or out.name,
         "classes": list(classes),
         "foreground_classes": list(foreground_classes),
-        "input": {"channels": model.in_channels, "patch_size": list(patch_size),
-                  "size_divisible_by": div, "spacing_mm": list(spacing), "orientation": "RAS",
-                  "normalization": dict(normalization)},
+        "input": input_spec,
         "inference": {"file": "model.onnx", "input": "image", "logits": "logits",
                       "features": "features", "feature_channels": model.feature_channels,
                       "layout": "NCZYX"},
@@ -253,5 +250,6 @@ def export_bundle(model, out_dir, *, classes, foreground_classes, patch_size, sp
         },
         "source_knowledge": knowledge,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    validate_manifest(manifest)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

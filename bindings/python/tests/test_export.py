@@ -1,5 +1,6 @@
 """Model bundles: files, manifest, inference graph and reference, checked with onnxruntime."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,6 +10,7 @@ import torch
 from safetensors.numpy import load_file
 
 from asfda_tools.export import export_bundle, kmeans, load_checkpoint_params
+from asfda_tools.manifest import validate_manifest
 from asfda_tools.unet import UNet3D
 
 FROZEN = ["encoder.0.0.conv.weight"]  # a frozen parameter, as when fine-tuning only deep layers
@@ -50,13 +52,33 @@ def test_files_and_manifest(bundle):
     assert manifest["training"]["frozen"] == FROZEN
 
 
+def _shape(v):
+    """The key structure of a JSON value (dict keys recursively, the first item of lists)."""
+    if isinstance(v, dict):
+        return {k: _shape(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_shape(v[0])] if v and isinstance(v[0], (dict, list)) else []
+    return type(v).__name__ if isinstance(v, str) else "value"
+
+
+def test_manifest_has_the_golden_manifests_fields(bundle):
+    """Every field the generator writes is one the golden manifest has (which the library reads
+    back completely, tests/golden_manifest.rs), and the other way round."""
+    _, manifest = bundle
+    golden = json.loads((Path(__file__).resolve().parents[3] / "tests/data/golden_manifest.json").read_text())
+    assert _shape(manifest) == _shape(golden)
+    assert validate_manifest(manifest) is manifest
+
+
 def test_rejects_bad_arguments(model, tmp_path):
     good = dict(classes=CLASSES, foreground_classes=[1, 2], patch_size=[32, 32, 32],
                 spacing=[1, 1, 1], normalization={"kind": "zscore"})
     for bad in [{"normalization": {"kind": "minmax"}}, {"normalization": {"kind": "ct_window"}},
                 {"normalization": {"kind": "zscore", "mask": "brain"}}, {"ignore_label": 1},
                 {"patch_size": [32, 32, 36]}, {"classes": CLASSES[:2]},
-                {"foreground_classes": [3]}]:
+                {"foreground_classes": [3]}, {"foreground_classes": [0, 1]},
+                {"normalization": {"kind": "ct_window", "lower": 0, "upper": 1, "mean": 0, "std": 0}},
+                {"normalization": {"kind": "percentile", "lower": 1, "upper": 101}}]:
         with pytest.raises(ValueError):
             export_bundle(model, tmp_path, **{**good, **bad})
 

@@ -1,0 +1,270 @@
+"""The bundle manifest's schema, checked without torch: the same rules as the library's reader
+(``src/bundle/manifest.rs`` for types, ``src/bundle/validate.rs`` for values), with problems
+named by the same field paths (``input.orientation``, ``training.optimizer.lr``, ...).
+
+Every field is described in ``docs/manifest.md``. The golden-manifest tests
+(``tests/golden_manifest.rs`` and ``bindings/python/tests/test_manifest.py``) feed the same
+manifests to both readers so the two cannot drift.
+"""
+from __future__ import annotations
+
+import math
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+ORIENTATIONS = ("RAS",)
+LAYOUTS = ("NCZYX",)
+LOSS_KINDS = ("dice_ce",)
+OPTIMIZER_KINDS = ("adamw",)
+ZSCORE_MASKS = ("nonzero", "all")
+# Keys each normalisation kind needs besides "kind" ("mask" of zscore is optional).
+NORMALIZATION_KEYS = {"zscore": set(), "ct_window": {"lower", "upper", "mean", "std"},
+                      "percentile": {"lower", "upper"}}
+
+
+class ManifestError(ValueError):
+    """A manifest the library would refuse; ``problems`` lists each as ``field.path: ...``."""
+
+    def __init__(self, problems):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class _Checker:
+    def __init__(self):
+        self.problems = []
+
+    def bad(self, path, what):
+        self.problems.append(f"{path}: {what}")
+
+    def field(self, obj, path, key, check, optional=False):
+        """obj[key] checked by ``check(value, path)``; a missing key is a problem unless optional."""
+        full = f"{path}.{key}" if path else key
+        if not isinstance(obj, dict) or key not in obj or (optional and obj[key] is None):
+            if not optional:
+                self.bad(full, "missing (required)")
+            return None
+        return check(obj[key], full)
+
+    # Types ---------------------------------------------------------------------------------
+    def obj(self, v, path):
+        if not isinstance(v, dict):
+            self.bad(path, f"invalid type: expected an object, got {v!r}")
+            return None
+        return v
+
+    def string(self, v, path):
+        if not isinstance(v, str):
+            self.bad(path, f"invalid type: expected a string, got {v!r}")
+            return None
+        return v
+
+    def uint(self, v, path):
+        if not _is_int(v) or v < 0:
+            self.bad(path, f"invalid type: expected a non-negative integer, got {v!r}")
+            return None
+        return v
+
+    def int(self, v, path):
+        if not _is_int(v):
+            self.bad(path, f"invalid type: expected an integer, got {v!r}")
+            return None
+        return v
+
+    def num(self, v, path):
+        if not _is_num(v):
+            self.bad(path, f"invalid type: expected a number, got {v!r}")
+            return None
+        return float(v)
+
+    def boolean(self, v, path):
+        if not isinstance(v, bool):
+            self.bad(path, f"invalid type: expected a boolean, got {v!r}")
+            return None
+        return v
+
+    def list_of(self, item, length=None):
+        def check(v, path):
+            if not isinstance(v, list) or (length is not None and len(v) != length):
+                n = f" of length {length}" if length is not None else ""
+                self.bad(path, f"invalid type: expected an array{n}, got {v!r}")
+                return None
+            out = [item(x, path) for x in v]
+            return None if any(x is None for x in out) else out
+        return check
+
+    def enum(self, allowed):
+        def check(v, path):
+            if v not in allowed:
+                self.bad(path, f"unknown variant {v!r}, expected one of {', '.join(map(repr, allowed))}")
+                return None
+            return v
+        return check
+
+
+def input_problems(spec, path="input"):
+    """Problems of an ``input`` spec (channels, patch, spacing, orientation, normalisation)."""
+    c = _Checker()
+    _input(c, spec, path)
+    return c.problems
+
+
+def _input(c, spec, path):
+    if c.obj(spec, path) is None:
+        return
+    channels = c.field(spec, path, "channels", c.uint)
+    patch = c.field(spec, path, "patch_size", c.list_of(c.uint, 3))
+    div = c.field(spec, path, "size_divisible_by", c.uint)
+    spacing = c.field(spec, path, "spacing_mm", c.list_of(c.num, 3))
+    c.field(spec, path, "orientation", c.enum(ORIENTATIONS))
+    norm = c.field(spec, path, "normalization", c.obj)
+    if channels == 0:
+        c.bad(f"{path}.channels", "must be at least 1, got 0")
+    if div == 0:
+        c.bad(f"{path}.size_divisible_by", "must be at least 1, got 0")
+    if patch is not None and div is not None and any(s == 0 or s % max(div, 1) for s in patch):
+        c.bad(f"{path}.patch_size", f"{patch} is not a positive multiple of size_divisible_by {div}")
+    if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
+        c.bad(f"{path}.spacing_mm", f"{spacing} must be finite and positive")
+    if norm is not None:
+        _normalization(c, norm, f"{path}.normalization")
+
+
+def _normalization(c, norm, path):
+    kind = c.field(norm, path, "kind", c.enum(tuple(NORMALIZATION_KEYS)))
+    if kind is None:
+        return
+    v = {k: c.field(norm, path, k, c.num) for k in sorted(NORMALIZATION_KEYS[kind])}
+    if kind == "zscore":
+        c.field(norm, path, "mask", c.enum(ZSCORE_MASKS), optional=True)
+    if any(x is None for x in v.values()):
+        return
+    if kind == "ct_window":
+        for k in ("lower", "upper", "mean", "std"):
+            if not math.isfinite(v[k]):
+                c.bad(f"{path}.{k}", f"must be finite, got {v[k]}")
+        if v["lower"] > v["upper"]:
+            c.bad(f"{path}.upper", f"{v['upper']} is below lower {v['lower']} (ct_window)")
+        if math.isfinite(v["std"]) and v["std"] <= 0:
+            c.bad(f"{path}.std", f"must be > 0, got {v['std']} (ct_window)")
+    elif kind == "percentile":
+        for k in ("lower", "upper"):
+            if not 0 <= v[k] <= 100:
+                c.bad(f"{path}.{k}", f"must be a percentile in [0, 100], got {v[k]}")
+        if v["lower"] > v["upper"]:
+            c.bad(f"{path}.upper", f"{v['upper']} is below lower {v['lower']} (percentile)")
+
+
+def manifest_problems(m):
+    """Every problem of a manifest (a dict, as read from ``manifest.json``), each
+    ``field.path: ...``; empty when the library's reader accepts it (files not checked)."""
+    c = _Checker()
+    if c.obj(m, "manifest") is None:
+        return c.problems
+    version = c.field(m, "", "format_version", c.uint)
+    name = c.field(m, "", "name", c.string)
+    classes = c.field(m, "", "classes", c.list_of(c.string))
+    fg = c.field(m, "", "foreground_classes", c.list_of(c.uint))
+    spec = c.field(m, "", "input", c.obj)
+    if spec is not None:
+        _input(c, spec, "input")
+    inf = c.field(m, "", "inference", c.obj)
+    if inf is not None:
+        for k in ("file", "input", "logits", "features"):
+            c.field(inf, "inference", k, c.string)
+        if c.field(inf, "inference", "feature_channels", c.uint) == 0:
+            c.bad("inference.feature_channels", "must be at least 1, got 0")
+        c.field(inf, "inference", "layout", c.enum(LAYOUTS))
+    training = c.field(m, "", "training", c.obj, optional=True)
+    if training is not None:
+        _training(c, training, classes)
+    knowledge = c.field(m, "", "source_knowledge", c.obj, optional=True)
+    if knowledge is not None:
+        p = "source_knowledge"
+        c.field(knowledge, p, "file", c.string)
+        tensors = c.field(knowledge, p, "tensors", c.obj)
+        if tensors is not None:
+            for k in ("mean", "var", "anchors"):
+                c.field(tensors, f"{p}.tensors", k, c.string)
+        if c.field(knowledge, p, "k", c.uint) == 0:
+            c.bad(f"{p}.k", "must be at least 1, got 0")
+        for k in ("tiles", "volumes"):
+            c.field(knowledge, p, k, c.uint, optional=True)
+
+    if version is not None and version != FORMAT_VERSION:
+        c.bad("format_version", f"{version} is not supported (this asfda reads {FORMAT_VERSION})")
+    if name == "":
+        c.bad("name", "must not be empty")
+    if classes is not None and len(classes) < 2:
+        c.bad("classes", f"need background and at least one class, got {classes}")
+    if fg is not None and classes is not None and (not fg or any(i == 0 or i >= len(classes) for i in fg)):
+        c.bad("foreground_classes", f"{fg} must be class indices in 1..{len(classes)}")
+    return c.problems
+
+
+def _training(c, t, classes):
+    p = "training"
+    for k in ("train_step", "checkpoint"):
+        c.field(t, p, k, c.string)
+
+    def parameter(v, path):
+        if c.obj(v, path) is None:
+            return None
+        for k in ("name", "initializer"):
+            c.field(v, path, k, c.string)
+        c.field(v, path, "shape", c.list_of(c.uint))
+        c.field(v, path, "trainable", c.boolean)
+        return v
+
+    c.field(t, p, "parameters", c.list_of(parameter))
+    c.field(t, p, "frozen", c.list_of(c.string))
+    loss = c.field(t, p, "loss", c.obj)
+    if loss is not None:
+        c.field(loss, f"{p}.loss", "kind", c.enum(LOSS_KINDS))
+        ignore = c.field(loss, f"{p}.loss", "ignore_label", c.int)
+        smooth = c.field(loss, f"{p}.loss", "dice_smooth", c.num)
+        if ignore is not None and classes is not None and 0 <= ignore < len(classes):
+            c.bad(f"{p}.loss.ignore_label", f"{ignore} is a class index")
+        if smooth is not None and not (math.isfinite(smooth) and smooth >= 0):
+            c.bad(f"{p}.loss.dice_smooth", f"must be finite and >= 0, got {smooth}")
+    opt = c.field(t, p, "optimizer", c.obj)
+    if opt is not None:
+        q = f"{p}.optimizer"
+        c.field(opt, q, "kind", c.enum(OPTIMIZER_KINDS))
+        lr = c.field(opt, q, "lr", c.num)
+        betas = c.field(opt, q, "betas", c.list_of(c.num, 2))
+        eps = c.field(opt, q, "eps", c.num)
+        wd = c.field(opt, q, "weight_decay", c.num)
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            c.bad(f"{q}.lr", f"must be finite and > 0, got {lr}")
+        if betas is not None and not all(0 <= b < 1 for b in betas):
+            c.bad(f"{q}.betas", f"{betas} must each be in [0, 1)")
+        if eps is not None and not (math.isfinite(eps) and eps > 0):
+            c.bad(f"{q}.eps", f"must be finite and > 0, got {eps}")
+        if wd is not None and not (math.isfinite(wd) and wd >= 0):
+            c.bad(f"{q}.weight_decay", f"must be finite and >= 0, got {wd}")
+    io = c.field(t, p, "io", c.obj)
+    if io is not None:
+        for k in ("image", "labels", "loss_weight", "lr", "step", "weight_decay", "loss", "loss_ce",
+                  "loss_dice", "param_prefix", "m_prefix", "v_prefix", "new_prefix",
+                  "step_checkpoint_key"):
+            c.field(io, f"{p}.io", k, c.string)
+        for k in ("inputs", "outputs"):
+            c.field(io, f"{p}.io", k, c.list_of(c.string))
+
+
+def validate_manifest(m):
+    """Raise :class:`ManifestError` (a ``ValueError``) naming every problem of ``m``."""
+    problems = manifest_problems(m)
+    if problems:
+        raise ManifestError(problems)
+    return m

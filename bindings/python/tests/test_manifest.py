@@ -1,0 +1,60 @@
+"""The golden manifest (tests/data/golden_manifest.json) and its variants
+(golden_manifest_cases.json) must be accepted or refused by the generator's check
+(asfda_tools.manifest) exactly as by the library's reader (tests/golden_manifest.rs reads the
+same files), with the same field named, so the two schemas cannot drift. Torch-free."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from asfda_tools.manifest import ManifestError, manifest_problems, validate_manifest
+
+ROOT = Path(__file__).resolve().parents[3]
+DATA = ROOT / "tests" / "data"
+GOLDEN = json.loads((DATA / "golden_manifest.json").read_text())
+CASES = json.loads((DATA / "golden_manifest_cases.json").read_text())
+
+
+def _parent(m, path):
+    *head, key = path.split(".")
+    for seg in head:
+        m = m[int(seg)] if isinstance(m, list) else m[seg]
+    return m, (int(key) if isinstance(m, list) else key)
+
+
+def edited(case):
+    m = copy.deepcopy(GOLDEN)
+    for path, value in case.get("set", {}).items():
+        parent, key = _parent(m, path)
+        parent[key] = value
+    for path in case.get("remove", []):
+        parent, key = _parent(m, path)
+        del parent[key]
+    return m
+
+
+def names_field(problems, field):
+    return any(p.startswith(field) and p[len(field)] in ":." for p in problems)
+
+
+def test_the_golden_manifest_passes():
+    assert manifest_problems(GOLDEN) == []
+    assert validate_manifest(GOLDEN) is GOLDEN
+
+
+def test_the_shipped_demo_manifest_passes():
+    demo = json.loads((ROOT / "models" / "demo_brain_unet" / "manifest.json").read_text())
+    assert manifest_problems(demo) == []
+
+
+@pytest.mark.parametrize("case", CASES["valid"], ids=lambda c: c["name"])
+def test_valid_variants_are_accepted(case):
+    assert manifest_problems(edited(case)) == []
+
+
+@pytest.mark.parametrize("case", CASES["invalid"], ids=lambda c: c["name"])
+def test_invalid_variants_are_refused_naming_the_field(case):
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(edited(case))
+    assert names_field(err.value.problems, case["field"]), err.value.problems
