@@ -133,6 +133,12 @@ impl Runtime {
         }
         let (path, source) = resolve_library(explicit)?;
         let rt = Runtime::open(path, source)?;
+        log::info!(
+            "loaded ONNX Runtime {} from '{}' (found by: {source:?}); execution providers: {}",
+            rt.info.ort_version,
+            rt.info.library_path.display(),
+            rt.info.providers.join(", ")
+        );
         Ok(RUNTIME.get_or_init(|| rt))
     }
 
@@ -202,8 +208,14 @@ impl Runtime {
             }
             // A failed registration leaves the builder usable for the CPU provider.
             Device::Auto => match self.register_cuda(&mut builder, 0) {
-                Ok(()) => Device::Cuda(0),
-                Err(_) => Device::Cpu,
+                Ok(()) => {
+                    log::info!("device 'auto' runs on cuda:0");
+                    Device::Cuda(0)
+                }
+                Err(e) => {
+                    log::info!("device 'auto' falls back to the CPU: {}", e.message());
+                    Device::Cpu
+                }
             },
         };
         Ok((builder, used))
