@@ -75,7 +75,8 @@ test-python:
 	  bindings/python/tests/test_volume_numpy.py bindings/python/tests/test_engine.py \
 	  bindings/python/tests/test_select.py bindings/python/tests/test_finetune.py \
 	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py \
-	  bindings/python/tests/test_quickstart.py bindings/python/tests/test_manifest.py
+	  bindings/python/tests/test_quickstart.py bindings/python/tests/test_manifest.py \
+	  bindings/python/tests/test_log.py bindings/python/tests/test_header_sync.py
 
 ## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
 test-tools:

@@ -95,6 +95,30 @@ typedef enum AsfdaStatus {
 } AsfdaStatus;
 
 /**
+ * Severity of a log message (the `level` of AsfdaLogCallback; `max_level` of
+ * asfda_set_log_callback, an int32_t). Lower is more severe.
+ */
+typedef enum AsfdaLogLevel {
+  /**
+   * Something failed (the failing call also returns a status).
+   */
+  ASFDA_LOG_ERROR = 1,
+  /**
+   * A decision that changes the result, e.g. pseudo-labels withheld by the pseudo-label check.
+   */
+  ASFDA_LOG_WARN = 2,
+  /**
+   * A decision a host should be able to show, e.g. device "auto" falling back to the CPU, a
+   * volume resampled to the model's spacing, the ONNX Runtime library loaded.
+   */
+  ASFDA_LOG_INFO = 3,
+  /**
+   * The numbers behind a decision, e.g. a call's working-memory estimate.
+   */
+  ASFDA_LOG_DEBUG = 4,
+} AsfdaLogLevel;
+
+/**
  * Selection method (the `method` field of AsfdaSelectOptions, an int32_t).
  */
 typedef enum AsfdaSelectMethod {
@@ -410,6 +434,15 @@ typedef struct AsfdaStepReport {
    */
   size_t pseudo_in_batch;
 } AsfdaStepReport;
+
+/**
+ * Receives one log message: `user_data` as given to asfda_set_log_callback, the message's
+ * level, and the message (NUL-terminated UTF-8, valid only during the call: copy it to keep it).
+ * Runs on the thread that made the decision, which may be any thread calling asfda, while that
+ * call waits: return quickly, never call an asfda function from it, and never let an exception
+ * or longjmp leave it.
+ */
+typedef void (*AsfdaLogCallback)(void *user_data, enum AsfdaLogLevel level, const char *message);
 
 /**
  * Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
@@ -808,6 +841,29 @@ enum AsfdaStatus asfda_finetuner_export_bundle(const struct AsfdaFineTuner *tune
  */
 enum AsfdaStatus asfda_finetuner_apply(const struct AsfdaFineTuner *tuner,
                                        struct AsfdaEngine *engine);
+
+/**
+ * Installs `callback` to receive asfda's log messages of level `max_level` (an AsfdaLogLevel)
+ * or more severe, with `user_data` passed back on every call; a NULL `callback` turns logging
+ * off (`max_level` is then ignored). One callback per process: it replaces the previous one, and
+ * it receives the messages of every engine, model and runtime call in the process.
+ *
+ * What is logged: device "auto" falling back to the CPU (INFO), the ONNX Runtime library loaded
+ * (INFO), a volume resampled to the model's spacing (INFO), the pseudo-label check withholding
+ * pseudo-labels (WARN), working-memory estimates (DEBUG). Messages are English sentences;
+ * their wording is not part of the API.
+ *
+ * The callback may run on any thread that calls asfda, at the same time on several threads,
+ * and must not call asfda (see AsfdaLogCallback). When this function returns, the previous
+ * callback is not running and is never called again, so its user data may be freed.
+ *
+ * Errors: ASFDA_STATUS_INVALID_ARGUMENT for a `max_level` that is not an AsfdaLogLevel;
+ * ASFDA_STATUS_UNSUPPORTED when the process already has a Rust `log` logger of its own (a Rust
+ * program linking asfda statically; that logger then receives the messages).
+ */
+enum AsfdaStatus asfda_set_log_callback(AsfdaLogCallback callback,
+                                        void *user_data,
+                                        int32_t max_level);
 
 /**
  * Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).

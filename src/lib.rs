@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod finetune;
+pub mod log;
 pub mod model;
 mod onnx_proto;
 pub mod preprocess;

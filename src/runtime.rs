@@ -133,6 +133,12 @@ impl Runtime {
         }
         let (path, source) = resolve_library(explicit)?;
         let rt = Runtime::open(path, source)?;
+        log::info!(
+            "loaded ONNX Runtime {} from '{}' (found by: {source:?}); execution providers: {}",
+            rt.info.ort_version,
+            rt.info.library_path.display(),
+            rt.info.providers.join(", ")
+        );
         Ok(RUNTIME.get_or_init(|| rt))
     }
 
@@ -201,10 +207,25 @@ impl Runtime {
                 Device::Cuda(id)
             }
             // A failed registration leaves the builder usable for the CPU provider.
-            Device::Auto => match self.register_cuda(&mut builder, 0) {
-                Ok(()) => Device::Cuda(0),
-                Err(_) => Device::Cpu,
-            },
+            Device::Auto => {
+                let why_not = if self.info.cuda_provider_library {
+                    self.start_cuda(&mut builder, 0).err()
+                } else {
+                    Some(self.no_cuda_provider())
+                };
+                match why_not {
+                    None => {
+                        log::info!("device 'auto' runs on cuda:0");
+                        Device::Cuda(0)
+                    }
+                    Some(why) => {
+                        log::info!(
+                            "device 'auto' falls back to the CPU: {why} (for CUDA, install the GPU runtime with `make ort-gpu`)"
+                        );
+                        Device::Cpu
+                    }
+                }
+            }
         };
         Ok((builder, used))
     }
@@ -217,17 +238,25 @@ impl Runtime {
             )
         };
         if !self.info.cuda_provider_library {
-            return Err(unavailable(format!(
-                "the ONNX Runtime at '{}' has no {CUDA_PROVIDER_FILE} beside it",
-                self.info.library_path.display()
-            )));
+            return Err(unavailable(self.no_cuda_provider()));
         }
         let device_id =
             i32::try_from(id).map_err(|_| Error::invalid_argument(format!("CUDA device id {id} is too large")))?;
+        self.start_cuda(builder, device_id).map_err(unavailable)
+    }
+
+    /// Why CUDA cannot run when the provider library is missing.
+    fn no_cuda_provider(&self) -> String {
+        format!("the ONNX Runtime at '{}' has no {CUDA_PROVIDER_FILE} beside it", self.info.library_path.display())
+    }
+
+    /// Registers the CUDA provider for `device_id` on `builder`, or says why it could not start
+    /// (a failed registration leaves the builder usable for the CPU provider).
+    fn start_cuda(&self, builder: &mut SessionBuilder, device_id: i32) -> std::result::Result<(), String> {
         ort::ep::CUDA::default()
             .with_device_id(device_id)
             .register(builder)
-            .map_err(|e| unavailable(format!("the CUDA provider could not start ({e})")))
+            .map_err(|e| format!("the CUDA provider could not start ({e})"))
     }
 
     /// Loads an ONNX model file into a session on `device`.

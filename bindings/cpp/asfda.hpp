@@ -23,6 +23,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -792,6 +793,62 @@ private:
         return out;
     }
 };
+
+// ---- Log callback ------------------------------------------------------------------------------
+// The decisions asfda makes on its own (device "auto" falling back to the CPU, pseudo-labels
+// withheld, a volume resampled, the ONNX Runtime loaded, memory estimates) as log messages; see
+// asfda_set_log_callback in asfda.h.
+
+/// Severity of a log message; lower is more severe.
+enum class LogLevel : int32_t {
+    Error = ASFDA_LOG_ERROR,
+    Warn = ASFDA_LOG_WARN,
+    Info = ASFDA_LOG_INFO,
+    Debug = ASFDA_LOG_DEBUG
+};
+
+/// Receives one message (an English sentence; its wording is not an API). Runs on the thread that
+/// made the decision, which may be any thread calling asfda, possibly on several at once; it must
+/// return quickly and must not call asfda. An exception it throws is swallowed (it must not
+/// cross the C boundary).
+using LogCallback = std::function<void(LogLevel level, const std::string &message)>;
+
+namespace detail {
+
+struct LogState {
+    std::mutex mutex;             // orders set_log_callback calls
+    LogCallback *current = nullptr;
+};
+
+/// Never destroyed: a thread still inside asfda at exit may log.
+inline LogState &log_state() {
+    static LogState *state = new LogState();
+    return *state;
+}
+
+inline void log_trampoline(void *user_data, AsfdaLogLevel level, const char *message) noexcept {
+    try {
+        (*static_cast<const LogCallback *>(user_data))(static_cast<LogLevel>(level), message ? message : "");
+    } catch (...) {
+    }
+}
+
+}  // namespace detail
+
+/// Sends asfda's log messages of `max_level` or more severe to `callback`, for the whole process
+/// (every engine and model), replacing the previous callback; an empty callback turns logging
+/// off. The callback is kept alive here until it is replaced.
+inline void set_log_callback(LogCallback callback, LogLevel max_level = LogLevel::Debug) {
+    detail::LogState &state = detail::log_state();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    std::unique_ptr<LogCallback> next(callback ? new LogCallback(std::move(callback)) : nullptr);
+    detail::check(asfda_set_log_callback(next ? &detail::log_trampoline : nullptr, next.get(),
+                                         static_cast<int32_t>(max_level)));
+    // Once asfda_set_log_callback has returned, asfda never calls the previous callback again.
+    delete state.current;
+    state.current = next.release();
+}
+// ---- end of the log callback block --------------------------------------------------------------
 
 }  // namespace asfda
 

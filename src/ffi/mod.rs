@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub mod engine;
 pub mod finetune;
+pub mod log;
 pub mod runtime;
 pub mod select;
 pub mod volume;

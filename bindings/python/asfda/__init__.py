@@ -14,7 +14,9 @@ Example::
 The shared library is found via ``$ASFDA_LIBRARY``, then a ``libasfda.so`` shipped inside this
 package, then the source tree's ``target/{release,debug}`` (see :mod:`asfda._lib`). Every failing
 call raises a subclass of :class:`asfda.Error` matching its C status (e.g. CancelledError,
-InvalidArgumentError), carrying ``status``, ``code`` and ``message``.
+InvalidArgumentError), carrying ``status``, ``code`` and ``message``. The decisions the library
+makes on its own (device ``"auto"`` falling back to the CPU, pseudo-labels withheld, ...) reach
+the :mod:`logging` logger ``"asfda"`` after ``asfda.set_log_callback()`` (see :mod:`asfda.log`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from .score import Score, load_scores, merge_scores, save_scores
 from .engine import Cancel, Engine, EngineOptions, Segmentation
 from .select import Pick, Selection, SelectOptions, select
 from .finetune import FineTuneOptions, FineTuner, PseudoLabelCheck, StepReport
+from .log import LogLevel, set_log_callback
 
 #: Earlier name of :class:`Error`, kept for existing callers.
 AsfdaError = Error
@@ -44,4 +47,5 @@ __all__ = [
     "Volume", "RAS", "LPS", "Model", "Engine", "EngineOptions", "Cancel", "Segmentation", "Score", "save_scores", "load_scores",
     "merge_scores", "select", "Selection", "SelectOptions", "Pick", "FineTuner", "FineTuneOptions",
     "StepReport", "runtime_info", "load_runtime", "version", "library_path",
+    "LogLevel", "set_log_callback",
 ]

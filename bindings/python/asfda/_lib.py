@@ -258,6 +258,15 @@ finetuner_save = _declare("asfda_finetuner_save", [P, C.c_char_p])
 finetuner_export_bundle = _declare("asfda_finetuner_export_bundle", [P, C.c_char_p])
 finetuner_apply = _declare("asfda_finetuner_apply", [P, P])
 
+# ---- log callback (asfda.log) -----------------------------------------------------------------
+# Kept as one block: the declarations of include/asfda.h's log section (AsfdaLogLevel is a C
+# enum, i.e. an int).
+
+#: AsfdaLogCallback: void (*)(void *user_data, AsfdaLogLevel level, const char *message).
+LOG_CALLBACK = C.CFUNCTYPE(None, C.c_void_p, C.c_int, C.c_char_p)
+set_log_callback = _declare("asfda_set_log_callback", [LOG_CALLBACK, P, C.c_int32])
+# ---- end of the log callback block ------------------------------------------------------------
+
 
 def library_version() -> str:
     return version().decode()
