@@ -474,7 +474,9 @@ impl FineTuner {
     /// Errors: `InvalidArgument` when no annotated volume was added.
     pub fn check_pseudo_labels(&mut self) -> Result<&PseudoLabelCheck> {
         if self.check.is_none() {
-            self.check = Some(self.run_check()?);
+            let check = self.run_check()?;
+            log_check(&check, self.options.pseudo_label_min_dice);
+            self.check = Some(check);
         }
         Ok(self.check.as_ref().expect("just made"))
     }
@@ -663,4 +665,24 @@ pub(super) fn top_class(probs: &Array4<f32>, [k, j, i]: [usize; 3]) -> (usize, f
         .iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |b, (c, &p)| if p > b.1 { (c, p) } else { b })
+}
+
+/// Tells the host (log callback) whether the pseudo-labels are used: a withheld pseudo-label set
+/// changes what the run trains on, and nothing else would show it.
+fn log_check(check: &PseudoLabelCheck, min_dice: f64) {
+    let labeler = check.labeler_step.map_or("the bundle's weights".to_string(), |s| format!("the weights of step {s}"));
+    if check.trusted {
+        log::info!(
+            "pseudo-label check: foreground Dice {:.3} of {labeler} on the annotated volumes reaches \
+             pseudo_label_min_dice {min_dice}; pseudo-labelled patches are used",
+            check.foreground_dice
+        );
+    } else {
+        log::warn!(
+            "pseudo-label check: foreground Dice {:.3} of {labeler} on the annotated volumes is below \
+             pseudo_label_min_dice {min_dice}; pseudo-labels are withheld (only annotated patches are drawn) \
+             until the next refresh or annotated volume",
+            check.foreground_dice
+        );
+    }
 }
