@@ -63,8 +63,8 @@ impl Progress {
     pub fn update(&mut self, fraction: f64) {
         let Some(bar) = &self.bar else { return };
         let fraction = fraction.clamp(0.0, 1.0);
-        bar.set_position(self.index as u64 * TICKS + (fraction * TICKS as f64) as u64);
         bar.set_message(format!("{}/{} {} {:3.0}%", self.index + 1, self.total, self.label, fraction * 100.0));
+        bar.set_position(self.index as u64 * TICKS + (fraction * TICKS as f64) as u64);
     }
 
     /// The current item ended; `outcome` is printed on its own line ("done", or the error).
