@@ -1,144 +1,210 @@
-//! Command-line parsing: each command declares the `--name value` flags, `--switch`es and
-//! positional arguments it takes, so an unknown or repeated flag is an error naming it (a typo
-//! never silently falls back to a default) and `--help` prints the command's own usage.
+//! Command-line parsing with `clap` (derive): each command is a struct of its flags (in its own
+//! module), the flag groups several commands share are here. An unknown or repeated flag is an
+//! error naming it (a typo never silently falls back to a default), and `--help` prints the
+//! command's own usage. Parse errors are reworded by [`usage_error`] into the CLI's own messages
+//! (`asfda: error: ...`, exit status 1), which scripts and tests rely on.
 
-use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
 
 use asfda::engine::EngineOptions;
 use asfda::runtime::{Device, RuntimeOptions};
 use asfda::window::WindowOptions;
 use asfda::{Error, Result};
 
-/// What a command accepts.
-pub struct Spec {
-    pub name: &'static str,
-    /// The command's help text (printed by `--help` and after a usage error).
-    pub help: &'static str,
-    /// Flags that take a value.
-    pub values: &'static [&'static str],
-    /// Flags without a value.
-    pub switches: &'static [&'static str],
-    /// How many positional arguments are allowed (0 = none).
-    pub max_positional: usize,
+/// The help layout of every command: today's `usage:` line first (scripts grep for it), then the
+/// description and the flags.
+pub const HELP_TEMPLATE: &str = "usage: {usage}\n\n{about-with-newline}\n{all-args}{after-help}";
+
+/// What a value failed to be ("a whole number"); the message becomes `--flag 'value' is not ...`.
+#[derive(Debug)]
+pub struct Expected(&'static str);
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "is not {}", self.0)
+    }
 }
 
-/// Parsed arguments of one command.
-pub struct Args {
-    spec: &'static Spec,
-    values: HashMap<String, String>,
-    switches: HashSet<String>,
-    pub positional: Vec<String>,
+impl std::error::Error for Expected {}
+
+/// A whole number (flag values such as `--threads`, `--budget`).
+pub fn whole<T: FromStr>(s: &str) -> std::result::Result<T, Expected> {
+    s.parse().map_err(|_| Expected("a whole number"))
 }
 
-impl Args {
-    /// Parses `args` (after the command name); `Ok(None)` when `--help` was asked for (and printed).
-    pub fn parse(spec: &'static Spec, args: &[String]) -> Result<Option<Args>> {
-        let mut parsed = Args { spec, values: HashMap::new(), switches: HashSet::new(), positional: Vec::new() };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if arg == "--help" || arg == "-h" {
-                println!("{}", spec.help);
-                return Ok(None);
-            }
-            let Some(flag) = arg.strip_prefix("--") else {
-                if parsed.positional.len() == spec.max_positional {
-                    return Err(parsed.usage_error(format!("unexpected argument '{arg}'")));
-                }
-                parsed.positional.push(arg.clone());
-                continue;
-            };
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (flag, None),
-            };
-            if spec.switches.contains(&name) {
-                if inline.is_some() {
-                    return Err(parsed.usage_error(format!("--{name} takes no value")));
-                }
-                if !parsed.switches.insert(name.to_string()) {
-                    return Err(parsed.usage_error(format!("--{name} is given twice")));
-                }
-            } else if spec.values.contains(&name) {
-                let value = match inline {
-                    Some(v) => v,
-                    None => it.next().cloned().ok_or_else(|| parsed.usage_error(format!("--{name} needs a value")))?,
-                };
-                if parsed.values.insert(name.to_string(), value).is_some() {
-                    return Err(parsed.usage_error(format!("--{name} is given twice")));
-                }
-            } else {
-                return Err(parsed.usage_error(format!("unknown option '--{name}' for `asfda {}`", spec.name)));
-            }
+/// A whole number above 0 (`--steps`).
+pub fn positive(s: &str) -> std::result::Result<u64, Expected> {
+    s.parse().ok().filter(|&n| n > 0).ok_or(Expected("a positive whole number"))
+}
+
+/// A number (`--lr`, `--w-dkd`).
+pub fn number(s: &str) -> std::result::Result<f64, Expected> {
+    s.parse().map_err(|_| Expected("a number"))
+}
+
+/// The sliding-window overlap (its range is checked by the engine).
+pub fn overlap(s: &str) -> std::result::Result<f64, Expected> {
+    s.parse().map_err(|_| Expected("a number in [0, 1)"))
+}
+
+/// A value the library parses (device, selection method, gap kind): its error message as is.
+pub fn library<T: FromStr<Err = Error>>(s: &str) -> Result<T> {
+    s.parse()
+}
+
+/// `--device --threads --ort`: where and how ONNX Runtime runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeFlags {
+    /// cpu (default) | auto | cuda | cuda:N
+    #[arg(long, value_name = "D", value_parser = library::<Device>)]
+    pub device: Option<Device>,
+    /// ONNX Runtime intra-op threads (0 = its default)
+    #[arg(long, value_name = "N", value_parser = whole::<usize>)]
+    pub threads: Option<usize>,
+    /// ONNX Runtime library to load
+    #[arg(long, value_name = "PATH")]
+    pub ort: Option<PathBuf>,
+}
+
+impl RuntimeFlags {
+    pub fn options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            library_path: self.ort.clone(),
+            device: self.device.unwrap_or_default(),
+            threads: self.threads.unwrap_or(0),
         }
-        Ok(Some(parsed))
     }
+}
 
-    fn usage_error(&self, message: String) -> Error {
-        Error::invalid_argument(format!("{message}\n\n{}", self.spec.help))
-    }
+/// The model bundle and how the model runs on a volume (`asfda score`, `segment`, `report`,
+/// `finetune`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineFlags {
+    /// Model bundle (default: the shipped demo bundle models/demo_brain_unet)
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeFlags,
+    /// Sliding-window tile overlap in [0, 1) (default 0.5)
+    #[arg(long, value_name = "F", value_parser = overlap)]
+    pub overlap: Option<f64>,
+    /// Tiles per model run (default 2)
+    #[arg(long, value_name = "N", value_parser = whole::<usize>)]
+    pub tiles_per_batch: Option<usize>,
+    /// Mirroring test-time augmentation
+    #[arg(long)]
+    pub mirror: bool,
+}
 
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    pub fn has(&self, switch: &str) -> bool {
-        self.switches.contains(switch)
-    }
-
-    /// A required value.
-    pub fn required(&self, name: &str) -> Result<&str> {
-        self.get(name).ok_or_else(|| {
-            Error::invalid_argument(format!("--{name} is required (see `asfda {} --help`)", self.spec.name))
-        })
-    }
-
-    pub fn path(&self, name: &str) -> Result<PathBuf> {
-        self.required(name).map(PathBuf::from)
-    }
-
-    /// An optional value parsed as `T`; the error names the flag, the value and what was expected.
-    pub fn parsed<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>> {
-        self.get(name)
-            .map(|v| v.parse().map_err(|_| Error::invalid_argument(format!("--{name} '{v}' is not {expected}"))))
-            .transpose()
-    }
-
-    /// A comma-separated list (empty items dropped).
-    pub fn list(&self, name: &str) -> Vec<String> {
-        self.get(name)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn runtime_options(&self) -> Result<RuntimeOptions> {
-        Ok(RuntimeOptions {
-            library_path: self.get("ort").map(PathBuf::from),
-            device: self.get("device").map(str::parse::<Device>).transpose()?.unwrap_or_default(),
-            threads: self.parsed("threads", "a whole number")?.unwrap_or(0),
-        })
-    }
-
+impl EngineFlags {
     /// Engine options from `--device --threads --ort --overlap --tiles-per-batch --mirror`.
-    pub fn engine_options(&self) -> Result<EngineOptions> {
-        let defaults = WindowOptions::default();
-        let window = WindowOptions {
-            overlap: self.parsed("overlap", "a number in [0, 1)")?.unwrap_or(defaults.overlap),
-            tiles_per_batch: self.parsed("tiles-per-batch", "a whole number")?.unwrap_or(defaults.tiles_per_batch),
-            mirror: self.has("mirror") || defaults.mirror,
-            ..defaults
-        };
-        Ok(EngineOptions { runtime: self.runtime_options()?, window, ..Default::default() })
+    pub fn options(&self) -> EngineOptions {
+        engine_options(&self.runtime, self.overlap, self.tiles_per_batch, self.mirror)
     }
 
     /// `--bundle`, or the demo bundle shipped in the source tree.
     pub fn bundle(&self) -> PathBuf {
-        self.get("bundle").map(PathBuf::from).unwrap_or_else(|| shipped("models/demo_brain_unet"))
+        bundle(self.bundle.as_deref())
     }
+}
+
+/// Engine options: the window's defaults where a flag is not given.
+pub fn engine_options(
+    runtime: &RuntimeFlags,
+    overlap: Option<f64>,
+    tiles_per_batch: Option<usize>,
+    mirror: bool,
+) -> EngineOptions {
+    let defaults = WindowOptions::default();
+    let window = WindowOptions {
+        overlap: overlap.unwrap_or(defaults.overlap),
+        tiles_per_batch: tiles_per_batch.unwrap_or(defaults.tiles_per_batch),
+        mirror: mirror || defaults.mirror,
+        ..defaults
+    };
+    EngineOptions { runtime: runtime.options(), window, ..Default::default() }
+}
+
+/// `--bundle`, or the demo bundle shipped in the source tree.
+pub fn bundle(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf).unwrap_or_else(|| shipped("models/demo_brain_unet"))
+}
+
+/// A comma-separated list (empty items dropped).
+pub fn list(value: Option<&str>) -> Vec<String> {
+    value.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default()
 }
 
 /// Files shipped in the source tree (the demo's defaults).
 pub fn shipped(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The flag a clap error is about, as `--name` (clap says `--name <VALUE>`).
+fn flag_of(err: &clap::Error) -> Option<String> {
+    let text = match err.get(ContextKind::InvalidArg)? {
+        ContextValue::String(s) => s.clone(),
+        ContextValue::Strings(v) => v.first()?.clone(),
+        _ => return None,
+    };
+    Some(text.split([' ', '=']).next().unwrap_or(&text).to_string())
+}
+
+fn value_of(err: &clap::Error, kind: ContextKind) -> Option<String> {
+    match err.get(kind)? {
+        ContextValue::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The CLI's message for a clap parse error of `asfda <command>` (`None`: before any command),
+/// with `help` (the command's usage) after the messages that are about the command line's shape.
+pub fn usage_error(err: &clap::Error, command: Option<&str>, help: &str) -> Error {
+    let name = command.unwrap_or("");
+    let flag = flag_of(err).unwrap_or_default();
+    let with_help = |message: String| Error::invalid_argument(format!("{message}\n\n{help}"));
+    match err.kind() {
+        ClapKind::InvalidSubcommand => {
+            let other = value_of(err, ContextKind::InvalidSubcommand).unwrap_or_default();
+            with_help(format!("unknown command '{other}'"))
+        }
+        ClapKind::UnknownArgument if command.is_none() => with_help(format!("unknown command '{flag}'")),
+        ClapKind::UnknownArgument if flag.starts_with("--") => {
+            with_help(format!("unknown option '{flag}' for `asfda {name}`"))
+        }
+        ClapKind::UnknownArgument => with_help(format!("unexpected argument '{flag}'")),
+        ClapKind::ArgumentConflict => with_help(format!("{flag} is given twice")),
+        ClapKind::TooManyValues => with_help(format!("{flag} takes no value")),
+        ClapKind::InvalidValue | ClapKind::NoEquals
+            if value_of(err, ContextKind::InvalidValue).is_none_or(|v| v.is_empty()) =>
+        {
+            with_help(format!("{flag} needs a value"))
+        }
+        ClapKind::MissingRequiredArgument => {
+            Error::invalid_argument(format!("{flag} is required (see `asfda {name} --help`)"))
+        }
+        ClapKind::ValueValidation => {
+            let value = value_of(err, ContextKind::InvalidValue).unwrap_or_default();
+            let source = std::error::Error::source(err);
+            if let Some(library) = source.and_then(|s| s.downcast_ref::<Error>()) {
+                library.clone()
+            } else if let Some(expected) = source.and_then(|s| s.downcast_ref::<Expected>()) {
+                Error::invalid_argument(format!("{flag} '{value}' {expected}"))
+            } else {
+                Error::invalid_argument(plain(err))
+            }
+        }
+        _ => with_help(plain(err)),
+    }
+}
+
+/// clap's own message, without its `error: ` prefix and usage hint.
+fn plain(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    text.split("\n\n").next().unwrap_or(text).trim().to_string()
 }

@@ -7,74 +7,86 @@ use std::time::Instant;
 
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::finetune::{FineTuneOptions, FineTuner};
-use asfda::report::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::score::Score;
 use asfda::select::{select, Method, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::window::Cancel;
 use asfda::{Error, Result};
 
-use crate::args::{shipped, Args, Spec};
+use crate::args::{bundle, engine_options, library, number, overlap, shipped, whole, RuntimeFlags, HELP_TEMPLATE};
 use crate::files::volume_id;
 use crate::finetune::{add_data, find_image, find_label, train, Data};
 use crate::progress::Progress;
+use crate::report::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::atomic_file;
 
-pub const SPEC: Spec = Spec {
-    name: "demo",
-    help: "usage: asfda demo [options]
-
-The whole loop on the shipped demo model and the synthetic data (`make data`): scores the pool of
-a target site, selects a budget of volumes with ASFDA, fine-tunes on their oracle labels plus
-pseudo-labels of the reliable volumes, measures Dice on held-out test volumes before and after,
-and writes to --out: report.png and report.md, scores.jsonl, selection.json, dice.json,
-checkpoint.safetensors and the adapted bundle (adapted_bundle/, replaced on every run).
-
-  --site S              target site: pd (default; the demo model fails there) | thick |
-                        bias_noise | spacing_orient
-  --budget B            volumes to annotate (default 4)
-  --method M            selection method as for `asfda select` (default asfda)
-  --max-pool N          score the first N pool volumes only (default 12; 0 = all)
-  --max-reliable N      pseudo-label at most N of the selection's reliable volumes (default 0:
-                        each costs an inference, and on pd they are withheld anyway: the
-                        unadapted model's Dice on the picks is about 0.1, see --min-pseudo-dice)
-  --min-pseudo-dice D   use pseudo-labels only while the model making them reaches this mean
-                        foreground Dice on the annotated picks (default 0.5; 0 = always)
-  --test-volumes N      held-out test volumes for Dice (default 4)
-  --steps N             fine-tuning steps (default 60)
-  --patch P             training patch side (default 32)
-  --batch B             patches per step (default 2)
-  --lr LR               learning rate (default 1e-3)
-  --seed S              seed of selection baselines and patch sampling (default 0)
-  --overlap F           sliding-window overlap (default 0.25: a third of the tiles of 0.5)
-  --data DIR            synthetic data (default .cache/data/synthetic-v1)
-  --out DIR             output folder (default out/demo)
-  --bundle DIR, --device D, --threads N, --tiles-per-batch N, --ort PATH  as for `asfda score`",
-    values: &[
-        "site",
-        "budget",
-        "method",
-        "max-pool",
-        "max-reliable",
-        "min-pseudo-dice",
-        "test-volumes",
-        "steps",
-        "patch",
-        "batch",
-        "lr",
-        "seed",
-        "overlap",
-        "data",
-        "out",
-        "bundle",
-        "device",
-        "threads",
-        "tiles-per-batch",
-        "ort",
-    ],
-    switches: &[],
-    max_positional: 0,
-};
+/// The whole loop on the demo model and synthetic data, with Dice before/after and the report
+///
+/// The whole loop on the shipped demo model and the synthetic data (`make data`): scores the pool
+/// of a target site, selects a budget of volumes with ASFDA, fine-tunes on their oracle labels
+/// plus pseudo-labels of the reliable volumes, measures Dice on held-out test volumes before and
+/// after, and writes to --out: report.png and report.md, scores.jsonl, selection.json, dice.json,
+/// checkpoint.safetensors and the adapted bundle (adapted_bundle/, replaced on every run).
+#[derive(clap::Args, Debug)]
+#[command(override_usage = "asfda demo [options]", help_template = HELP_TEMPLATE)]
+pub struct DemoArgs {
+    /// Target site: pd (the demo model fails there) | thick | bias_noise | spacing_orient
+    #[arg(long, value_name = "S", default_value = "pd")]
+    pub site: String,
+    /// Volumes to annotate
+    #[arg(long, value_name = "B", value_parser = whole::<usize>, default_value = "4")]
+    pub budget: usize,
+    /// Selection method as for `asfda select` (default asfda)
+    #[arg(long, value_name = "M", value_parser = library::<Method>)]
+    pub method: Option<Method>,
+    /// Score the first N pool volumes only (0 = all)
+    #[arg(long, value_name = "N", value_parser = whole::<usize>, default_value = "12")]
+    pub max_pool: usize,
+    /// Pseudo-label at most N of the selection's reliable volumes (default 0: each costs an
+    /// inference, and on pd they are withheld anyway: the unadapted model's Dice on the picks is
+    /// about 0.1, see --min-pseudo-dice)
+    #[arg(long, value_name = "N", value_parser = whole::<usize>, default_value = "0", hide_default_value = true)]
+    pub max_reliable: usize,
+    /// Use pseudo-labels only while the model making them reaches this mean foreground Dice on
+    /// the annotated picks (default 0.5; 0 = always)
+    #[arg(long, value_name = "D", value_parser = number)]
+    pub min_pseudo_dice: Option<f64>,
+    /// Held-out test volumes for Dice
+    #[arg(long, value_name = "N", value_parser = whole::<usize>, default_value = "4")]
+    pub test_volumes: usize,
+    /// Fine-tuning steps
+    #[arg(long, value_name = "N", value_parser = whole::<u64>, default_value = "60")]
+    pub steps: u64,
+    /// Training patch side
+    #[arg(long, value_name = "P", value_parser = whole::<usize>, default_value = "32")]
+    pub patch: usize,
+    /// Patches per step
+    #[arg(long, value_name = "B", value_parser = whole::<usize>, default_value = "2")]
+    pub batch: usize,
+    /// Learning rate
+    #[arg(long, value_name = "LR", value_parser = number, default_value = "1e-3")]
+    pub lr: f64,
+    /// Seed of selection baselines and patch sampling
+    #[arg(long, value_name = "S", value_parser = whole::<u64>, default_value = "0")]
+    pub seed: u64,
+    /// Sliding-window overlap (default 0.25: a third of the tiles of 0.5)
+    #[arg(long, value_name = "F", value_parser = overlap)]
+    pub overlap: Option<f64>,
+    /// Synthetic data (default .cache/data/synthetic-v1)
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Output folder
+    #[arg(long, value_name = "DIR", default_value = "out/demo")]
+    pub out: PathBuf,
+    /// Model bundle (default: the shipped demo bundle models/demo_brain_unet)
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeFlags,
+    /// Tiles per model run (default 2)
+    #[arg(long, value_name = "N", value_parser = whole::<usize>)]
+    pub tiles_per_batch: Option<usize>,
+}
 
 /// Demo defaults (tuned so the loop takes a few minutes on 2 CPU cores and still adapts).
 const OVERLAP: f64 = 0.25;
@@ -109,25 +121,25 @@ fn dice(tuner: &FineTuner, cases: &[(String, Volume, Volume)], what: &'static st
     Ok(sum.into_iter().map(|s| s / cases.len() as f64).collect())
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub fn run(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
-    let site = args.get("site").unwrap_or("pd");
-    let budget: usize = args.parsed("budget", "a whole number")?.unwrap_or(4);
-    let method = args.get("method").map(str::parse::<Method>).transpose()?.unwrap_or(Method::Asfda);
-    let max_pool: usize = args.parsed("max-pool", "a whole number")?.unwrap_or(12);
-    let max_reliable: usize = args.parsed("max-reliable", "a whole number")?.unwrap_or(0);
-    let test_volumes: usize = args.parsed("test-volumes", "a whole number")?.unwrap_or(4);
-    let steps: u64 = args.parsed("steps", "a whole number")?.unwrap_or(60);
-    let patch: usize = args.parsed("patch", "a whole number")?.unwrap_or(32);
-    let batch: usize = args.parsed("batch", "a whole number")?.unwrap_or(2);
-    let lr: f64 = args.parsed("lr", "a number")?.unwrap_or(1e-3);
-    let seed: u64 = args.parsed("seed", "a whole number")?.unwrap_or(0);
-    let min_pseudo_dice: Option<f64> = args.parsed("min-pseudo-dice", "a number")?;
+    let site = args.site.as_str();
+    let budget = args.budget;
+    let method = args.method.unwrap_or(Method::Asfda);
+    let max_pool = args.max_pool;
+    let max_reliable = args.max_reliable;
+    let test_volumes = args.test_volumes;
+    let steps = args.steps;
+    let patch = args.patch;
+    let batch = args.batch;
+    let lr = args.lr;
+    let seed = args.seed;
+    let min_pseudo_dice = args.min_pseudo_dice;
     if steps == 0 || test_volumes == 0 {
         return Err(Error::invalid_argument("--steps and --test-volumes must be at least 1"));
     }
-    let data_dir = args.get("data").map(PathBuf::from).unwrap_or_else(|| shipped(".cache/data/synthetic-v1"));
-    let out = args.get("out").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("out/demo"));
+    let data_dir = args.data.clone().unwrap_or_else(|| shipped(".cache/data/synthetic-v1"));
+    let out = args.out.clone();
     let site_dir = data_dir.join(site);
     if !data_dir.join("manifest.json").is_file() {
         return Err(Error::invalid_argument(format!(
@@ -140,12 +152,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "create folder", &e))?;
 
-    let mut engine_options = args.engine_options()?;
-    if args.get("overlap").is_none() {
-        engine_options.window.overlap = OVERLAP;
-    }
+    let engine_options =
+        engine_options(&args.runtime, Some(args.overlap.unwrap_or(OVERLAP)), args.tiles_per_batch, false);
     let overlap = engine_options.window.overlap;
-    let bundle = args.bundle();
+    let bundle = bundle(args.bundle.as_deref());
     let engine = Engine::new(&bundle, engine_options)?;
     let cancel = Cancel::new()?;
     let classes = engine.bundle().manifest().classes.clone();

@@ -2,7 +2,6 @@
 //! pseudo-labelled reliable ones), with checkpoints, resume and bundle export. The training loop
 //! ([`train`]) is shared with `asfda demo`.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,71 +11,85 @@ use asfda::select::Selection;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::{Error, Result};
 
-use crate::args::{Args, Spec};
+use crate::args::{list, number, positive, whole, EngineFlags, HELP_TEMPLATE};
 use crate::files::{check_output, volume_id};
-use crate::progress::Progress;
+use crate::progress::{Progress, StepBar};
 
-pub const SPEC: Spec = Spec {
-    name: "finetune",
-    help: "usage: asfda finetune [--bundle DIR] --steps N (--labeled IMG=LABEL[,...] | --selection SELECTION.json --pool DIR --labels DIR) [options]
+/// Fine-tune the model on annotated (and pseudo-labelled) volumes -> checkpoint, bundle
+///
+/// Fine-tunes the bundle's model (SSFT: annotated patches plus pseudo-labelled patches of reliable
+/// volumes, poly learning rate, ramped pseudo-label weight) and shows a progress bar on stderr.
+/// Annotated volumes are required; label maps must be on their image's voxel grid.
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "asfda finetune [--bundle DIR] --steps N (--labeled IMG=LABEL[,...] | --selection SELECTION.json --pool DIR --labels DIR) [options]",
+    help_template = HELP_TEMPLATE
+)]
+pub struct FinetuneArgs {
+    /// Annotated volumes as image=label file pairs (ids: image file names)
+    #[arg(long, value_name = "IMG=LABEL[,...]", help_heading = "Data")]
+    pub labeled: Option<String>,
+    /// Selection JSON of `asfda select --out`: its picks are the annotated volumes, their images in
+    /// --pool and their labels in --labels (found by id: ID, ID with _image -> _label, or ID_label;
+    /// .nii.gz or .nii)
+    #[arg(long, value_name = "FILE", help_heading = "Data")]
+    pub selection: Option<PathBuf>,
+    /// With --selection: the folder of the images
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    pub pool: Option<PathBuf>,
+    /// With --selection: the folder of the labels
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    pub labels: Option<PathBuf>,
+    /// Volumes to pseudo-label (the reliable set)
+    #[arg(long, value_name = "IMG[,...]", help_heading = "Data")]
+    pub unlabeled: Option<String>,
+    /// With --selection: pseudo-label its reliable volumes (from --pool)
+    #[arg(long, help_heading = "Data")]
+    pub reliable: bool,
 
-Fine-tunes the bundle's model (SSFT: annotated patches plus pseudo-labelled patches of reliable
-volumes, poly learning rate, ramped pseudo-label weight) and shows a progress bar on stderr.
+    /// Length of the run (its LR and pseudo-weight schedules); with --resume the steps continue
+    /// from the checkpoint's count up to N
+    #[arg(long, value_name = "N", value_parser = positive, help_heading = "Training")]
+    pub steps: u64,
+    /// Cubic training patch side in model voxels, a multiple of the model's size_divisible_by
+    /// (default: the manifest's patch)
+    #[arg(long, value_name = "P", value_parser = whole::<usize>, help_heading = "Training")]
+    pub patch: Option<usize>,
+    /// Patches per step (default 2)
+    #[arg(long, value_name = "B", value_parser = whole::<usize>, help_heading = "Training")]
+    pub batch: Option<usize>,
+    /// Base learning rate (default: the manifest's)
+    #[arg(long, value_name = "LR", value_parser = number, help_heading = "Training")]
+    pub lr: Option<f64>,
+    /// Seed of the patch sampling (default 0)
+    #[arg(long, value_name = "S", value_parser = whole::<u64>, help_heading = "Training")]
+    pub seed: Option<u64>,
+    /// Use pseudo-labels only while the model making them reaches this mean foreground Dice on
+    /// the annotated volumes (default 0.5; 0 = always)
+    #[arg(long, value_name = "D", value_parser = number, help_heading = "Training")]
+    pub min_pseudo_dice: Option<f64>,
+    /// Save the run here (atomically) every --save-every steps and at the end (default: the
+    /// --resume file, else no checkpoint)
+    #[arg(long, value_name = "PATH", help_heading = "Training")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue the run saved in PATH (add the same data again); its saved options are kept
+    /// except those given here
+    #[arg(long, value_name = "PATH", help_heading = "Training")]
+    pub resume: Option<PathBuf>,
+    /// Also save every K steps (needs a checkpoint path; default 0 = end only)
+    #[arg(long, value_name = "K", value_parser = whole::<u64>, help_heading = "Training")]
+    pub save_every: Option<u64>,
+    /// Write the adapted bundle to DIR (a new folder)
+    #[arg(long, value_name = "DIR", help_heading = "Training")]
+    pub export: Option<PathBuf>,
+    /// Print one JSON line per step on stdout
+    #[arg(long, help_heading = "Training")]
+    pub json: bool,
 
-Data (annotated volumes are required; label maps must be on their image's voxel grid):
-  --labeled IMG=LABEL[,...]  annotated volumes as image=label file pairs (ids: image file names)
-  --selection FILE           selection JSON of `asfda select --out`: its picks are the annotated
-                             volumes, their images in --pool and their labels in --labels (found
-                             by id: ID, ID with _image -> _label, or ID_label; .nii.gz or .nii)
-  --pool DIR, --labels DIR   with --selection
-  --unlabeled IMG[,...]      volumes to pseudo-label (the reliable set)
-  --reliable                 with --selection: pseudo-label its reliable volumes (from --pool)
-
-Training:
-  --steps N                  length of the run (its LR and pseudo-weight schedules); with --resume
-                             the steps continue from the checkpoint's count up to N (required)
-  --patch P                  cubic training patch side in model voxels, a multiple of the model's
-                             size_divisible_by (default: the manifest's patch)
-  --batch B                  patches per step (default 2)
-  --lr LR                    base learning rate (default: the manifest's)
-  --seed S                   seed of the patch sampling (default 0)
-  --min-pseudo-dice D        use pseudo-labels only while the model making them reaches this mean
-                             foreground Dice on the annotated volumes (default 0.5; 0 = always)
-  --checkpoint PATH          save the run here (atomically) every --save-every steps and at the
-                             end (default: the --resume file, else no checkpoint)
-  --resume PATH              continue the run saved in PATH (add the same data again); its saved
-                             options are kept except those given here
-  --save-every K             also save every K steps (needs a checkpoint path; default 0 = end only)
-  --export DIR               write the adapted bundle to DIR (a new folder)
-  --json                     print one JSON line per step on stdout
-  --bundle DIR, --device D, --threads N, --overlap F, --tiles-per-batch N, --mirror, --ort PATH
-                             as for `asfda score` (the model that makes the pseudo-labels)",
-    values: &[
-        "bundle",
-        "labeled",
-        "selection",
-        "pool",
-        "labels",
-        "unlabeled",
-        "steps",
-        "patch",
-        "batch",
-        "lr",
-        "seed",
-        "min-pseudo-dice",
-        "checkpoint",
-        "resume",
-        "save-every",
-        "export",
-        "device",
-        "threads",
-        "overlap",
-        "tiles-per-batch",
-        "ort",
-    ],
-    switches: &["reliable", "json", "mirror"],
-    max_positional: 0,
-};
+    // The model that makes the pseudo-labels, and how it runs.
+    #[command(flatten, next_help_heading = "Model")]
+    pub engine: EngineFlags,
+}
 
 /// Training data by file: (id, image, label) and (id, image).
 #[derive(Default)]
@@ -135,9 +148,13 @@ fn existing(path: &str, what: &str) -> Result<PathBuf> {
 }
 
 /// The data named by the flags, every file checked to exist (before any model work).
-fn data(args: &Args) -> Result<Data> {
+fn data(args: &FinetuneArgs) -> Result<Data> {
     let mut data = Data::default();
-    match (args.get("labeled"), args.get("selection")) {
+    let required = |path: &Option<PathBuf>, flag: &str| {
+        path.clone()
+            .ok_or_else(|| Error::invalid_argument(format!("--{flag} is required (see `asfda finetune --help`)")))
+    };
+    match (&args.labeled, &args.selection) {
         (Some(_), Some(_)) => return Err(Error::invalid_argument("give either --labeled or --selection, not both")),
         (None, None) => {
             return Err(Error::invalid_argument(
@@ -145,26 +162,26 @@ fn data(args: &Args) -> Result<Data> {
             ))
         }
         (Some(_), None) => {
-            for pair in args.list("labeled") {
+            for pair in list(args.labeled.as_deref()) {
                 let (image, label) = pair
                     .split_once('=')
                     .ok_or_else(|| Error::invalid_argument(format!("--labeled item '{pair}' is not IMAGE=LABEL")))?;
                 let image = existing(image, "--labeled image")?;
                 data.labeled.push((volume_id(&image), image, existing(label, "--labeled label")?));
             }
-            if args.has("reliable") {
+            if args.reliable {
                 return Err(Error::invalid_argument("--reliable needs --selection (it names the reliable volumes)"));
             }
         }
         (None, Some(file)) => {
-            let selection = read_selection(Path::new(file))?;
-            let pool = args.path("pool")?;
-            let labels = args.path("labels")?;
+            let selection = read_selection(file)?;
+            let pool = required(&args.pool, "pool")?;
+            let labels = required(&args.labels, "labels")?;
             for pick in &selection.picks {
                 let image = find_image(&pool, &pick.id, "picked volume")?;
                 data.labeled.push((pick.id.clone(), image, find_label(&labels, &pick.id)?));
             }
-            if args.has("reliable") {
+            if args.reliable {
                 for id in &selection.reliable {
                     let image = find_image(&pool, id, "reliable volume")?;
                     data.unlabeled.push((id.clone(), image));
@@ -172,7 +189,7 @@ fn data(args: &Args) -> Result<Data> {
             }
         }
     }
-    for image in args.list("unlabeled") {
+    for image in list(args.unlabeled.as_deref()) {
         let image = existing(&image, "--unlabeled image")?;
         data.unlabeled.push((volume_id(&image), image));
     }
@@ -251,37 +268,6 @@ pub struct Explicit {
     pub min_pseudo_dice: bool,
 }
 
-/// Step progress on stderr: a redrawn bar on a terminal, one line per step otherwise.
-struct StepBar {
-    tty: bool,
-    started: Instant,
-    first: u64,
-    total: u64,
-}
-
-impl StepBar {
-    fn show(&self, r: &StepReport, saved: bool) {
-        let done = (r.step - self.first) as f64;
-        let left = (self.total - r.step) as f64;
-        let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * left;
-        let eta = format!("{}:{:02}", eta as u64 / 60, eta.round() as u64 % 60);
-        let saved = if saved { " [checkpoint saved]" } else { "" };
-        let line = format!("step {}/{} {r} ETA {eta}{saved}", r.step, self.total);
-        if self.tty {
-            let filled = (r.step as f64 / self.total.max(1) as f64 * 20.0).round() as usize;
-            let bar: String = (0..20).map(|i| if i < filled { '#' } else { '-' }).collect();
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K[{bar}] {line}");
-            if r.step == self.total {
-                let _ = writeln!(err);
-            }
-            let _ = err.flush();
-        } else {
-            eprintln!("{line}");
-        }
-    }
-}
-
 /// Steps `tuner` until it has done `steps` steps, saving to `checkpoint` every `save_every` steps
 /// (0 = never in between) and at the end; one JSON line per step on stdout with `json`.
 pub fn train(
@@ -292,7 +278,7 @@ pub fn train(
     json: bool,
 ) -> Result<Vec<StepReport>> {
     let first = tuner.steps_done();
-    let bar = StepBar { tty: std::io::stderr().is_terminal(), started: Instant::now(), first, total: steps };
+    let bar = StepBar::new(first, steps);
     let mut reports = Vec::new();
     let mut told = None;
     while tuner.steps_done() < steps {
@@ -303,10 +289,10 @@ pub fn train(
             let by = c.labeler_step.map_or("the bundle's weights".to_string(), |t| format!("the weights of step {t}"));
             let min = tuner.options().pseudo_label_min_dice;
             let verdict = if c.trusted { "used" } else { "not used (--min-pseudo-dice)" };
-            eprintln!(
+            bar.println(&format!(
                 "pseudo-labels by {by}: mean foreground Dice {:.3} on the annotated volumes (need {min}): {verdict}",
                 c.foreground_dice
-            );
+            ));
         }
         let seconds = started.elapsed().as_secs_f64();
         let last = r.step == steps;
@@ -330,53 +316,46 @@ pub fn train(
 }
 
 /// The fine-tuning options named by the flags (unset ones at their defaults) and which were set.
-pub fn options(args: &Args, steps: u64) -> Result<(FineTuneOptions, Explicit)> {
+pub fn options(args: &FinetuneArgs) -> Result<(FineTuneOptions, Explicit)> {
     let defaults = FineTuneOptions::default();
-    let patch: Option<usize> = args.parsed("patch", "a whole number")?;
-    let batch: Option<usize> = args.parsed("batch", "a whole number")?;
-    let lr: Option<f64> = args.parsed("lr", "a number")?;
-    let seed: Option<u64> = args.parsed("seed", "a whole number")?;
-    let min_pseudo_dice: Option<f64> = args.parsed("min-pseudo-dice", "a number")?;
     let explicit = Explicit {
-        patch: patch.is_some(),
-        batch: batch.is_some(),
-        lr: lr.is_some(),
-        seed: seed.is_some(),
-        min_pseudo_dice: min_pseudo_dice.is_some(),
+        patch: args.patch.is_some(),
+        batch: args.batch.is_some(),
+        lr: args.lr.is_some(),
+        seed: args.seed.is_some(),
+        min_pseudo_dice: args.min_pseudo_dice.is_some(),
     };
     let options = FineTuneOptions {
-        patch_size: patch.map(|p| [p; 3]),
-        batch_size: batch.unwrap_or(defaults.batch_size),
-        total_steps: steps,
-        lr,
-        seed: seed.unwrap_or(defaults.seed),
-        pseudo_label_min_dice: min_pseudo_dice.unwrap_or(defaults.pseudo_label_min_dice),
+        patch_size: args.patch.map(|p| [p; 3]),
+        batch_size: args.batch.unwrap_or(defaults.batch_size),
+        total_steps: args.steps,
+        lr: args.lr,
+        seed: args.seed.unwrap_or(defaults.seed),
+        pseudo_label_min_dice: args.min_pseudo_dice.unwrap_or(defaults.pseudo_label_min_dice),
         ..defaults
     };
     options.validate()?;
     Ok((options, explicit))
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let steps: u64 = args.required("steps")?.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-        Error::invalid_argument(format!("--steps '{}' is not a positive whole number", args.get("steps").unwrap_or("")))
-    })?;
-    let (options, explicit) = options(args, steps)?;
-    let resume = args.get("resume").map(PathBuf::from);
+pub fn run(args: &FinetuneArgs) -> Result<()> {
+    let steps = args.steps;
+    let (options, explicit) = options(args)?;
+    let resume = args.resume.clone();
     if let Some(r) = &resume {
         if !r.is_file() {
             return Err(Error::invalid_argument(format!("--resume '{}' does not exist", r.display())));
         }
     }
-    let checkpoint = args.get("checkpoint").map(PathBuf::from).or_else(|| resume.clone());
-    let save_every: u64 = args.parsed("save-every", "a whole number")?.unwrap_or(0);
+    let checkpoint = args.checkpoint.clone().or_else(|| resume.clone());
+    let save_every: u64 = args.save_every.unwrap_or(0);
     if save_every > 0 && checkpoint.is_none() {
         return Err(Error::invalid_argument("--save-every needs --checkpoint PATH (or --resume PATH)"));
     }
     if let Some(c) = &checkpoint {
         check_output(c, "checkpoint")?;
     }
-    let export = args.get("export").map(PathBuf::from);
+    let export = args.export.clone();
     if let Some(dir) = &export {
         if dir.exists() {
             return Err(Error::invalid_argument(format!(
@@ -388,21 +367,21 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let data = data(args)?;
 
-    let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
+    let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let mut tuner = tuner(&engine, options, resume.as_deref(), &explicit)?;
     let start = tuner.steps_done();
     if let Some(r) = &resume {
         eprintln!("resuming {} at step {start} of {steps}", r.display());
     }
     add_data(&mut tuner, &data)?;
-    let reports = train(&mut tuner, steps, checkpoint.as_deref(), save_every, args.has("json"))?;
+    let reports = train(&mut tuner, steps, checkpoint.as_deref(), save_every, args.json)?;
     if reports.is_empty() {
         eprintln!("the run is already at step {start} of {steps}: nothing to do");
     }
     if let Some(dir) = &export {
         tuner.export_bundle(dir)?;
     }
-    if !args.has("json") {
+    if !args.json {
         if let Some(last) = reports.last() {
             println!("fine-tuned steps {}..{} of {steps}; last loss {:.4}", start + 1, last.step, last.loss);
         }

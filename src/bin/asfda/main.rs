@@ -1,7 +1,8 @@
 //! The `asfda` command line, built on the public Rust API like any other user.
 //!
-//! Each command is a module under `src/bin/asfda/` with its own flag spec and help; `asfda
-//! <command> --help` prints it. Errors are printed as `asfda: error: ...` with exit status 1.
+//! Each command is a module under `src/bin/asfda/` with its own flags (a `clap` derive struct)
+//! and help; `asfda <command> --help` prints it. Errors are printed as `asfda: error: ...` with
+//! exit status 1.
 
 mod args;
 mod demo;
@@ -13,93 +14,143 @@ mod score;
 mod segment;
 mod select;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::error::ErrorKind as ClapKind;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use asfda::model::Model;
 use asfda::runtime::Runtime;
 use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions};
 use asfda::{Error, Result};
 
-use args::{Args, Spec};
+use args::{RuntimeFlags, HELP_TEMPLATE};
 
-const USAGE: &str = "usage: asfda <command> [options]   (asfda <command> --help for its options)
+/// Active source-free domain adaptation of 3D medical segmentation models: score volumes, select
+/// the ones to annotate, fine-tune, segment.
+#[derive(Parser, Debug)]
+#[command(
+    name = "asfda",
+    version,
+    override_usage = "asfda <command> [options]   (asfda <command> --help for its options)",
+    help_template = HELP_TEMPLATE,
+    subcommand_help_heading = "commands",
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-commands:
-  info        ONNX Runtime version, library path and execution providers
-  score       score volumes for how informative annotating them would be -> JSON lines
-  select      pick the volumes to annotate from score files, under a budget
-  segment     segment a volume: labels (and entropy/probabilities) on the input's grid
-  finetune    fine-tune the model on annotated (and pseudo-labelled) volumes -> checkpoint, bundle
-  report      the visual report (PNG + Markdown) of a selection: entropy overlays, Dice chart
-  run-model   run a one-input ONNX model on a whole volume
-  demo        the whole loop on the demo model and synthetic data: score, select, fine-tune,
-              Dice before/after, report (out/demo)";
+#[derive(Subcommand, Debug)]
+enum Command {
+    Info(Info),
+    Score(score::ScoreArgs),
+    Select(select::SelectArgs),
+    Segment(segment::SegmentArgs),
+    Finetune(finetune::FinetuneArgs),
+    Report(report::ReportArgs),
+    RunModel(RunModel),
+    Demo(demo::DemoArgs),
+}
 
-const INFO: Spec = Spec {
-    name: "info",
-    help: "usage: asfda info [--json] [--ort PATH]
+/// ONNX Runtime version, library path and execution providers
+///
+/// Prints the asfda version and the ONNX Runtime in use (version, library path and how it was
+/// found, execution providers).
+#[derive(clap::Args, Debug)]
+#[command(override_usage = "asfda info [--json] [--ort PATH]", help_template = HELP_TEMPLATE)]
+struct Info {
+    /// Print it as JSON
+    #[arg(long)]
+    json: bool,
+    /// ONNX Runtime library to load
+    #[arg(long, value_name = "PATH")]
+    ort: Option<PathBuf>,
+}
 
-Prints the asfda version and the ONNX Runtime in use (version, library path and how it was found,
-execution providers).
-
-  --json       print it as JSON
-  --ort PATH   ONNX Runtime library to load",
-    values: &["ort"],
-    switches: &["json"],
-    max_positional: 0,
-};
-
-const RUN_MODEL: Spec = Spec {
-    name: "run-model",
-    help: "usage: asfda run-model --model M.onnx --input IN.nii[.gz] --output OUT.nii[.gz] [--device D] [--threads N] [--ort PATH]
-
-Runs a one-input ONNX model on a whole volume; writes its first output (float) on the input's grid.",
-    values: &["model", "input", "output", "device", "threads", "ort"],
-    switches: &[],
-    max_positional: 0,
-};
+/// Run a one-input ONNX model on a whole volume
+///
+/// Runs a one-input ONNX model on a whole volume; writes its first output (float) on the input's
+/// grid.
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "asfda run-model --model M.onnx --input IN.nii[.gz] --output OUT.nii[.gz] [--device D] [--threads N] [--ort PATH]",
+    help_template = HELP_TEMPLATE
+)]
+struct RunModel {
+    /// The ONNX model
+    #[arg(long, value_name = "M.onnx")]
+    model: PathBuf,
+    /// The input volume
+    #[arg(long, value_name = "IN.nii[.gz]")]
+    input: PathBuf,
+    /// Where to write the model's first output
+    #[arg(long, value_name = "OUT.nii[.gz]")]
+    output: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeFlags,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(err) => {
-            eprintln!("asfda: error: {err}");
-            ExitCode::FAILURE
+            if matches!(
+                err.kind(),
+                ClapKind::DisplayHelp | ClapKind::DisplayVersion | ClapKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = err.print();
+                return ExitCode::SUCCESS;
+            }
+            return fail(&parse_error(&err));
         }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
-    let Some((command, rest)) = args.split_first() else {
-        println!("{USAGE}");
-        return Ok(());
+fn fail(err: &Error) -> ExitCode {
+    eprintln!("asfda: error: {err}");
+    ExitCode::FAILURE
+}
+
+/// A parse error in the CLI's words, followed by the usage of the command it concerns.
+fn parse_error(err: &clap::Error) -> Error {
+    let mut cli = Cli::command();
+    cli.build();
+    let name = std::env::args().nth(1).filter(|n| cli.find_subcommand(n).is_some());
+    let help = match name.as_deref().and_then(|n| cli.find_subcommand_mut(n)) {
+        Some(command) => command.render_long_help(),
+        None => cli.render_help(),
     };
-    let (spec, action): (&'static Spec, fn(&Args) -> Result<()>) = match command.as_str() {
-        "info" => (&INFO, info),
-        "score" => (&score::SPEC, score::run),
-        "select" => (&select::SPEC, select::run),
-        "segment" => (&segment::SPEC, segment::run),
-        "report" => (&report::SPEC, report::run),
-        "run-model" => (&RUN_MODEL, run_model),
-        "finetune" => (&finetune::SPEC, finetune::run),
-        "demo" => (&demo::SPEC, demo::run),
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            return Ok(());
+    args::usage_error(err, name.as_deref(), help.to_string().trim_end())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => {
+            println!("{}", Cli::command().render_help().to_string().trim_end());
+            Ok(())
         }
-        other => return Err(Error::invalid_argument(format!("unknown command '{other}'\n\n{USAGE}"))),
-    };
-    match Args::parse(spec, rest)? {
-        Some(parsed) => action(&parsed),
-        None => Ok(()), // --help was printed
+        Some(Command::Info(a)) => info(&a),
+        Some(Command::Score(a)) => score::run(&a),
+        Some(Command::Select(a)) => select::run(&a),
+        Some(Command::Segment(a)) => segment::run(&a),
+        Some(Command::Finetune(a)) => finetune::run(&a),
+        Some(Command::Report(a)) => report::run(&a),
+        Some(Command::RunModel(a)) => run_model(&a),
+        Some(Command::Demo(a)) => demo::run(&a),
     }
 }
 
-fn info(flags: &Args) -> Result<()> {
-    let runtime = Runtime::load(flags.runtime_options()?.library_path.as_deref())?;
+fn info(flags: &Info) -> Result<()> {
+    let runtime = Runtime::load(flags.ort.as_deref())?;
     let info = runtime.info();
-    if flags.has("json") {
+    if flags.json {
         println!("{}", serde_json::to_string_pretty(info).map_err(|e| Error::internal(e.to_string()))?);
     } else {
         println!("asfda          {}", info.asfda_version);
@@ -114,9 +165,9 @@ fn info(flags: &Args) -> Result<()> {
     Ok(())
 }
 
-fn run_model(flags: &Args) -> Result<()> {
-    let model = Model::load(&flags.path("model")?, &flags.runtime_options()?)?;
-    let input = read_nifti(&flags.path("input")?, &ReadOptions::default())?;
+fn run_model(flags: &RunModel) -> Result<()> {
+    let model = Model::load(&flags.model, &flags.runtime.options())?;
+    let input = read_nifti(&flags.input, &ReadOptions::default())?;
     let output = model.run_volume(&input)?;
-    write_nifti(&output, &flags.path("output")?, OutputType::F32)
+    write_nifti(&output, &flags.output, OutputType::F32)
 }

@@ -1,23 +1,37 @@
-//! Progress on stderr for work over several volumes: a redrawn bar on a terminal, plain lines
-//! otherwise (logs and CI keep one line per event instead of carriage-return noise).
+//! Progress on stderr with `indicatif`: a redrawn bar on a terminal, plain lines otherwise (logs
+//! and CI keep one line per event instead of carriage-return noise; scripts and tests read them).
 
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::time::Instant;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use asfda::finetune::StepReport;
+
+/// Sub-steps of one item on the bar (the fraction done within an item has this resolution).
+const TICKS: u64 = 1000;
+
+/// A bar on stderr when it is a terminal, else `None` (plain lines are printed instead).
+fn bar(length: u64, template: &str) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    bar.set_style(style.progress_chars("#-"));
+    Some(bar)
+}
+
+/// Progress over several volumes.
 pub struct Progress {
     total: usize,
     index: usize,
     label: String,
-    tty: bool,
+    bar: Option<ProgressBar>,
     started: Instant,
     item_started: Instant,
-    last_draw: Option<Instant>,
     verb: &'static str,
 }
-
-/// Bar redraws at most this often.
-const REDRAW: Duration = Duration::from_millis(100);
-const BAR: usize = 24;
 
 impl Progress {
     /// Progress over `total` items; `verb` says what is done to them ("scoring").
@@ -27,10 +41,9 @@ impl Progress {
             total,
             index: 0,
             label: String::new(),
-            tty: std::io::stderr().is_terminal(),
+            bar: bar(total.max(1) as u64 * TICKS, "[{bar:24}] {msg}  ETA {eta}"),
             started: now,
             item_started: now,
-            last_draw: None,
             verb,
         }
     }
@@ -40,57 +53,109 @@ impl Progress {
         self.index = index;
         self.label = label.to_string();
         self.item_started = Instant::now();
-        self.last_draw = None;
-        if self.tty {
-            self.update(0.0);
-        } else {
-            eprintln!("[{}/{}] {} {label}", index + 1, self.total, self.verb);
+        match &self.bar {
+            Some(_) => self.update(0.0),
+            None => eprintln!("[{}/{}] {} {label}", index + 1, self.total, self.verb),
         }
     }
 
     /// Fraction done within the current item.
     pub fn update(&mut self, fraction: f64) {
-        if !self.tty {
-            return;
-        }
-        let now = Instant::now();
-        if self.last_draw.is_some_and(|t| now - t < REDRAW) {
-            return;
-        }
-        self.last_draw = Some(now);
+        let Some(bar) = &self.bar else { return };
         let fraction = fraction.clamp(0.0, 1.0);
-        let overall = (self.index as f64 + fraction) / self.total.max(1) as f64;
-        let filled = (overall * BAR as f64).round() as usize;
-        let bar: String = (0..BAR).map(|i| if i < filled { '#' } else { '-' }).collect();
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[2K[{bar}] {}/{} {} {:3.0}%  ETA {}",
-            self.index + 1,
-            self.total,
-            self.label,
-            fraction * 100.0,
-            self.eta(overall)
-        );
-        let _ = err.flush();
+        bar.set_message(format!("{}/{} {} {:3.0}%", self.index + 1, self.total, self.label, fraction * 100.0));
+        bar.set_position(self.index as u64 * TICKS + (fraction * TICKS as f64) as u64);
     }
 
     /// The current item ended; `outcome` is printed on its own line ("done", or the error).
     pub fn finish_item(&mut self, outcome: &str) {
         let seconds = self.item_started.elapsed().as_secs_f64();
         let overall = (self.index + 1) as f64 / self.total.max(1) as f64;
-        let clear = if self.tty { "\r\x1b[2K" } else { "" };
         let eta = if self.index + 1 < self.total { format!(", ETA {}", self.eta(overall)) } else { String::new() };
-        eprintln!("{clear}[{}/{}] {} {outcome} ({seconds:.1} s{eta})", self.index + 1, self.total, self.label);
+        let line = format!("[{}/{}] {} {outcome} ({seconds:.1} s{eta})", self.index + 1, self.total, self.label);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position((self.index + 1) as u64 * TICKS);
+                bar.println(line);
+                if self.index + 1 == self.total {
+                    bar.finish_and_clear();
+                }
+            }
+            None => eprintln!("{line}"),
+        }
     }
 
     /// Remaining time from the mean pace so far.
     fn eta(&self, overall: f64) -> String {
-        if overall <= 0.0 {
-            return "--:--".into();
+        minutes(if overall <= 0.0 {
+            None
+        } else {
+            Some(self.started.elapsed().as_secs_f64() / overall * (1.0 - overall))
+        })
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let left = (elapsed / overall * (1.0 - overall)).max(0.0).round() as u64;
-        format!("{}:{:02}", left / 60, left % 60)
+    }
+}
+
+/// `m:ss`, or `--:--` when not known yet.
+fn minutes(seconds: Option<f64>) -> String {
+    match seconds {
+        Some(s) => {
+            let s = s.max(0.0).round() as u64;
+            format!("{}:{:02}", s / 60, s % 60)
+        }
+        None => "--:--".into(),
+    }
+}
+
+/// Fine-tuning step progress: a bar on a terminal, one line per step otherwise.
+pub struct StepBar {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    first: u64,
+    total: u64,
+}
+
+impl StepBar {
+    /// Steps `first + 1 ..= total`.
+    pub fn new(first: u64, total: u64) -> StepBar {
+        let bar = bar(total, "[{bar:20}] {msg}");
+        if let Some(bar) = &bar {
+            bar.set_position(first);
+        }
+        StepBar { bar, started: Instant::now(), first, total }
+    }
+
+    /// Step `r` is done (`saved`: a checkpoint was written after it).
+    pub fn show(&self, r: &StepReport, saved: bool) {
+        let done = (r.step - self.first) as f64;
+        let left = (self.total - r.step) as f64;
+        let eta = minutes(Some(self.started.elapsed().as_secs_f64() / done.max(1.0) * left));
+        let saved = if saved { " [checkpoint saved]" } else { "" };
+        let line = format!("step {}/{} {r} ETA {eta}{saved}", r.step, self.total);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step);
+                bar.set_message(line);
+                if r.step == self.total {
+                    bar.finish();
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// A message on its own line, above the bar.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
     }
 }

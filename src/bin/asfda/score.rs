@@ -6,39 +6,45 @@ use asfda::volume::{read_nifti, ReadOptions};
 use asfda::window::Cancel;
 use asfda::{Error, Result};
 
-use crate::args::{Args, Spec};
+use std::path::PathBuf;
+
+use crate::args::{EngineFlags, HELP_TEMPLATE};
 use crate::files::{check_output, inputs};
 use crate::progress::Progress;
 use asfda::atomic_file;
 
-pub const SPEC: Spec = Spec {
-    name: "score",
-    help: "usage: asfda score [--bundle DIR] --out SCORES.jsonl (IMAGE... | --folder DIR) [options]
+/// Score volumes for how informative annotating them would be -> JSON lines
+///
+/// Scores every volume (knowledge gap, ASD, confidence, embedding) and writes one JSON score per
+/// line to SCORES.jsonl (written when all are done; ids are file names without .nii/.nii.gz).
+/// A volume that fails is reported and skipped; the exit status is then 1.
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "asfda score [--bundle DIR] --out SCORES.jsonl (IMAGE... | --folder DIR) [options]",
+    help_template = HELP_TEMPLATE
+)]
+pub struct ScoreArgs {
+    /// The volumes to score (or --folder)
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// The JSON-lines output
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Score every .nii/.nii.gz in DIR instead of the named images
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+    /// Print the summary as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
 
-Scores every volume (knowledge gap, ASD, confidence, embedding) and writes one JSON score per
-line to SCORES.jsonl (written when all are done; ids are file names without .nii/.nii.gz).
-A volume that fails is reported and skipped; the exit status is then 1.
-
-  --bundle DIR          model bundle (default: the shipped demo bundle models/demo_brain_unet)
-  --out FILE            the JSON-lines output (required)
-  --folder DIR          score every .nii/.nii.gz in DIR instead of the named images
-  --device D            cpu (default) | auto | cuda | cuda:N
-  --threads N           ONNX Runtime intra-op threads (0 = its default)
-  --overlap F           sliding-window tile overlap in [0, 1) (default 0.5)
-  --tiles-per-batch N   tiles per model run (default 2)
-  --mirror              mirroring test-time augmentation
-  --ort PATH            ONNX Runtime library to load
-  --json                print the summary as JSON on stdout",
-    values: &["bundle", "out", "folder", "device", "threads", "overlap", "tiles-per-batch", "ort"],
-    switches: &["mirror", "json"],
-    max_positional: usize::MAX,
-};
-
-pub fn run(args: &Args) -> Result<()> {
-    let out = args.path("out")?;
-    check_output(&out, "out")?;
-    let volumes = inputs(&args.positional, args.get("folder"))?;
-    let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
+pub fn run(args: &ScoreArgs) -> Result<()> {
+    let out = &args.out;
+    check_output(out, "out")?;
+    let volumes = inputs(&args.images, args.folder.as_deref())?;
+    let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let cancel = Cancel::new()?;
     let mut progress = Progress::new(volumes.len(), "scoring");
     let mut scores: Vec<Score> = Vec::new();
@@ -64,9 +70,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let lines: String = scores.iter().map(|s| s.to_json() + "\n").collect();
-    atomic_file::write(&out, lines.as_bytes())?;
+    atomic_file::write(out, lines.as_bytes())?;
 
-    if args.has("json") {
+    if args.json {
         let summary = serde_json::json!({
             "out": out.display().to_string(),
             "scores": scores.iter().map(|s| serde_json::json!({

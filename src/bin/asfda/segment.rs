@@ -7,37 +7,45 @@ use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions};
 use asfda::window::Cancel;
 use asfda::{Error, Result};
 
-use crate::args::{Args, Spec};
+use crate::args::{EngineFlags, HELP_TEMPLATE};
 use crate::files::{check_output, volume_id};
 use crate::progress::Progress;
 
-pub const SPEC: Spec = Spec {
-    name: "segment",
-    help: "usage: asfda segment [--bundle DIR] IMAGE --out LABELS.nii.gz [options]
+/// Segment a volume: labels (and entropy/probabilities) on the input's grid
+///
+/// Segments IMAGE. Every output is on IMAGE's own voxel grid (same dims and affine), so it
+/// overlays the image in 3D Slicer or any viewer.
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "asfda segment [--bundle DIR] IMAGE --out LABELS.nii.gz [options]",
+    help_template = HELP_TEMPLATE
+)]
+pub struct SegmentArgs {
+    /// The volume to segment
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+    /// Label map, one class index per voxel, integer NIfTI
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Normalised predictive entropy in [0, 1], float NIfTI
+    #[arg(long, value_name = "FILE")]
+    pub entropy: Option<PathBuf>,
+    /// Per-class probabilities (one channel per class), float NIfTI
+    #[arg(long, value_name = "FILE")]
+    pub probabilities: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+    /// Print the summary as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
 
-Segments IMAGE. Every output is on IMAGE's own voxel grid (same dims and affine), so it overlays
-the image in 3D Slicer or any viewer.
-
-  --bundle DIR            model bundle (default: the shipped demo bundle models/demo_brain_unet)
-  --out FILE              label map, one class index per voxel, integer NIfTI (required)
-  --entropy FILE          normalised predictive entropy in [0, 1], float NIfTI
-  --probabilities FILE    per-class probabilities (one channel per class), float NIfTI
-  --device D, --threads N, --overlap F, --tiles-per-batch N, --mirror, --ort PATH  as for `asfda score`
-  --json                  print the summary as JSON on stdout",
-    values: &["bundle", "out", "entropy", "probabilities", "device", "threads", "overlap", "tiles-per-batch", "ort"],
-    switches: &["mirror", "json"],
-    max_positional: 1,
-};
-
-pub fn run(args: &Args) -> Result<()> {
-    let image_path = PathBuf::from(
-        args.positional
-            .first()
-            .ok_or_else(|| Error::invalid_argument("no IMAGE given (see `asfda segment --help`)"))?,
-    );
-    let out = args.path("out")?;
-    let entropy_path = args.get("entropy").map(PathBuf::from);
-    let probabilities_path = args.get("probabilities").map(PathBuf::from);
+pub fn run(args: &SegmentArgs) -> Result<()> {
+    let image_path =
+        args.image.clone().ok_or_else(|| Error::invalid_argument("no IMAGE given (see `asfda segment --help`)"))?;
+    let out = args.out.clone();
+    let entropy_path = args.entropy.clone();
+    let probabilities_path = args.probabilities.clone();
     for (path, flag) in
         [(Some(&out), "out"), (entropy_path.as_ref(), "entropy"), (probabilities_path.as_ref(), "probabilities")]
     {
@@ -46,7 +54,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let image = read_nifti(&image_path, &ReadOptions::default())?;
-    let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
+    let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let classes = engine.bundle().manifest().classes.clone();
     let outputs = SegmentOutputs { probabilities: probabilities_path.is_some(), entropy: entropy_path.is_some() };
 
@@ -76,7 +84,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let voxel_ml = segmentation.labels.spacing().iter().product::<f64>() / 1000.0;
-    if args.has("json") {
+    if args.json {
         let per_class: Vec<_> = classes
             .iter()
             .zip(&counts)

@@ -1,37 +1,57 @@
 //! `asfda select`: picks the volumes to annotate from merged score files.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use asfda::score::Score;
 use asfda::select::{select, GapKind, Method, SelectOptions, Selection};
 use asfda::{Error, Result};
 
-use crate::args::{Args, Spec};
+use crate::args::{library, list, number, whole, HELP_TEMPLATE};
 use asfda::atomic_file;
 
-pub const SPEC: Spec = Spec {
-    name: "select",
-    help: "usage: asfda select --scores A.jsonl[,B.jsonl...] --budget B [options]
-
-Merges score files (an id may appear only once over all of them), picks B volumes to annotate and
-prints them in pick order with the score components behind each pick, and the reliable volumes for
-pseudo-labels.
-
-  --scores FILES        comma-separated JSON-lines files written by `asfda score` (required)
-  --budget B            volumes to pick, 1..pool size (required)
-  --method M            asfda (default) | random | foreground_random | entropy | dkd | coreset
-  --seed S              seed of the random baselines (default 0)
-  --labeled IDS         comma-separated ids already annotated (excluded from the pool; they count
-                        for diversity)
-  --gap G               kl (default) | anchor: which knowledge gap feeds DKD
-  --w-dkd W, --w-asd W  weights of the DKD and ASD ranks (default 1 and 1)
-  --out FILE            write the selection JSON to FILE
-  --json                print the selection JSON on stdout instead of the table",
-    values: &["scores", "budget", "method", "seed", "labeled", "gap", "w-dkd", "w-asd", "out"],
-    switches: &["json"],
-    max_positional: 0,
-};
+/// Pick the volumes to annotate from score files, under a budget
+///
+/// Merges score files (an id may appear only once over all of them), picks B volumes to annotate
+/// and prints them in pick order with the score components behind each pick, and the reliable
+/// volumes for pseudo-labels.
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "asfda select --scores A.jsonl[,B.jsonl...] --budget B [options]",
+    help_template = HELP_TEMPLATE
+)]
+pub struct SelectArgs {
+    /// Comma-separated JSON-lines files written by `asfda score`
+    #[arg(long, value_name = "FILES")]
+    pub scores: String,
+    /// Volumes to pick, 1..pool size
+    #[arg(long, value_name = "B", value_parser = whole::<usize>)]
+    pub budget: usize,
+    /// asfda (default) | random | foreground_random | entropy | dkd | coreset
+    #[arg(long, value_name = "M", value_parser = library::<Method>)]
+    pub method: Option<Method>,
+    /// Seed of the random baselines (default 0)
+    #[arg(long, value_name = "S", value_parser = whole::<u64>)]
+    pub seed: Option<u64>,
+    /// Comma-separated ids already annotated (excluded from the pool; they count for diversity)
+    #[arg(long, value_name = "IDS")]
+    pub labeled: Option<String>,
+    /// kl (default) | anchor: which knowledge gap feeds DKD
+    #[arg(long, value_name = "G", value_parser = library::<GapKind>)]
+    pub gap: Option<GapKind>,
+    /// Weight of the DKD rank (default 1)
+    #[arg(long = "w-dkd", value_name = "W", value_parser = number)]
+    pub w_dkd: Option<f64>,
+    /// Weight of the ASD rank (default 1)
+    #[arg(long = "w-asd", value_name = "W", value_parser = number)]
+    pub w_asd: Option<f64>,
+    /// Write the selection JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the selection JSON on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Reads JSON-lines score files; a duplicate id (within or across files) is an error naming both
 /// places.
@@ -62,33 +82,30 @@ pub fn read_scores(files: &[String]) -> Result<Vec<Score>> {
     Ok(scores)
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    args.required("scores")?;
-    let scores = read_scores(&args.list("scores"))?;
+pub fn run(args: &SelectArgs) -> Result<()> {
+    let scores = read_scores(&list(Some(&args.scores)))?;
     let defaults = SelectOptions::default();
     let options = SelectOptions {
-        method: args.get("method").map(str::parse::<Method>).transpose()?.unwrap_or(defaults.method),
-        budget: args.required("budget")?.parse().map_err(|_| {
-            Error::invalid_argument(format!("--budget '{}' is not a whole number", args.get("budget").unwrap_or("")))
-        })?,
-        seed: args.parsed("seed", "a whole number")?.unwrap_or(defaults.seed),
-        gap: args.get("gap").map(str::parse::<GapKind>).transpose()?.unwrap_or(defaults.gap),
-        w_dkd: args.parsed("w-dkd", "a number")?.unwrap_or(defaults.w_dkd),
-        w_asd: args.parsed("w-asd", "a number")?.unwrap_or(defaults.w_asd),
+        method: args.method.unwrap_or(defaults.method),
+        budget: args.budget,
+        seed: args.seed.unwrap_or(defaults.seed),
+        gap: args.gap.unwrap_or(defaults.gap),
+        w_dkd: args.w_dkd.unwrap_or(defaults.w_dkd),
+        w_asd: args.w_asd.unwrap_or(defaults.w_asd),
         ..defaults
     };
-    let labeled = args.list("labeled");
+    let labeled = list(args.labeled.as_deref());
     let labeled: Vec<&str> = labeled.iter().map(String::as_str).collect();
     let selection = select(&scores, &labeled, &options)?;
-    if let Some(out) = args.get("out") {
-        atomic_file::write(Path::new(out), (selection.to_json() + "\n").as_bytes())?;
+    if let Some(out) = &args.out {
+        atomic_file::write(out, (selection.to_json() + "\n").as_bytes())?;
     }
-    if args.has("json") {
+    if args.json {
         println!("{}", selection.to_json());
     } else {
         print_table(&selection, scores.len() - labeled.len());
-        if let Some(out) = args.get("out") {
-            println!("wrote the selection to {out}");
+        if let Some(out) = &args.out {
+            println!("wrote the selection to {}", out.display());
         }
     }
     Ok(())

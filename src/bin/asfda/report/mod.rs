@@ -1,59 +1,66 @@
 //! `asfda report`: the visual report of a selection (the one `asfda demo` writes after
-//! fine-tuning), from a selection JSON, the images and optionally a Dice table.
+//! fine-tuning), from a selection JSON, the images and optionally a Dice table. The renderer
+//! ([`render`]) is the CLI's: the library has no image or font dependencies.
 
-use std::path::Path;
+#[cfg(test)]
+mod real_data_tests;
+pub mod render;
+
+use std::path::{Path, PathBuf};
 
 use asfda::engine::{Engine, SegmentOutputs};
-use asfda::report::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::select::Selection;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::window::Cancel;
 use asfda::{Error, Result};
 
-use crate::args::{Args, Spec};
+use crate::args::{EngineFlags, HELP_TEMPLATE};
 use crate::files::inputs;
 use crate::progress::Progress;
+pub use render::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 
-pub const SPEC: Spec = Spec {
-    name: "report",
-    help: "usage: asfda report --selection SELECTION.json (IMAGE... | --folder DIR) --out DIR [options]
-
-Writes DIR/report.png and DIR/report.md: every picked volume's axial, coronal and sagittal
-mid-slices (radiological convention) with the model's entropy overlaid, captioned with its pick
-order and scores, and a Dice before/after chart when --dice is given. The images are found by id
-(file name without .nii/.nii.gz) among the named files or in --folder.
-
-  --selection FILE      selection JSON written by `asfda select --out` (required)
-  --folder DIR          where the images are (or name them)
-  --out DIR             output folder (required; created)
-  --dice FILE           Dice table JSON: {\"row_kind\": \"class\", \"description\": \"...\",
-                        \"rows\": [{\"name\": \"gm\", \"before\": 0.61, \"after\": 0.80}, ...]}
-                        (null for a value that is not defined)
-  --title TEXT          the report's title
-  --bundle DIR, --device D, --threads N, --overlap F, --tiles-per-batch N, --mirror, --ort PATH
-                        as for `asfda score` (the model that computes the entropy)",
-    values: &[
-        "selection",
-        "folder",
-        "out",
-        "dice",
-        "title",
-        "bundle",
-        "device",
-        "threads",
-        "overlap",
-        "tiles-per-batch",
-        "ort",
-    ],
-    switches: &["mirror"],
-    max_positional: usize::MAX,
-};
+/// The visual report (PNG + Markdown) of a selection: entropy overlays, Dice chart
+///
+/// Writes DIR/report.png and DIR/report.md: every picked volume's axial, coronal and sagittal
+/// mid-slices (radiological convention) with the model's entropy overlaid, captioned with its pick
+/// order and scores, and a Dice before/after chart when --dice is given. The images are found by
+/// id (file name without .nii/.nii.gz) among the named files or in --folder.
+#[derive(clap::Args, Debug)]
+#[command(
+    override_usage = "asfda report --selection SELECTION.json (IMAGE... | --folder DIR) --out DIR [options]",
+    help_template = HELP_TEMPLATE
+)]
+pub struct ReportArgs {
+    /// The images (or --folder)
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// Selection JSON written by `asfda select --out`
+    #[arg(long, value_name = "FILE")]
+    pub selection: PathBuf,
+    /// Where the images are (or name them)
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<String>,
+    /// Output folder (created)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Dice table JSON: {"row_kind": "class", "description": "...", "rows": [{"name": "gm",
+    /// "before": 0.61, "after": 0.80}, ...]} (null for a value that is not defined)
+    #[arg(long, value_name = "FILE")]
+    pub dice: Option<PathBuf>,
+    /// The report's title
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+    // The model that computes the entropy, and how it runs.
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
 
 /// Reads the Dice table JSON documented in the help.
 pub fn read_dice(path: &Path) -> Result<DiceTable> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read Dice table", &e))?;
     let bad = |what: &str| Error::format(format!("Dice table '{}': {what}", path.display()));
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&format!("malformed JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(&format!("malformed JSON: {e}")).with_source(e))?;
     let field = |v: &serde_json::Value, name: &str| -> Result<f64> {
         match &v[name] {
             serde_json::Value::Null => Ok(f64::NAN),
@@ -75,16 +82,15 @@ pub fn read_dice(path: &Path) -> Result<DiceTable> {
     })
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let selection_path = args.path("selection")?;
-    let out = args.path("out")?;
-    let text =
-        std::fs::read_to_string(&selection_path).map_err(|e| Error::io(&selection_path, "read selection", &e))?;
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let selection_path = &args.selection;
+    let out = &args.out;
+    let text = std::fs::read_to_string(selection_path).map_err(|e| Error::io(selection_path, "read selection", &e))?;
     let selection = Selection::from_json(text.trim()).map_err(|e| e.context(selection_path.display()))?;
-    let dice = args.get("dice").map(|p| read_dice(Path::new(p))).transpose()?;
-    let available = inputs(&args.positional, args.get("folder"))?;
+    let dice = args.dice.as_deref().map(read_dice).transpose()?;
+    let available = inputs(&args.images, args.folder.as_deref())?;
 
-    let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
+    let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let cancel = Cancel::new()?;
     let mut progress = Progress::new(selection.picks.len(), "computing the entropy of");
     let mut loaded: Vec<(String, Volume, Volume)> = Vec::new();
@@ -104,13 +110,13 @@ pub fn run(args: &Args) -> Result<()> {
         loaded.push((pick.id.clone(), image, entropy));
     }
     let report = Report {
-        title: args.get("title").unwrap_or("asfda: volumes selected for annotation").to_string(),
+        title: args.title.clone().unwrap_or_else(|| "asfda: volumes selected for annotation".to_string()),
         selection: &selection,
         volumes: loaded.iter().map(|(id, image, entropy)| ReportVolume { id, image, entropy }).collect(),
         dice,
-        notes: vec![format!("Model bundle: {}.", args.bundle().display())],
+        notes: vec![format!("Model bundle: {}.", args.engine.bundle().display())],
     };
-    let files = write_report(&report, &out)?;
+    let files = write_report(&report, out)?;
     println!("wrote {} and {}", files.png.display(), files.markdown.display());
     Ok(())
 }

@@ -1,18 +1,34 @@
 //! The report renderer on real data: synthetic target-site volumes, their entropy and scores from
 //! the demo bundle, a real selection. Needs `make ort` and `make data`. Subjects are synthetic
-//! derivatives of real anatomy; site shifts are simulated.
+//! derivatives of real anatomy; site shifts are simulated. (Formerly `tests/report.rs`: the
+//! renderer moved from the library into the CLI, so its tests run as the binary's unit tests.)
 //!
 //! Volumes are centre crops (one model tile each) to keep the debug-build runtime modest.
 
+use std::path::{Path, PathBuf};
+
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
-use asfda::report::{render_figure, write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::runtime::RuntimeOptions;
 use asfda::select::{select, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::window::Cancel;
 
-mod common;
-use common::{data_dir, root};
+use super::render::{render_figure, write_report, DiceRow, DiceTable, Report, ReportVolume};
+
+/// The repository root.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The synthetic multi-site data: `$ASFDA_TEST_DATA`, else `.cache/data/synthetic-v1` (as
+/// `tests/common` finds it). Fails, saying how to make it, when it is missing.
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("ASFDA_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/data/synthetic-v1"));
+    assert!(dir.join("manifest.json").is_file(), "{} missing: run `make data`", dir.display());
+    dir
+}
 
 /// A `size` crop from the centre of `v`, with the affine moved so it stays where it was in space.
 fn centre_crop(v: &Volume, size: [usize; 3]) -> Volume {
