@@ -19,13 +19,14 @@ use std::sync::{Arc, RwLock};
 use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView4, ArrayViewMut4, Axis};
 
 use crate::bundle::{Bundle, SourceKnowledge};
+use crate::cancel::CancelToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use crate::preprocess::{model_grid, prepare_in_place, resample_peak_elements, ModelGrid, ModelImage};
 use crate::runtime::{Device, RuntimeOptions};
 use crate::score::{entropy_map, Score, ScoreOptions, VolumeStats};
 use crate::volume::Volume;
-use crate::window::{sliding_window_slabs, Cancel, OutputNames, SlabSink, WindowOptions};
+use crate::window::{sliding_window_slabs, OutputNames, SlabSink, WindowOptions};
 
 /// Everything an engine can be configured with; `Default` gives the documented defaults.
 #[derive(Clone, Debug, Default)]
@@ -177,7 +178,7 @@ impl Engine {
     /// Preprocesses `volume`, runs the sliding window and returns probabilities on the model grid.
     /// Holds the whole [classes, Z, Y, X] probability volume; [`Engine::segment`] and
     /// [`Engine::score`] stream z-slabs instead.
-    pub fn infer(&self, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Inference> {
+    pub fn infer(&self, volume: &Volume, cancel: &CancelToken, progress: Progress<'_>) -> Result<Inference> {
         let (image, grid) = self.prepare(volume, Work::Infer)?;
         self.infer_model_image(image, grid, cancel, progress)
     }
@@ -197,7 +198,7 @@ impl Engine {
         &self,
         image: ArrayView4<'_, f32>,
         grid: &ModelGrid,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
     ) -> Result<Inference> {
         let [z, y, x] = grid.model_shape();
@@ -216,7 +217,7 @@ impl Engine {
         &self,
         image: ModelImage<'_>,
         grid: ModelGrid,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
     ) -> Result<Inference> {
         let [z, y, x] = grid.model_shape();
@@ -241,7 +242,7 @@ impl Engine {
         &self,
         volume: &Volume,
         outputs: SegmentOutputs,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
     ) -> Result<Segmentation> {
         let (image, grid) = self.prepare(volume, Work::Segment(outputs))?;
@@ -270,7 +271,7 @@ impl Engine {
 
     /// Scores `volume` for how informative annotating it would be (method.md section 1). The
     /// probabilities are streamed in z-slabs into [`VolumeStats`]; no full probability volume is held.
-    pub fn score(&self, id: &str, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Score> {
+    pub fn score(&self, id: &str, volume: &Volume, cancel: &CancelToken, progress: Progress<'_>) -> Result<Score> {
         let source = self.source.as_ref().ok_or_else(|| {
             Error::unsupported(format!(
                 "model bundle '{}' ships no source knowledge, which scoring needs",
@@ -307,7 +308,7 @@ impl Engine {
     fn stream(
         &self,
         image: ModelImage<'_>,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
         sink: &mut SlabSink<'_>,
     ) -> Result<Array2<f32>> {

@@ -5,6 +5,7 @@
 
 pub mod atomic_file;
 pub mod bundle;
+pub mod cancel;
 pub mod engine;
 pub mod error;
 pub mod ffi;

@@ -7,12 +7,9 @@
 //! the z range of one tile, handing each finished z-slab to a sink; the volume-sized blend of
 //! [`sliding_window`] is built on top of it for callers that want it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
 use ndarray::{s, Array2, Array3, Array4, Array5, ArrayView4, ArrayViewMut4, Axis};
-use ort::session::RunOptions;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 
@@ -84,73 +81,6 @@ pub struct WindowOutput {
     pub features: Array2<f32>,
 }
 
-/// Lets another thread stop a running sliding window, including an ONNX Runtime run in flight.
-///
-/// Creating one needs no ONNX Runtime (its run options are made on the first model run), so a C
-/// caller can make a token before any engine exists. One token may serve several calls, also
-/// concurrently: triggering it stops them all.
-pub struct Cancel {
-    flag: AtomicBool,
-    run_options: OnceLock<RunOptions>,
-}
-
-impl Cancel {
-    /// A token that is not triggered. Infallible today; `Result` keeps room for a runtime that
-    /// needs resources up front.
-    pub fn new() -> Result<Cancel> {
-        Ok(Cancel { flag: AtomicBool::new(false), run_options: OnceLock::new() })
-    }
-
-    /// Requests cancellation; the in-flight run (if any) is terminated by ONNX Runtime. Safe
-    /// from any thread, any number of times.
-    pub fn cancel(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        if let Some(options) = self.run_options.get() {
-            let _ = options.terminate();
-        }
-    }
-
-    /// Un-triggers the token so it can serve another call. Only call it while no call uses the
-    /// token: a call in flight may or may not see the reset.
-    pub fn reset(&self) -> Result<()> {
-        self.flag.store(false, Ordering::SeqCst);
-        if let Some(options) = self.run_options.get() {
-            options.unterminate()?;
-        }
-        Ok(())
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-    }
-
-    /// Whether a model run has started with this token (its run options exist): from then on a
-    /// [`Cancel::cancel`] reaches ONNX Runtime directly.
-    pub fn run_started(&self) -> bool {
-        self.run_options.get().is_some()
-    }
-
-    /// The run options every model run of a call uses, so [`Cancel::cancel`] can terminate it.
-    pub fn run_options(&self) -> Result<&RunOptions> {
-        if let Some(options) = self.run_options.get() {
-            return Ok(options);
-        }
-        let fresh = RunOptions::new()?;
-        let options = self.run_options.get_or_init(|| fresh);
-        // A cancel() that ran before the options existed only set the flag; carry it over so a
-        // run started now stops too (cancel() stores the flag before reading the options, so one
-        // of the two always sees the other).
-        if self.is_cancelled() {
-            let _ = options.terminate();
-        }
-        Ok(options)
-    }
-
-    fn cancelled_error() -> Error {
-        Error::new(ErrorKind::Cancelled, "cancelled by the caller")
-    }
-}
-
 /// Which model outputs hold the logits and the features.
 pub struct OutputNames<'a> {
     pub logits: &'a str,
@@ -167,7 +97,7 @@ pub fn sliding_window(
     image: ArrayView4<'_, f32>,
     tile: [usize; 3],
     options: &WindowOptions,
-    cancel: &Cancel,
+    cancel: &CancelToken,
     progress: &mut dyn FnMut(f64) -> bool,
 ) -> Result<WindowOutput> {
     let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
@@ -220,7 +150,7 @@ pub fn sliding_window_slabs(
     image: &dyn TileSource,
     tile: [usize; 3],
     options: &WindowOptions,
-    cancel: &Cancel,
+    cancel: &CancelToken,
     progress: &mut dyn FnMut(f64) -> bool,
     sink: &mut SlabSink<'_>,
 ) -> Result<Array2<f32>> {
@@ -247,7 +177,7 @@ pub fn sliding_window_slabs(
         let mut summed: Option<Array5<f32>> = None;
         for axes in &flips {
             if cancel.is_cancelled() {
-                return Err(Cancel::cancelled_error());
+                return Err(CancelToken::cancelled_error());
             }
             let (logits, feats) = run_tiles(model, names, flipped(&input, axes), cancel)?;
             let logits = flipped(&logits, axes);
@@ -258,7 +188,7 @@ pub fn sliding_window_slabs(
             features.extend(feats.outer_iter().map(|f| f.to_owned()));
             done += batch.len();
             if !progress(done as f64 / total) {
-                return Err(Cancel::cancelled_error());
+                return Err(CancelToken::cancelled_error());
             }
         }
         let logits = summed.ok_or_else(|| Error::internal("no mirrored pass ran"))?;
@@ -319,11 +249,11 @@ fn run_tiles(
     model: &Model,
     names: &OutputNames<'_>,
     input: Array5<f32>,
-    cancel: &Cancel,
+    cancel: &CancelToken,
 ) -> Result<(Array5<f32>, Array2<f32>)> {
     let outputs = model.run_with_options(input.view().into_dyn(), cancel.run_options()?).map_err(|e| {
         if cancel.is_cancelled() {
-            Cancel::cancelled_error()
+            CancelToken::cancelled_error()
         } else {
             e
         }

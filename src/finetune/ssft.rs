@@ -16,11 +16,11 @@ use super::sampling::{
 use super::step::{Batch, Trainer};
 use crate::atomic_file;
 use crate::bundle::Manifest;
+use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::{prepare, ModelGrid, Prepared};
 use crate::volume::Volume;
-use crate::window::Cancel;
 
 /// Fine-tuning settings. `Default` gives the documented defaults; `None` fields take the
 /// bundle manifest's value. Choices marked [RECON] are this project's reconstruction of what
@@ -546,7 +546,7 @@ impl FineTuner {
     /// The labelling model's pseudo-labels of a prepared image, and the fraction of its
     /// (unpadded) voxels kept.
     fn pseudo_labels(&self, image: ArrayView4<'_, f32>, grid: &ModelGrid) -> Result<(Array3<u8>, f64)> {
-        let inference = self.labeler.infer_prepared(image, grid, &Cancel::new()?, &mut |_| true)?;
+        let inference = self.labeler.infer_prepared(image, grid, &CancelToken::new()?, &mut |_| true)?;
         let probs = &inference.probabilities;
         let (_, z, y, x) = probs.dim();
         let tau = self.options.pseudo_label_threshold as f32;
@@ -608,8 +608,10 @@ impl FineTuner {
         let classes = self.classes();
         let mut per_volume = Vec::with_capacity(self.labeled.len());
         for l in &self.labeled {
-            let probs =
-                self.labeler.infer_prepared(l.image.view(), &l.grid, &Cancel::new()?, &mut |_| true)?.probabilities;
+            let probs = self
+                .labeler
+                .infer_prepared(l.image.view(), &l.grid, &CancelToken::new()?, &mut |_| true)?
+                .probabilities;
             let mut overlap = Overlap::new(classes);
             for ((k, j, i), &truth) in l.labels.indexed_iter() {
                 if truth != IGNORED {
@@ -742,7 +744,7 @@ impl FineTuner {
         let engine = self.labeler.with_weights(&self.trainer.weights())?;
         let mut per_volume = Vec::with_capacity(cases.len());
         for (image, label) in cases {
-            let seg = engine.segment(image, Default::default(), &Cancel::new()?, &mut |_| true)?;
+            let seg = engine.segment(image, Default::default(), &CancelToken::new()?, &mut |_| true)?;
             let mut overlap = Overlap::new(classes);
             for (&p, &t) in seg.labels.data().iter().zip(label.data()) {
                 overlap.add(p as usize, t as usize);

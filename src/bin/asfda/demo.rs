@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::finetune::{FineTuneOptions, FineTuner};
 use asfda::report::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::score::Score;
 use asfda::select::{select, Method, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{shipped, Args, Spec};
@@ -147,7 +147,7 @@ pub fn run(args: &Args) -> Result<()> {
     let overlap = engine_options.window.overlap;
     let bundle = args.bundle();
     let engine = Engine::new(&bundle, engine_options)?;
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let classes = engine.bundle().manifest().classes.clone();
 
     // 1. Score the pool.

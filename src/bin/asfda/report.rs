@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::report::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 use asfda::select::Selection;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{Args, Spec};
@@ -85,7 +85,7 @@ pub fn run(args: &Args) -> Result<()> {
     let available = inputs(&args.positional, args.get("folder"))?;
 
     let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let mut progress = Progress::new(selection.picks.len(), "computing the entropy of");
     let mut loaded: Vec<(String, Volume, Volume)> = Vec::new();
     for (index, pick) in selection.picks.iter().enumerate() {

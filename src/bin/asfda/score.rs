@@ -1,9 +1,9 @@
 //! `asfda score`: scores volumes for how informative annotating them would be.
 
+use asfda::cancel::CancelToken;
 use asfda::engine::Engine;
 use asfda::score::Score;
 use asfda::volume::{read_nifti, ReadOptions};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{Args, Spec};
@@ -39,7 +39,7 @@ pub fn run(args: &Args) -> Result<()> {
     check_output(&out, "out")?;
     let volumes = inputs(&args.positional, args.get("folder"))?;
     let engine = Engine::new(&args.bundle(), args.engine_options()?)?;
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let mut progress = Progress::new(volumes.len(), "scoring");
     let mut scores: Vec<Score> = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();
