@@ -21,6 +21,7 @@ use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView4, ArrayViewMut4, Axis
 use crate::bundle::{Bundle, SourceKnowledge};
 use crate::cancel::CancelToken;
 use crate::error::{Error, ErrorKind, Result};
+use crate::labels::argmax_classes;
 use crate::model::Model;
 use crate::preprocess::{model_grid, prepare_in_place, resample_peak_elements, ModelGrid, ModelImage};
 use crate::runtime::{Device, RuntimeOptions};
@@ -253,7 +254,7 @@ impl Engine {
         self.stream(image, cancel, progress, &mut |z0, mut slab| {
             softmax_in_place(slab.view_mut());
             let zs = z0..z0 + slab.shape()[1];
-            labels.slice_mut(s![zs.clone(), .., ..]).assign(&argmax(slab.view()));
+            labels.slice_mut(s![zs.clone(), .., ..]).assign(&argmax_classes(slab.view()));
             if let Some(h) = entropy.as_mut() {
                 h.slice_mut(s![zs.clone(), .., ..]).assign(&entropy_map(slab.view()));
             }
@@ -475,17 +476,6 @@ pub fn softmax_in_place(mut logits: ArrayViewMut4<'_, f32>) {
     }
 }
 
-fn argmax(probabilities: ArrayView4<'_, f32>) -> Array3<u8> {
-    let (_, z, y, x) = probabilities.dim();
-    Array3::from_shape_fn((z, y, x), |(k, j, i)| {
-        let lane = probabilities.slice(s![.., k, j, i]);
-        lane.iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (c, &p)| if p > best.1 { (c, p) } else { best })
-            .0 as u8
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,6 +490,6 @@ mod tests {
         }
         assert!(a[[2, 0, 0, 0]] > a[[1, 0, 0, 0]] && a[[1, 0, 0, 0]] > a[[0, 0, 0, 0]]);
         assert!(a.iter().all(|v| v.is_finite()), "large logits must not overflow");
-        assert_eq!(argmax(a.view())[[0, 0, 0]], 2);
+        assert_eq!(crate::labels::argmax_classes(a.view())[[0, 0, 0]], 2);
     }
 }

@@ -7,7 +7,7 @@
 
 use ndarray::{s, Array3, Array4, ArrayViewMut3, ArrayViewMut4};
 
-use crate::select::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// The random stream of step `t` (0-based) of a run seeded with `seed`.
 ///
@@ -18,9 +18,9 @@ pub fn step_rng(seed: u64, t: u64) -> SplitMix64 {
     SplitMix64::new(seed ^ mixed)
 }
 
-/// Uniform in [0, 1) from the top 53 bits of the stream.
+/// Uniform in [0, 1) from the top 53 bits of the stream: [`SplitMix64::unit`].
 pub fn uniform(rng: &mut SplitMix64) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    rng.unit()
 }
 
 /// nnU-Net's polynomial decay: `lr * (1 - min(t, T) / T)^exponent` for the step with 0-based
