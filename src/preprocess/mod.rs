@@ -74,11 +74,10 @@ pub use grid::{model_grid, ModelGrid};
 pub(crate) use model_image::prepare_in_place_on;
 pub use model_image::{prepare_in_place, ModelImage};
 pub use normalize::ChannelNorm;
-pub(crate) use resample::resample_peak_elements;
 
 use normalize::normalize;
 use pad::pad;
-use resample::resample_linear;
+use resample::{resample_linear, resample_peak_elements};
 
 /// Most voxels (all channels) a resampled or padded volume may have.
 const MAX_VOXELS: usize = 1 << 31;
