@@ -7,6 +7,8 @@ use std::ops::Range;
 use ndarray::{Array3, ArrayView3, ArrayView4};
 
 use super::pad::{crop, pad, padding};
+#[cfg(doc)]
+use super::prepare;
 use super::resample::{nearest_table, resample_linear, resample_peak_elements, sample_nearest};
 use super::{check_input_spec, MAX_VOXELS};
 use crate::bundle::InputSpec;

@@ -5,6 +5,8 @@ use ndarray::{Array4, Array5, ArrayView4};
 
 use super::grid::{model_grid, ModelGrid};
 use super::normalize::{channel_norm, ChannelNorm};
+#[cfg(doc)]
+use super::prepare;
 use super::{check_finite, prepare_on, Prepared};
 use crate::bundle::InputSpec;
 use crate::error::Result;

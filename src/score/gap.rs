@@ -5,9 +5,9 @@ use ndarray::ArrayView2;
 
 use super::{EmbeddingKind, ScoreOptions};
 use crate::bundle::SourceKnowledge;
-use crate::error::{Error, Result};
 #[cfg(doc)]
 use crate::error::ErrorKind;
+use crate::error::{Error, Result};
 use crate::stats;
 
 /// Source variances are floored at this before use, so a channel that is constant on the source

@@ -33,9 +33,9 @@ use ndarray::{ArrayView2, ArrayView4};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::SourceKnowledge;
-use crate::error::{Error, Result};
 #[cfg(doc)]
 use crate::error::ErrorKind;
+use crate::error::{Error, Result};
 
 pub use gap::{feature_gap, SOURCE_VARIANCE_EPSILON};
 pub use record::{Score, SCORE_FORMAT_VERSION};

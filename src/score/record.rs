@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::ScoreOptions;
 #[cfg(doc)]
 use super::ThresholdMethod;
-use crate::error::{Error, Result};
 #[cfg(doc)]
 use crate::error::ErrorKind;
+use crate::error::{Error, Result};
 
 /// The [`Score`] JSON format this build writes and reads.
 pub const SCORE_FORMAT_VERSION: u32 = 1;

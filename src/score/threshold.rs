@@ -1,5 +1,8 @@
 //! Entropy-histogram thresholds for ASD: the left edge of the first peak (UGTST) and Otsu.
 
+#[cfg(doc)]
+use super::ThresholdMethod;
+
 /// Centred moving average of width `window` (odd), truncated at the ends.
 fn smooth(histogram: &[u64], window: usize) -> Vec<f64> {
     let half = window / 2;

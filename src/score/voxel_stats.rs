@@ -7,6 +7,8 @@ use ndarray::{Array3, ArrayView2, ArrayView4, Axis};
 
 use super::gap::feature_gap;
 use super::record::{Score, SCORE_FORMAT_VERSION};
+#[cfg(doc)]
+use super::score_volume;
 use super::threshold::{first_peak_bin, otsu_bin};
 use super::{ScoreOptions, ThresholdMethod};
 use crate::bundle::SourceKnowledge;
