@@ -18,13 +18,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, EngineOptions};
 use asfda::finetune::{FineTuneOptions, FineTuner, PseudoLabeled};
 use asfda::runtime::RuntimeOptions;
 use asfda::score::Score;
 use asfda::select::{select, Method, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use once_cell::sync::OnceCell;
 use serde::{Deserialize, Serialize};
 
@@ -241,7 +241,7 @@ fn load_site(engine: &Engine, args: &Args, name: &str) -> Site {
             let t = Instant::now();
             let scores: Vec<Score> = pool
                 .iter()
-                .map(|(id, v)| engine.score(id, v, &Cancel::new().unwrap(), &mut |_| true).unwrap())
+                .map(|(id, v)| engine.score(id, v, &CancelToken::new().unwrap(), &mut |_| true).unwrap())
                 .collect();
             let text: String = scores.iter().map(|s| s.to_json() + "\n").collect();
             std::fs::write(&cache, text).unwrap();

@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use asfda::bundle::Bundle;
+use asfda::cancel::CancelToken;
 use asfda::engine::{softmax_in_place, Engine, EngineOptions};
 use asfda::model::Model;
 use asfda::preprocess::prepare;
 use asfda::runtime::RuntimeOptions;
 use asfda::score::score_volume;
 use asfda::volume::{read_nifti, ReadOptions};
-use asfda::window::{gather_tiles, sliding_window, tile_grid, Cancel, OutputNames, WindowOptions};
+use asfda::window::{gather_tiles, sliding_window, tile_grid, OutputNames, WindowOptions};
 use ndarray::s;
 
 const THREADS: usize = 2;
@@ -102,7 +103,7 @@ fn main() -> asfda::Result<()> {
             let engine = Engine::new(&dir, EngineOptions { runtime, window, ..Default::default() })?;
             let load_s = t.elapsed().as_secs_f64();
             let rss_load = rss_mib();
-            let cancel = Cancel::new()?;
+            let cancel = CancelToken::new()?;
             let t = Instant::now();
             let score = engine.score("bench", &volume, &cancel, &mut |_| true)?;
             let warmup_s = t.elapsed().as_secs_f64();
@@ -135,7 +136,7 @@ fn main() -> asfda::Result<()> {
             let prepared = prepare(&volume, &m.input)?;
             let prepare_s = t.elapsed().as_secs_f64();
             let names = OutputNames { logits: &m.inference.logits, features: &m.inference.features };
-            let cancel = Cancel::new()?;
+            let cancel = CancelToken::new()?;
             drop(sliding_window(&model, &names, prepared.image.view(), tile, &window, &cancel, &mut |_| true)?);
             let t = Instant::now();
             let out = sliding_window(&model, &names, prepared.image.view(), tile, &window, &cancel, &mut |_| true)?;

@@ -19,13 +19,15 @@ use std::sync::{Arc, RwLock};
 use ndarray::{s, Array2, Array3, Array4, ArrayD, ArrayView4, ArrayViewMut4, Axis};
 
 use crate::bundle::{Bundle, SourceKnowledge};
+use crate::cancel::CancelToken;
 use crate::error::{Error, ErrorKind, Result};
+use crate::labels::argmax_classes;
 use crate::model::Model;
-use crate::preprocess::{model_grid, prepare_in_place, resample_peak_elements, ModelGrid, ModelImage};
+use crate::preprocess::{self, model_grid, prepare_in_place_on, ModelGrid, ModelImage};
 use crate::runtime::{Device, RuntimeOptions};
 use crate::score::{entropy_map, Score, ScoreOptions, VolumeStats};
 use crate::volume::Volume;
-use crate::window::{sliding_window_slabs, Cancel, OutputNames, SlabSink, WindowOptions};
+use crate::window::{self, sliding_window_slabs, OutputNames, SlabSink, WindowOptions};
 
 /// Everything an engine can be configured with; `Default` gives the documented defaults.
 #[derive(Clone, Debug, Default)]
@@ -177,7 +179,7 @@ impl Engine {
     /// Preprocesses `volume`, runs the sliding window and returns probabilities on the model grid.
     /// Holds the whole [classes, Z, Y, X] probability volume; [`Engine::segment`] and
     /// [`Engine::score`] stream z-slabs instead.
-    pub fn infer(&self, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Inference> {
+    pub fn infer(&self, volume: &Volume, cancel: &CancelToken, progress: Progress<'_>) -> Result<Inference> {
         let (image, grid) = self.prepare(volume, Work::Infer)?;
         self.infer_model_image(image, grid, cancel, progress)
     }
@@ -197,7 +199,7 @@ impl Engine {
         &self,
         image: ArrayView4<'_, f32>,
         grid: &ModelGrid,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
     ) -> Result<Inference> {
         let [z, y, x] = grid.model_shape();
@@ -216,7 +218,7 @@ impl Engine {
         &self,
         image: ModelImage<'_>,
         grid: ModelGrid,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
     ) -> Result<Inference> {
         let [z, y, x] = grid.model_shape();
@@ -241,7 +243,7 @@ impl Engine {
         &self,
         volume: &Volume,
         outputs: SegmentOutputs,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
     ) -> Result<Segmentation> {
         let (image, grid) = self.prepare(volume, Work::Segment(outputs))?;
@@ -252,7 +254,7 @@ impl Engine {
         self.stream(image, cancel, progress, &mut |z0, mut slab| {
             softmax_in_place(slab.view_mut());
             let zs = z0..z0 + slab.shape()[1];
-            labels.slice_mut(s![zs.clone(), .., ..]).assign(&argmax(slab.view()));
+            labels.slice_mut(s![zs.clone(), .., ..]).assign(&argmax_classes(slab.view()));
             if let Some(h) = entropy.as_mut() {
                 h.slice_mut(s![zs.clone(), .., ..]).assign(&entropy_map(slab.view()));
             }
@@ -268,9 +270,9 @@ impl Engine {
         Ok(Segmentation { labels, probabilities, entropy })
     }
 
-    /// Scores `volume` for how informative annotating it would be (method.md section 1). The
+    /// Scores `volume` for how informative annotating it would be (docs/method.md section 1). The
     /// probabilities are streamed in z-slabs into [`VolumeStats`]; no full probability volume is held.
-    pub fn score(&self, id: &str, volume: &Volume, cancel: &Cancel, progress: Progress<'_>) -> Result<Score> {
+    pub fn score(&self, id: &str, volume: &Volume, cancel: &CancelToken, progress: Progress<'_>) -> Result<Score> {
         let source = self.source.as_ref().ok_or_else(|| {
             Error::unsupported(format!(
                 "model bundle '{}' ships no source knowledge, which scoring needs",
@@ -298,16 +300,19 @@ impl Engine {
         stats.into_score(id, features.view(), source)
     }
 
+    /// Builds the model grid once, checks the memory limit on it and prepares the volume on it.
     fn prepare<'a>(&self, volume: &'a Volume, work: Work) -> Result<(ModelImage<'a>, ModelGrid)> {
-        self.check_memory(work, || self.memory_estimate(volume, work))?;
-        prepare_in_place(volume, &self.bundle.manifest().input)
+        let input = &self.bundle.manifest().input;
+        let grid = model_grid(volume, input)?;
+        self.check_memory(work, || Ok(self.estimate_on(volume, &grid, work)))?;
+        prepare_in_place_on(volume, input, grid)
     }
 
     /// Runs the streaming sliding window over `image` (dropped when it ends) on the current model.
     fn stream(
         &self,
         image: ModelImage<'_>,
-        cancel: &Cancel,
+        cancel: &CancelToken,
         progress: Progress<'_>,
         sink: &mut SlabSink<'_>,
     ) -> Result<Array2<f32>> {
@@ -321,76 +326,58 @@ impl Engine {
     /// Estimated peak heap bytes of `work` on `volume`, the caller's volume included (ONNX
     /// Runtime's own arena is not counted). The memory limit compares this number.
     ///
-    /// Phases, each counted with what is alive then: preprocessing (a reoriented copy unless the
-    /// volume is already RAS, the resampling passes, the padded model-grid image — none of which
-    /// exists when the volume is already RAS at the model spacing: tiles are then read from the
-    /// caller's voxels); the streaming window (image, accumulators over one tile of z, the batch
-    /// tensors, the model-grid outputs:
-    /// u8 labels, and the entropy/probability maps only if asked for); mapping outputs back onto
-    /// the original grid (f32 label volume, then each optional map).
+    /// Phases, each counted with what is alive then: preprocessing ([`preprocess::peak_bytes`]);
+    /// the streaming window (the model-grid image [`preprocess::image_bytes`], the window's
+    /// buffers [`window::peak_bytes`], and the outputs: full probabilities, the voxel statistics
+    /// [`VolumeStats::peak_bytes`], or u8 labels and the entropy/probability maps if asked for);
+    /// mapping outputs back onto the original grid ([`ModelGrid::labels_to_original_peak_bytes`],
+    /// then each optional map, [`ModelGrid::to_original_peak_bytes`]).
     pub fn memory_estimate(&self, volume: &Volume, work: Work) -> Result<u64> {
-        let m = self.bundle.manifest();
-        let grid = model_grid(volume, &m.input)?;
-        let (c, k) = (volume.channels(), m.classes.len());
-        let f = 4usize;
-        let voxels = |d: [usize; 3]| d.iter().product::<usize>();
-        let input = volume.data().len() * f;
-        let reoriented = !grid.orientation().is_identity();
-        let resampled = c * voxels(grid.resampled_dims()) * f;
-        let model_voxels = voxels(grid.model_shape());
-        // Read in place (no model-grid copy) when neither reoriented nor resampled.
-        let in_place = !reoriented && !grid.is_resampled();
-        let image = if in_place { 0 } else { c * model_voxels * f };
-        let percentile_copy = match m.input.normalization {
-            crate::bundle::Normalization::Percentile { .. } => voxels(grid.resampled_dims()) * f,
-            _ => 0,
-        };
-        let prep = input
-            + percentile_copy
-            + if in_place {
-                0
-            } else {
-                (resample_peak_elements(grid.canonical_dims(), c, grid.resampled_dims(), reoriented) * f)
-                    .max(resampled + image)
-            };
+        let grid = model_grid(volume, &self.bundle.manifest().input)?;
+        Ok(self.estimate_on(volume, &grid, work))
+    }
 
-        let window = self.window_bytes(&grid);
+    /// [`Engine::memory_estimate`] on the grid of `volume`, already built.
+    fn estimate_on(&self, volume: &Volume, grid: &ModelGrid, work: Work) -> u64 {
+        let m = self.bundle.manifest();
+        let (c, k) = (volume.channels(), m.classes.len());
+        let f = std::mem::size_of::<f32>();
+        let voxels = |d: [usize; 3]| d.iter().product::<usize>();
+        let input = std::mem::size_of_val(volume.data());
+        let model_voxels = voxels(grid.model_shape());
+        let prep = input + preprocess::peak_bytes(grid, c, &m.input.normalization);
+
         let valid = {
             let [vz, vy, vx] = grid.valid_region();
             [vz.len(), vy.len(), vx.len()]
         };
         let outputs = match work {
             Work::Infer => k * model_voxels * f,
-            Work::Score => (self.options.score.foreground_dilation + 2) * k * valid[1] * valid[2] * f,
+            Work::Score => VolumeStats::peak_bytes(k, valid, &self.options.score),
             Work::Segment(o) => {
                 model_voxels
                     + if o.entropy { model_voxels * f } else { 0 }
                     + if o.probabilities { k * model_voxels * f } else { 0 }
             }
         };
-        let during = input + image + window + outputs;
+        let during = input + preprocess::image_bytes(grid, c) + self.window_bytes(grid) + outputs;
 
         let mut after = 0;
         if let Work::Segment(o) = work {
+            // Back to the original grid: the label map, then each optional map.
             let original = voxels(grid.original_dims()) * f;
-            let undo = if reoriented { 1 } else { 0 };
-            // Back to the original grid: the one-channel map, then its reoriented copy.
-            let back = |ch: usize| {
-                let resample = resample_peak_elements(grid.resampled_dims(), ch, grid.canonical_dims(), true) * f;
-                ch * voxels(grid.resampled_dims()) * f + resample.max(ch * original * (1 + undo))
-            };
             let mut held = input + outputs;
-            after = held + original * (1 + undo);
+            after = held + grid.labels_to_original_peak_bytes();
             held = held - model_voxels + original;
             if o.probabilities {
-                after = after.max(held + back(k));
+                after = after.max(held + grid.to_original_peak_bytes(k));
                 held = held - k * model_voxels * f + k * original;
             }
             if o.entropy {
-                after = after.max(held + back(1));
+                after = after.max(held + grid.to_original_peak_bytes(1));
             }
         }
-        Ok((prep.max(during).max(after) + SMALL_BUFFERS) as u64)
+        (prep.max(during).max(after) + SMALL_BUFFERS) as u64
     }
 
     /// Estimated peak heap bytes of [`Engine::infer_prepared`] on an image of `grid`, the
@@ -404,16 +391,16 @@ impl Engine {
         (image + self.window_bytes(grid) + outputs + SMALL_BUFFERS) as u64
     }
 
-    /// The streaming window's own buffers: accumulators over one tile of z and the batch tensors.
+    /// The streaming window's own buffers ([`window::peak_bytes`]) for this bundle's tiles.
     fn window_bytes(&self, grid: &ModelGrid) -> usize {
         let m = self.bundle.manifest();
-        let (c, k, f) = (m.input.channels, m.classes.len(), 4);
-        let [tz, ty, tx] = m.input.patch_size;
-        let [_, my, mx] = grid.model_shape();
-        let accumulators = (k + 1) * tz * my * mx * f;
-        let passes = if self.options.window.mirror { 2 } else { 1 };
-        let batch = self.options.window.tiles_per_batch * tz * ty * tx * f * (2 * c + (2 + passes) * k);
-        accumulators + batch
+        window::peak_bytes(
+            grid.model_shape(),
+            m.input.patch_size,
+            m.input.channels,
+            m.classes.len(),
+            &self.options.window,
+        )
     }
 
     /// Refuses work whose estimated working set (`estimate`, computed only when a limit is set)
@@ -474,17 +461,6 @@ pub fn softmax_in_place(mut logits: ArrayViewMut4<'_, f32>) {
     }
 }
 
-fn argmax(probabilities: ArrayView4<'_, f32>) -> Array3<u8> {
-    let (_, z, y, x) = probabilities.dim();
-    Array3::from_shape_fn((z, y, x), |(k, j, i)| {
-        let lane = probabilities.slice(s![.., k, j, i]);
-        lane.iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (c, &p)| if p > best.1 { (c, p) } else { best })
-            .0 as u8
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,6 +475,6 @@ mod tests {
         }
         assert!(a[[2, 0, 0, 0]] > a[[1, 0, 0, 0]] && a[[1, 0, 0, 0]] > a[[0, 0, 0, 0]]);
         assert!(a.iter().all(|v| v.is_finite()), "large logits must not overflow");
-        assert_eq!(argmax(a.view())[[0, 0, 0]], 2);
+        assert_eq!(crate::labels::argmax_classes(a.view())[[0, 0, 0]], 2);
     }
 }

@@ -7,19 +7,23 @@
 #[doc(hidden)]
 pub mod atomic_file;
 pub mod bundle;
+pub mod cancel;
 pub mod engine;
 pub mod error;
 // The C ABI: compiled into the cdylib for its #[no_mangle] symbols; not Rust API.
 #[doc(hidden)]
 pub mod ffi;
 pub mod finetune;
+pub mod labels;
 pub mod log;
 pub mod model;
 mod onnx_proto;
 pub mod preprocess;
+pub mod rng;
 pub mod runtime;
 pub mod score;
 pub mod select;
+pub mod stats;
 #[doc(hidden)]
 pub mod tensors;
 pub mod volume;

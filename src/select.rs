@@ -1,4 +1,4 @@
-//! Selection of the volumes to annotate (shared/design/method.md, section 1 "Query") and of the
+//! Selection of the volumes to annotate (docs/method.md, section 1 "Query") and of the
 //! reliable unlabeled volumes for selective semi-supervised fine-tuning (section 2).
 //!
 //! Input: the [`Score`]s of every volume of the target site and the ids of those already labeled
@@ -26,7 +26,7 @@
 //!
 //! The result depends on the scores and options only, never on the order of `scores` (the pool is
 //! processed in id order) nor on the platform: the random baselines use a hand-written SplitMix64
-//! ([`SplitMix64`]) with integer arithmetic, so a seed gives the same picks everywhere.
+//! ([`crate::rng::SplitMix64`]) with integer arithmetic, so a seed gives the same picks everywhere.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -35,7 +35,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use crate::score::Score;
+use crate::stats::quantile;
 
 /// The [`Selection`] JSON format this build writes and reads.
 pub const SELECTION_FORMAT_VERSION: u32 = 1;
@@ -356,56 +358,6 @@ pub fn rank01(values: &[f64]) -> Vec<f64> {
         i = j + 1;
     }
     ranks
-}
-
-/// Quantile `q` in [0, 1] of `values` by linear interpolation between order statistics (numpy's
-/// default, "type 7"). `values` must not be empty nor hold NaN.
-pub fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let h = q * (v.len() - 1) as f64;
-    let lo = h.floor() as usize;
-    let hi = h.ceil() as usize;
-    v[lo] + (h - lo as f64) * (v[hi] - v[lo])
-}
-
-/// SplitMix64 (Steele, Lea and Flood 2014; the generator that seeds xoshiro): a 64-bit state
-/// advanced by a Weyl constant and a bijective mixer. Integer-only, so a seed gives the same
-/// stream on every platform; ample quality for shuffling a few thousand volume ids. Hand-written
-/// to keep the library free of a dependency whose stream might change between versions.
-#[derive(Clone, Debug)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, n) without modulo bias (Lemire's multiply-and-reject). `n` must be > 0.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = u128::from(self.next_u64()) * u128::from(n);
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
 }
 
 /// Picks `options.budget` volumes of the pool (`scores` not in `labeled`) with
@@ -757,36 +709,5 @@ mod tests {
         assert_eq!(rank01(&[7.0, 7.0, 7.0]), vec![0.5, 0.5, 0.5]);
         assert_eq!(rank01(&[0.0, -0.0, 1.0]), vec![0.25, 0.25, 1.0]);
         assert!(rank01(&[]).is_empty());
-    }
-
-    #[test]
-    fn quantile_interpolates_like_numpy() {
-        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 0.5), 2.5);
-        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
-        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 0.0), 1.0);
-        assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 1.0), 4.0);
-        assert!((quantile(&[0.0, 10.0], 0.25) - 2.5).abs() < 1e-12);
-    }
-
-    #[test]
-    fn splitmix64_matches_the_reference_stream() {
-        // First outputs for seed 1234567 of the reference C implementation (Vigna's splitmix64.c).
-        let mut r = SplitMix64::new(1234567);
-        assert_eq!(r.next_u64(), 6457827717110365317);
-        assert_eq!(r.next_u64(), 3203168211198807973);
-        assert_eq!(r.next_u64(), 9817491932198370423);
-    }
-
-    #[test]
-    fn below_stays_in_range_and_reaches_every_value() {
-        let mut r = SplitMix64::new(9);
-        let mut seen = [false; 7];
-        for _ in 0..1000 {
-            let v = r.below(7) as usize;
-            seen[v] = true;
-        }
-        assert!(seen.iter().all(|&s| s));
-        let u = r.unit();
-        assert!((0.0..1.0).contains(&u));
     }
 }

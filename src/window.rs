@@ -7,12 +7,9 @@
 //! the z range of one tile, handing each finished z-slab to a sink; the volume-sized blend of
 //! [`sliding_window`] is built on top of it for callers that want it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
 use ndarray::{s, Array2, Array3, Array4, Array5, ArrayView4, ArrayViewMut4, Axis};
-use ort::session::RunOptions;
 
+use crate::cancel::CancelToken;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 
@@ -84,73 +81,6 @@ pub struct WindowOutput {
     pub features: Array2<f32>,
 }
 
-/// Lets another thread stop a running sliding window, including an ONNX Runtime run in flight.
-///
-/// Creating one needs no ONNX Runtime (its run options are made on the first model run), so a C
-/// caller can make a token before any engine exists. One token may serve several calls, also
-/// concurrently: triggering it stops them all.
-pub struct Cancel {
-    flag: AtomicBool,
-    run_options: OnceLock<RunOptions>,
-}
-
-impl Cancel {
-    /// A token that is not triggered. Infallible today; `Result` keeps room for a runtime that
-    /// needs resources up front.
-    pub fn new() -> Result<Cancel> {
-        Ok(Cancel { flag: AtomicBool::new(false), run_options: OnceLock::new() })
-    }
-
-    /// Requests cancellation; the in-flight run (if any) is terminated by ONNX Runtime. Safe
-    /// from any thread, any number of times.
-    pub fn cancel(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        if let Some(options) = self.run_options.get() {
-            let _ = options.terminate();
-        }
-    }
-
-    /// Un-triggers the token so it can serve another call. Only call it while no call uses the
-    /// token: a call in flight may or may not see the reset.
-    pub fn reset(&self) -> Result<()> {
-        self.flag.store(false, Ordering::SeqCst);
-        if let Some(options) = self.run_options.get() {
-            options.unterminate()?;
-        }
-        Ok(())
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-    }
-
-    /// Whether a model run has started with this token (its run options exist): from then on a
-    /// [`Cancel::cancel`] reaches ONNX Runtime directly.
-    pub fn run_started(&self) -> bool {
-        self.run_options.get().is_some()
-    }
-
-    /// The run options every model run of a call uses, so [`Cancel::cancel`] can terminate it.
-    pub fn run_options(&self) -> Result<&RunOptions> {
-        if let Some(options) = self.run_options.get() {
-            return Ok(options);
-        }
-        let fresh = RunOptions::new()?;
-        let options = self.run_options.get_or_init(|| fresh);
-        // A cancel() that ran before the options existed only set the flag; carry it over so a
-        // run started now stops too (cancel() stores the flag before reading the options, so one
-        // of the two always sees the other).
-        if self.is_cancelled() {
-            let _ = options.terminate();
-        }
-        Ok(options)
-    }
-
-    fn cancelled_error() -> Error {
-        Error::new(ErrorKind::Cancelled, "cancelled by the caller")
-    }
-}
-
 /// Which model outputs hold the logits and the features.
 pub struct OutputNames<'a> {
     pub logits: &'a str,
@@ -167,7 +97,7 @@ pub fn sliding_window(
     image: ArrayView4<'_, f32>,
     tile: [usize; 3],
     options: &WindowOptions,
-    cancel: &Cancel,
+    cancel: &CancelToken,
     progress: &mut dyn FnMut(f64) -> bool,
 ) -> Result<WindowOutput> {
     let shape = [image.shape()[1], image.shape()[2], image.shape()[3]];
@@ -213,6 +143,8 @@ pub type SlabSink<'a> = dyn FnMut(usize, ArrayViewMut4<'_, f32>) -> Result<()> +
 /// The arithmetic per voxel is that of one whole-grid accumulator (same tile order, same
 /// operations), so the slabs equal [`sliding_window`]'s logits bit for bit without mirroring;
 /// with mirroring, a batch's 8 passes are summed before weighting (float rounding differs).
+///
+/// Runs `model` through ONNX Runtime; [`sliding_window_slabs_with`] takes any predictor.
 #[allow(clippy::too_many_arguments)]
 pub fn sliding_window_slabs(
     model: &Model,
@@ -220,7 +152,27 @@ pub fn sliding_window_slabs(
     image: &dyn TileSource,
     tile: [usize; 3],
     options: &WindowOptions,
-    cancel: &Cancel,
+    cancel: &CancelToken,
+    progress: &mut dyn FnMut(f64) -> bool,
+    sink: &mut SlabSink<'_>,
+) -> Result<Array2<f32>> {
+    let mut predict = |input: Array5<f32>| run_tiles(model, names, input, cancel);
+    sliding_window_slabs_with(&mut predict, image, tile, options, cancel, progress, sink)
+}
+
+/// A model on a batch of tiles, as the sliding window calls it (MONAI's `predictor` callable):
+/// input [B, C, z, y, x] -> (logits [B, K, z, y, x], features [B, F]).
+pub type Predict<'a> = dyn FnMut(Array5<f32>) -> Result<(Array5<f32>, Array2<f32>)> + 'a;
+
+/// [`sliding_window_slabs`] with any predictor in place of an ONNX Runtime model: tiling,
+/// mirroring, Gaussian blending, streaming and cancellation are all here; `predict` only maps a
+/// batch of tiles to their logits and features. `cancel` is checked before every predictor call.
+pub fn sliding_window_slabs_with(
+    predict: &mut Predict<'_>,
+    image: &dyn TileSource,
+    tile: [usize; 3],
+    options: &WindowOptions,
+    cancel: &CancelToken,
     progress: &mut dyn FnMut(f64) -> bool,
     sink: &mut SlabSink<'_>,
 ) -> Result<Array2<f32>> {
@@ -247,9 +199,9 @@ pub fn sliding_window_slabs(
         let mut summed: Option<Array5<f32>> = None;
         for axes in &flips {
             if cancel.is_cancelled() {
-                return Err(Cancel::cancelled_error());
+                return Err(CancelToken::cancelled_error());
             }
-            let (logits, feats) = run_tiles(model, names, flipped(&input, axes), cancel)?;
+            let (logits, feats) = predict(flipped(&input, axes))?;
             let logits = flipped(&logits, axes);
             match summed.as_mut() {
                 None => summed = Some(logits),
@@ -258,7 +210,7 @@ pub fn sliding_window_slabs(
             features.extend(feats.outer_iter().map(|f| f.to_owned()));
             done += batch.len();
             if !progress(done as f64 / total) {
-                return Err(Cancel::cancelled_error());
+                return Err(CancelToken::cancelled_error());
             }
         }
         let logits = summed.ok_or_else(|| Error::internal("no mirrored pass ran"))?;
@@ -314,16 +266,37 @@ fn emit(acc: &mut Array4<f32>, weight: &mut Array3<f32>, n: usize, z0: usize, si
     Ok(())
 }
 
+/// Peak heap bytes of the streaming sliding window's own buffers over a model-grid image of
+/// `model_shape` (z, y, x) with `channels` input channels, `classes` output classes and tiles
+/// of `tile` (z, y, x): the accumulators over one tile of z (logits and weights) and the batch
+/// tensors (input, its mirrored copy, the logits and their sum). The image itself and what the
+/// sink keeps are not counted.
+pub fn peak_bytes(
+    model_shape: [usize; 3],
+    tile: [usize; 3],
+    channels: usize,
+    classes: usize,
+    options: &WindowOptions,
+) -> usize {
+    let f = std::mem::size_of::<f32>();
+    let [tz, ty, tx] = tile;
+    let [_, my, mx] = model_shape;
+    let accumulators = (classes + 1) * tz * my * mx * f;
+    let passes = if options.mirror { 2 } else { 1 };
+    let batch = options.tiles_per_batch * tz * ty * tx * f * (2 * channels + (2 + passes) * classes);
+    accumulators + batch
+}
+
 /// One ORT run on a batch of tiles: logits [B, K, z, y, x] and features [B, F].
 fn run_tiles(
     model: &Model,
     names: &OutputNames<'_>,
     input: Array5<f32>,
-    cancel: &Cancel,
+    cancel: &CancelToken,
 ) -> Result<(Array5<f32>, Array2<f32>)> {
     let outputs = model.run_with_options(input.view().into_dyn(), cancel.run_options()?).map_err(|e| {
         if cancel.is_cancelled() {
-            Cancel::cancelled_error()
+            CancelToken::cancelled_error()
         } else {
             e
         }
@@ -426,5 +399,139 @@ mod tests {
         ] {
             assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
         }
+    }
+
+    /// The tiles themselves as logits (K = C) and each tile's mean as its feature.
+    fn identity(input: Array5<f32>) -> Result<(Array5<f32>, Array2<f32>)> {
+        let means = input.outer_iter().map(|t| t.mean().unwrap_or(0.0)).collect::<Vec<_>>();
+        let features = Array2::from_shape_vec((means.len(), 1), means).unwrap();
+        Ok((input, features))
+    }
+
+    fn ramp(shape: [usize; 4]) -> Array4<f32> {
+        Array4::from_shape_fn(shape, |(c, z, y, x)| (c * 1000 + z * 100 + y * 10 + x) as f32)
+    }
+
+    /// (first z, slab) as the sink received them.
+    type Slabs = Vec<(usize, Array4<f32>)>;
+
+    /// Runs the streaming window with `predict` over `image` and collects the slabs.
+    fn run(
+        predict: &mut Predict<'_>,
+        image: &Array4<f32>,
+        tile: [usize; 3],
+        options: &WindowOptions,
+        cancel: &CancelToken,
+    ) -> Result<(Slabs, Array2<f32>)> {
+        let mut slabs = Vec::new();
+        let features = sliding_window_slabs_with(
+            predict,
+            &image.view(),
+            tile,
+            options,
+            cancel,
+            &mut |_| true,
+            &mut |z0, slab| {
+                slabs.push((z0, slab.to_owned()));
+                Ok(())
+            },
+        )?;
+        Ok((slabs, features))
+    }
+
+    fn assembled(slabs: &[(usize, Array4<f32>)], shape: [usize; 4]) -> Array4<f32> {
+        let mut out = Array4::from_elem(shape, f32::NAN);
+        for (z0, slab) in slabs {
+            out.slice_mut(s![.., *z0..*z0 + slab.shape()[1], .., ..]).assign(slab);
+        }
+        out
+    }
+
+    #[test]
+    fn identity_predictor_gives_back_the_image() {
+        let shape = [2, 11, 9, 7];
+        let image = ramp(shape);
+        for mirror in [false, true] {
+            let options = WindowOptions { tiles_per_batch: 3, mirror, ..Default::default() };
+            let (slabs, features) =
+                run(&mut identity, &image, [4, 5, 4], &options, &CancelToken::new().unwrap()).unwrap();
+            let out = assembled(&slabs, shape);
+            for (a, b) in out.iter().zip(image.iter()) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "mirror {mirror}: {a} vs {b}");
+            }
+            let tiles = tile_grid([11, 9, 7], [4, 5, 4], 0.5).len();
+            assert_eq!(features.dim(), (tiles * if mirror { 8 } else { 1 }, 1));
+        }
+    }
+
+    #[test]
+    fn gaussian_weights_normalise_to_one() {
+        let image = Array4::<f32>::zeros((1, 13, 6, 10));
+        let mut constant = |input: Array5<f32>| {
+            let (b, _, z, y, x) = input.dim();
+            Ok((Array5::from_elem((b, 3, z, y, x), 1.0f32), Array2::zeros((b, 2))))
+        };
+        let (slabs, _) =
+            run(&mut constant, &image, [5, 4, 4], &WindowOptions::default(), &CancelToken::new().unwrap()).unwrap();
+        let out = assembled(&slabs, [3, 13, 6, 10]);
+        assert!(out.iter().all(|v| (v - 1.0).abs() < 1e-6), "blended constant logits must stay 1");
+    }
+
+    #[test]
+    fn slabs_come_in_order_and_cover_every_slice_once() {
+        let image = ramp([1, 23, 5, 5]);
+        let options = WindowOptions { tiles_per_batch: 1, ..Default::default() };
+        let (slabs, _) = run(&mut identity, &image, [6, 5, 5], &options, &CancelToken::new().unwrap()).unwrap();
+        assert!(slabs.len() > 1, "a tall image streams in several slabs");
+        let mut next = 0;
+        for (z0, slab) in &slabs {
+            assert_eq!(*z0, next, "slabs are consecutive, in increasing z");
+            assert!(slab.shape()[1] > 0 && slab.shape()[1] <= 6, "a slab is at most one tile deep");
+            next += slab.shape()[1];
+        }
+        assert_eq!(next, 23);
+    }
+
+    #[test]
+    fn cancel_and_progress_stop_the_window() {
+        let image = ramp([1, 12, 8, 8]);
+        let tile = [4, 4, 4];
+        let calls = std::cell::Cell::new(0);
+        let mut counting = |input: Array5<f32>| {
+            calls.set(calls.get() + 1);
+            identity(input)
+        };
+        let cancel = CancelToken::new().unwrap();
+        cancel.cancel();
+        let err = run(&mut counting, &image, tile, &WindowOptions::default(), &cancel).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled);
+        assert_eq!(calls.get(), 0, "a cancelled token stops the window before any predictor call");
+
+        cancel.reset().unwrap();
+        let mut stop_after_first = |_: f64| false;
+        let err = sliding_window_slabs_with(
+            &mut counting,
+            &image.view(),
+            tile,
+            &WindowOptions::default(),
+            &cancel,
+            &mut stop_after_first,
+            &mut |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled);
+        assert_eq!(calls.get(), 1, "progress returning false stops after the batch that reported it");
+    }
+
+    #[test]
+    fn predictor_errors_and_small_images_are_reported() {
+        let image = ramp([1, 8, 8, 8]);
+        let mut failing = |_: Array5<f32>| -> Result<(Array5<f32>, Array2<f32>)> { Err(Error::invalid_data("boom")) };
+        let err =
+            run(&mut failing, &image, [4, 4, 4], &WindowOptions::default(), &CancelToken::new().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+        let err =
+            run(&mut identity, &image, [9, 4, 4], &WindowOptions::default(), &CancelToken::new().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     }
 }

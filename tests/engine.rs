@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs, Work};
 use asfda::runtime::RuntimeOptions;
 use asfda::score::Score;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use asfda::ErrorKind;
 
 mod common;
@@ -57,11 +57,11 @@ fn mean_dice(pred: &Volume, truth: &Volume) -> f64 {
 }
 
 fn segment_labels(engine: &Engine, v: &Volume) -> Volume {
-    engine.segment(v, SegmentOutputs::default(), &Cancel::new().unwrap(), &mut |_| true).unwrap().labels
+    engine.segment(v, SegmentOutputs::default(), &CancelToken::new().unwrap(), &mut |_| true).unwrap().labels
 }
 
 fn score(engine: &Engine, id: &str, v: &Volume) -> Score {
-    engine.score(id, v, &Cancel::new().unwrap(), &mut |_| true).unwrap()
+    engine.score(id, v, &CancelToken::new().unwrap(), &mut |_| true).unwrap()
 }
 
 #[test]
@@ -69,7 +69,12 @@ fn segmentation_lands_on_the_callers_grid() {
     let engine = engine();
     let (image, label) = cases("t1", 1).remove(0);
     let seg = engine
-        .segment(&image, SegmentOutputs { probabilities: true, entropy: true }, &Cancel::new().unwrap(), &mut |_| true)
+        .segment(
+            &image,
+            SegmentOutputs { probabilities: true, entropy: true },
+            &CancelToken::new().unwrap(),
+            &mut |_| true,
+        )
         .unwrap();
     assert!(seg.labels.same_grid(&image));
     assert!(mean_dice(&seg.labels, &label) > 0.95, "source-site Dice {}", mean_dice(&seg.labels, &label));
@@ -179,21 +184,21 @@ fn cancellation_returns_cancelled_and_the_engine_stays_usable() {
     let (image, _) = cases("t1", 1).remove(0);
     let mut calls = 0;
     let err = engine
-        .score("x", &image, &Cancel::new().unwrap(), &mut |_| {
+        .score("x", &image, &CancelToken::new().unwrap(), &mut |_| {
             calls += 1;
             calls < 2
         })
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
     assert_eq!(calls, 2);
-    assert!(engine.score("x", &image, &Cancel::new().unwrap(), &mut |_| true).is_ok());
+    assert!(engine.score("x", &image, &CancelToken::new().unwrap(), &mut |_| true).is_ok());
 }
 
 #[test]
 fn bad_inputs_are_refused_clearly() {
     let engine = engine();
     let (image, _) = cases("t1", 1).remove(0);
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
 
     let two = Volume::new([image.data(), image.data()].concat(), image.dims(), 2, image.affine()).unwrap();
     let err = engine.score("two", &two, &cancel, &mut |_| true).unwrap_err();
@@ -263,7 +268,7 @@ fn a_cancel_from_another_thread_stops_a_model_run_in_flight() {
     };
     let engine = Engine::new(&root().join("models/demo_brain_unet"), options).unwrap();
     let (image, _) = cases("t1", 1).remove(0);
-    let cancel = Arc::new(Cancel::new().unwrap());
+    let cancel = Arc::new(CancelToken::new().unwrap());
     let remote = Arc::clone(&cancel);
     // Triggers as soon as the run has started (its run options exist), not after a delay.
     let canceller = std::thread::spawn(move || {
@@ -289,7 +294,7 @@ fn a_cancel_from_another_thread_stops_a_model_run_in_flight() {
     let after = engine.score("x", &image, &cancel, &mut |_| true).unwrap();
     assert_eq!(after.to_json(), score(&engine, "x", &image).to_json());
     // A token triggered before the call stops it before any model run.
-    let early = Cancel::new().unwrap();
+    let early = CancelToken::new().unwrap();
     early.cancel();
     assert_eq!(engine.score("x", &image, &early, &mut |_| true).unwrap_err().kind(), ErrorKind::Cancelled);
     assert!(!early.run_started());
@@ -305,7 +310,12 @@ fn probability_and_entropy_maps_are_consistent_with_the_labels() {
     let engine = engine();
     let (image, _) = cases("t1", 1).remove(0);
     let seg = engine
-        .segment(&image, SegmentOutputs { probabilities: true, entropy: true }, &Cancel::new().unwrap(), &mut |_| true)
+        .segment(
+            &image,
+            SegmentOutputs { probabilities: true, entropy: true },
+            &CancelToken::new().unwrap(),
+            &mut |_| true,
+        )
         .unwrap();
     let (probs, entropy) = (seg.probabilities.unwrap(), seg.entropy.unwrap());
     assert!(probs.same_grid(&image) && entropy.same_grid(&image) && entropy.channels() == 1);
@@ -332,7 +342,7 @@ fn streaming_scores_and_segmentations_equal_whole_volume_ones() {
     let engine = engine();
     for site in ["t1", "spacing_orient"] {
         let (image, _) = cases(site, 1).remove(0);
-        let cancel = Cancel::new().unwrap();
+        let cancel = CancelToken::new().unwrap();
         // Reference: the whole-grid probabilities of Engine::infer, scored in one piece.
         let inference = engine.infer(&image, &cancel, &mut |_| true).unwrap();
         let source = engine.bundle().source_knowledge().unwrap().unwrap();
@@ -368,7 +378,7 @@ fn the_memory_limit_counts_the_optional_maps() {
         EngineOptions { memory_limit_bytes: (labels_only + with_maps) / 2, ..Default::default() },
     )
     .unwrap();
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     let Err(err) =
         limited.segment(&image, SegmentOutputs { probabilities: true, entropy: true }, &cancel, &mut |_| true)
     else {
@@ -383,7 +393,7 @@ fn the_memory_limit_counts_the_optional_maps() {
 fn inference_on_a_prepared_image_equals_inference_on_its_volume() {
     use asfda::preprocess::prepare;
     let engine = engine();
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     // t1 is read in place by infer (RAS at the model spacing); spacing_orient is reoriented and
     // resampled, so both of infer's paths are compared with the prepared one.
     for site in ["t1", "spacing_orient"] {
@@ -404,7 +414,7 @@ fn a_prepared_image_of_the_wrong_shape_or_over_the_memory_limit_is_refused() {
     let (image, _) = cases("t1", 1).remove(0);
     let plain = engine();
     let prepared = prepare(&image, &plain.bundle().manifest().input).unwrap();
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     let cropped = prepared.image.slice(ndarray::s![.., 1.., .., ..]);
     let Err(err) = plain.infer_prepared(cropped, &prepared.grid, &cancel, &mut |_| true) else {
         panic!("a cropped image must be refused");
@@ -425,4 +435,25 @@ fn a_prepared_image_of_the_wrong_shape_or_over_the_memory_limit_is_refused() {
         panic!("over the memory limit");
     };
     assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+}
+
+#[test]
+fn implausible_voxel_spacing_is_refused_naming_it() {
+    let engine = engine();
+    let mut affine = [[0.0; 4]; 4];
+    for (d, s) in [1e-30, 1.0, 1.0].into_iter().enumerate() {
+        affine[d][d] = s;
+    }
+    affine[3][3] = 1.0;
+    let tiny = Volume::new(vec![0.0; 8 * 8 * 8], [8, 8, 8], 1, affine).unwrap();
+    let cancel = CancelToken::new().unwrap();
+    let errors = [
+        engine.score("tiny", &tiny, &cancel, &mut |_| true).unwrap_err(),
+        engine.segment(&tiny, SegmentOutputs::default(), &cancel, &mut |_| true).err().unwrap(),
+        engine.memory_estimate(&tiny, Work::Score).unwrap_err(),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+        assert!(e.message().contains("1e-30") && e.message().contains("implausible"), "{e}");
+    }
 }

@@ -11,14 +11,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
 use asfda::finetune::checkpoint;
 use asfda::finetune::sampling::{poly_lr, ramp_weight};
 use asfda::finetune::{FineTuneOptions, FineTuner};
+use asfda::rng::SplitMix64;
 use asfda::runtime::RuntimeOptions;
-use asfda::select::SplitMix64;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use asfda::ErrorKind;
 use ndarray::s;
 
@@ -230,7 +230,7 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
     let pseudo = tuner.labels("u").unwrap();
     let ignore = tuner.ignore_label();
     assert_eq!(pseudo, &expected_pseudo(&engine, &unlabeled, 0.9, ignore));
-    let inference = engine.infer(&unlabeled, &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let inference = engine.infer(&unlabeled, &CancelToken::new().unwrap(), &mut |_| true).unwrap();
     let valid = inference.grid.valid_region();
     let (mut ignored_inside, mut labelled) = (0, 0);
     for ((k, j, i), &l) in pseudo.indexed_iter() {
@@ -290,7 +290,7 @@ fn export_and_apply_run_the_fine_tuned_weights() {
     tuner.add_labeled("l", &image, &label).unwrap();
 
     // Before any step, evaluation is the bundle's own segmentation scored against the label.
-    let seg = engine.segment(&image, SegmentOutputs::default(), &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let seg = engine.segment(&image, SegmentOutputs::default(), &CancelToken::new().unwrap(), &mut |_| true).unwrap();
     let dice = tuner.evaluate(&[(&image, &label)]).unwrap();
     assert_eq!(dice.len(), 4);
     for (c, d) in dice.iter().enumerate() {
@@ -317,7 +317,7 @@ fn export_and_apply_run_the_fine_tuned_weights() {
     // The exported bundle loads (validated against its graphs and checkpoint) and its standalone
     // model gives what the original engine gives once switched to the fine-tuned weights.
     let adapted = Engine::new(&out, engine.options().clone()).unwrap();
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     let before = engine.infer(&image, &cancel, &mut |_| true).unwrap().probabilities;
     tuner.apply_to(&engine).unwrap();
     let applied = engine.infer(&image, &cancel, &mut |_| true).unwrap().probabilities;
@@ -423,7 +423,7 @@ fn bad_inputs_are_refused_with_clear_errors() {
 /// Pseudo-labels as method.md defines them, from an engine's inference: argmax where the top
 /// probability reaches `tau`, `ignore` elsewhere and on the padding.
 fn expected_pseudo(engine: &Engine, image: &Volume, tau: f32, ignore: i64) -> ndarray::Array3<i64> {
-    let inference = engine.infer(image, &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let inference = engine.infer(image, &CancelToken::new().unwrap(), &mut |_| true).unwrap();
     let valid = inference.grid.valid_region();
     let (_, z, y, x) = inference.probabilities.dim();
     ndarray::Array3::from_shape_fn((z, y, x), |(k, j, i)| {

@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs, Work};
 use asfda::finetune::{FineTuneOptions, FineTuner};
 use asfda::preprocess::prepare;
 use asfda::runtime::RuntimeOptions;
 use asfda::volume::Volume;
-use asfda::window::Cancel;
 
 struct Counting;
 
@@ -120,7 +120,7 @@ fn measure(dims: [usize; 3], spacing: f64) -> (usize, usize, u64) {
     let image = phantom(dims, spacing);
     let input = image.data().len() * 4;
     let estimate = engine.memory_estimate(&image, Work::Segment(SegmentOutputs::default())).unwrap();
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     let seg = engine.segment(&image, SegmentOutputs::default(), &cancel, &mut |_| true).unwrap();
     assert!(seg.labels.same_grid(&image));
     let classes: std::collections::BTreeSet<u32> = seg.labels.data().iter().step_by(997).map(|&l| l as u32).collect();
@@ -193,8 +193,9 @@ fn the_estimate_covers_the_peak_of_inference_on_a_prepared_image() {
     let image_bytes = prepared.image.len() * 4;
     let baseline = CURRENT.load(Ordering::SeqCst);
     PEAK.store(baseline, Ordering::SeqCst);
-    let inference =
-        engine.infer_prepared(prepared.image.view(), &prepared.grid, &Cancel::new().unwrap(), &mut |_| true).unwrap();
+    let inference = engine
+        .infer_prepared(prepared.image.view(), &prepared.grid, &CancelToken::new().unwrap(), &mut |_| true)
+        .unwrap();
     let peak = PEAK.load(Ordering::SeqCst) - baseline + image_bytes;
     drop(inference);
     let estimate = engine.memory_estimate_prepared(&prepared.grid);

@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 
 use asfda::score::{Score, ScoreOptions, SCORE_FORMAT_VERSION};
-use asfda::select::{quantile, rank01, select, GapKind, Method, SelectOptions, Selection, SELECTION_FORMAT_VERSION};
+use asfda::select::{rank01, select, GapKind, Method, SelectOptions, Selection, SELECTION_FORMAT_VERSION};
+use asfda::stats::quantile;
 use asfda::ErrorKind;
 
 /// xorshift64*: deterministic test data without a rand dependency.

@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use asfda::bundle::Bundle;
+use asfda::cancel::CancelToken;
 use asfda::model::Model;
 use asfda::runtime::RuntimeOptions;
 use asfda::volume::{read_nifti, ReadOptions};
-use asfda::window::{sliding_window, Cancel, OutputNames, WindowOptions, WindowOutput};
+use asfda::window::{sliding_window, OutputNames, WindowOptions, WindowOutput};
 use asfda::ErrorKind;
 use ndarray::{s, Array4, Axis};
 
@@ -47,8 +48,10 @@ fn names(bundle: &Bundle) -> OutputNames<'_> {
 
 /// Runs the sliding window with 64^3 tiles to completion.
 fn blend(model: &Model, bundle: &Bundle, img: &Array4<f32>, options: &WindowOptions) -> WindowOutput {
-    sliding_window(model, &names(bundle), img.view(), [64, 64, 64], options, &Cancel::new().unwrap(), &mut |_| true)
-        .unwrap()
+    sliding_window(model, &names(bundle), img.view(), [64, 64, 64], options, &CancelToken::new().unwrap(), &mut |_| {
+        true
+    })
+    .unwrap()
 }
 
 #[test]
@@ -67,7 +70,7 @@ fn one_tile_covering_the_volume_equals_a_whole_volume_pass() {
 fn overlapping_tiles_cover_the_volume_and_report_progress() {
     let (bundle, model) = demo();
     let img = image([96, 64, 80]);
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     let mut seen = Vec::new();
     let options = WindowOptions { tiles_per_batch: 1, ..Default::default() };
     let out = sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &options, &cancel, &mut |f| {
@@ -91,13 +94,13 @@ fn overlapping_tiles_cover_the_volume_and_report_progress() {
 fn progress_returning_false_cancels_and_the_model_stays_usable() {
     let (bundle, model) = demo();
     let img = image([96, 64, 64]);
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     let options = WindowOptions { tiles_per_batch: 1, ..Default::default() };
     let err = sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &options, &cancel, &mut |_| false)
         .err()
         .unwrap();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
-    let fresh = Cancel::new().unwrap();
+    let fresh = CancelToken::new().unwrap();
     assert!(sliding_window(&model, &names(&bundle), img.view(), [64, 64, 64], &options, &fresh, &mut |_| true).is_ok());
 }
 
@@ -105,7 +108,7 @@ fn progress_returning_false_cancels_and_the_model_stays_usable() {
 fn cancel_from_another_thread_stops_the_run() {
     let (bundle, model) = demo();
     let img = image([128, 64, 96]);
-    let cancel = Arc::new(Cancel::new().unwrap());
+    let cancel = Arc::new(CancelToken::new().unwrap());
     let remote = Arc::clone(&cancel);
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(200));

@@ -5,11 +5,12 @@ use std::ffi::{c_char, c_void};
 
 use super::volume::{into_handle, AsfdaVolume};
 use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
+use crate::cancel::CancelToken;
 use crate::engine::{Engine, EngineOptions, SegmentOutputs};
 use crate::error::{Error, Result};
 use crate::runtime::{Device, RuntimeOptions};
 use crate::score::Score;
-use crate::window::{Cancel, WindowOptions};
+use crate::window::WindowOptions;
 
 /// A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
 /// from several threads at once (model runs are serialised; results equal serial ones).
@@ -142,14 +143,14 @@ fn progress_closure(callback: AsfdaProgressFn, user_data: *mut c_void) -> impl F
 /// any thread while a call runs) and idempotent. A token stays triggered until
 /// asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
 /// while a call uses it.
-pub struct AsfdaCancel(Cancel);
+pub struct AsfdaCancel(CancelToken);
 
 /// Creates an untriggered cancellation token; free it with asfda_cancel_free().
 #[no_mangle]
 pub extern "C" fn asfda_cancel_new(out_cancel: *mut *mut AsfdaCancel) -> AsfdaStatus {
     guard(|| {
         check_out(out_cancel, "out_cancel")?;
-        write_out(out_cancel, Box::into_raw(Box::new(AsfdaCancel(Cancel::new()?))));
+        write_out(out_cancel, Box::into_raw(Box::new(AsfdaCancel(CancelToken::new()?))));
         Ok(())
     })
 }
@@ -190,11 +191,11 @@ pub extern "C" fn asfda_cancel_free(cancel: *mut AsfdaCancel) {
 }
 
 /// The caller's token, or a private one when `cancel` is NULL.
-fn token(cancel: *const AsfdaCancel, private: &mut Option<Cancel>) -> Result<&Cancel> {
+fn token(cancel: *const AsfdaCancel, private: &mut Option<CancelToken>) -> Result<&CancelToken> {
     // SAFETY: a non-NULL token comes from asfda_cancel_new and outlives the call (contract).
     match unsafe { cancel.as_ref() } {
         Some(c) => Ok(&c.0),
-        None => Ok(private.insert(Cancel::new()?)),
+        None => Ok(private.insert(CancelToken::new()?)),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use ndarray::{Array3, Array4, Array5, Axis};
 
-use super::sampling::{crop_image, crop_labels, sample_patch, step_rng, uniform, ForegroundIndex, Patch};
+use super::sampling::{crop_image, crop_labels, sample_patch, step_rng, ForegroundIndex, Patch};
 use super::ssft::FineTuneOptions;
 use crate::preprocess::{ModelGrid, Prepared};
 
@@ -78,14 +78,14 @@ pub(super) fn plan(
     let mut rng = step_rng(o.seed, t);
     (0..o.batch_size)
         .map(|_| {
-            let labeled = uniform(&mut rng) < o.labeled_fraction || pseudo.is_empty();
+            let labeled = rng.unit() < o.labeled_fraction || pseudo.is_empty();
             let volume = if labeled {
                 rng.below(annotated.len() as u64) as usize
             } else {
                 pseudo[rng.below(pseudo.len() as u64) as usize]
             };
             let sample = if labeled { &annotated[volume] } else { &pseudo_labelled[volume] };
-            let foreground = uniform(&mut rng) < o.foreground_fraction;
+            let foreground = rng.unit() < o.foreground_fraction;
             let (z, y, x) = sample.labels.dim();
             let patch = sample_patch(&mut rng, [z, y, x], patch_size, &sample.foreground, foreground);
             PlannedPatch { labeled, volume, id: sample.id.clone(), patch }

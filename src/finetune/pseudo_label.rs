@@ -2,15 +2,15 @@
 //! probability reaches `pseudo_label_threshold` ([`pseudo_labels`]), and the check that the
 //! labelling model is good enough on the annotated volumes to be trusted at all ([`check`]).
 
-use ndarray::{Array3, ArrayView4};
+use ndarray::{s, Array3, ArrayView4};
 
 use super::batch::{Sample, IGNORED};
 use super::dice::{mean_over, mean_per_class, Overlap};
-use super::ssft::top_class;
+use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::labels::top_class;
 use crate::preprocess::ModelGrid;
-use crate::window::Cancel;
 
 /// A pseudo-labelled volume ready to add to a [`super::FineTuner`] ([`super::FineTuner::pseudo_label_volume`]).
 #[derive(Clone)]
@@ -62,7 +62,7 @@ pub(super) fn pseudo_labels(
     grid: &ModelGrid,
     threshold: f64,
 ) -> Result<(Array3<u8>, f64)> {
-    let inference = labeler.infer_prepared(image, grid, &Cancel::new()?, &mut |_| true)?;
+    let inference = labeler.infer_prepared(image, grid, &CancelToken::new()?, &mut |_| true)?;
     let probs = &inference.probabilities;
     let (_, z, y, x) = probs.dim();
     let tau = threshold as f32;
@@ -72,7 +72,7 @@ pub(super) fn pseudo_labels(
     for k in rz.clone() {
         for j in ry.clone() {
             for i in rx.clone() {
-                let (best, p) = top_class(probs, [k, j, i]);
+                let (best, p) = top_class(probs.slice(s![.., k, j, i]).iter().copied());
                 if p >= tau {
                     labels[[k, j, i]] = best as u8;
                     kept += 1;
@@ -102,11 +102,11 @@ pub(super) fn check(
     let classes = labeler.bundle().manifest().classes.len();
     let mut per_volume = Vec::with_capacity(labeled.len());
     for l in labeled {
-        let probs = labeler.infer_prepared(l.image.view(), &l.grid, &Cancel::new()?, &mut |_| true)?.probabilities;
+        let probs = labeler.infer_prepared(l.image.view(), &l.grid, &CancelToken::new()?, &mut |_| true)?.probabilities;
         let mut overlap = Overlap::new(classes);
         for ((k, j, i), &truth) in l.labels.indexed_iter() {
             if truth != IGNORED {
-                overlap.add(top_class(&probs, [k, j, i]).0, usize::from(truth));
+                overlap.add(top_class(probs.slice(s![.., k, j, i]).iter().copied()).0, usize::from(truth));
             }
         }
         per_volume.push(overlap.dice());

@@ -7,7 +7,7 @@
 
 use ndarray::{s, Array3, Array4, ArrayViewMut3, ArrayViewMut4};
 
-use crate::select::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// The random stream of step `t` (0-based) of a run seeded with `seed`.
 ///
@@ -16,11 +16,6 @@ use crate::select::SplitMix64;
 pub fn step_rng(seed: u64, t: u64) -> SplitMix64 {
     let mixed = SplitMix64::new(t).next_u64();
     SplitMix64::new(seed ^ mixed)
-}
-
-/// Uniform in [0, 1) from the top 53 bits of the stream.
-pub fn uniform(rng: &mut SplitMix64) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// nnU-Net's polynomial decay: `lr * (1 - min(t, T) / T)^exponent` for the step with 0-based
@@ -210,7 +205,7 @@ mod tests {
         assert_eq!(draw(7, 3), draw(7, 3));
         assert_ne!(draw(7, 3), draw(7, 4));
         assert_ne!(draw(7, 3), draw(8, 3));
-        let u = uniform(&mut step_rng(1, 1));
+        let u = step_rng(1, 1).unit();
         assert!((0.0..1.0).contains(&u));
     }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ndarray::{s, Array3, Array4, ArrayView4};
+use ndarray::{Array3, ArrayView4};
 use serde::{Deserialize, Serialize};
 
 use super::batch::{self, PlannedPatch, Sample, IGNORED};
@@ -16,11 +16,11 @@ use super::sampling::{poly_lr, ramp_weight};
 use super::step::{Batch, Trainer};
 use crate::atomic_file;
 use crate::bundle::{Adaptation, Manifest};
+use crate::cancel::CancelToken;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::{prepare, ModelGrid, Prepared};
 use crate::volume::Volume;
-use crate::window::Cancel;
 
 /// Fine-tuning settings. `Default` gives the documented defaults; `None` fields take the
 /// bundle manifest's value. Choices marked \[RECON\] are this project's reconstruction of what
@@ -585,7 +585,7 @@ impl FineTuner {
         let engine = self.labeler.with_weights(&self.trainer.weights())?;
         let mut per_volume = Vec::with_capacity(cases.len());
         for (image, label) in cases {
-            let seg = engine.segment(image, Default::default(), &Cancel::new()?, &mut |_| true)?;
+            let seg = engine.segment(image, Default::default(), &CancelToken::new()?, &mut |_| true)?;
             let mut overlap = Overlap::new(classes);
             for (&p, &t) in seg.labels.data().iter().zip(label.data()) {
                 overlap.add(p as usize, t as usize);
@@ -656,15 +656,6 @@ impl FineTuner {
         }
         engine.set_weights(&self.trainer.weights())
     }
-}
-
-/// The most probable class at voxel `at` of `probs` [C, Z, Y, X], and its probability.
-pub(super) fn top_class(probs: &Array4<f32>, [k, j, i]: [usize; 3]) -> (usize, f32) {
-    probs
-        .slice(s![.., k, j, i])
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (c, &p)| if p > b.1 { (c, p) } else { b })
 }
 
 /// Tells the host (log callback) whether the pseudo-labels are used: a withheld pseudo-label set

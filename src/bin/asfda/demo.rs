@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::finetune::{FineTuneOptions, FineTuner};
 use asfda::score::Score;
 use asfda::select::{select, Method, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{bundle, engine_options, library, number, overlap, shipped, whole, RuntimeFlags, HELP_TEMPLATE};
@@ -157,7 +157,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let overlap = engine_options.window.overlap;
     let bundle = bundle(args.bundle.as_deref());
     let engine = Engine::new(&bundle, engine_options)?;
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let classes = engine.bundle().manifest().classes.clone();
 
     // 1. Score the pool.

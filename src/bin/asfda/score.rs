@@ -1,9 +1,9 @@
 //! `asfda score`: scores volumes for how informative annotating them would be.
 
+use asfda::cancel::CancelToken;
 use asfda::engine::Engine;
 use asfda::score::Score;
 use asfda::volume::{read_nifti, ReadOptions};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     check_output(out, "out")?;
     let volumes = inputs(&args.images, args.folder.as_deref())?;
     let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let mut progress = Progress::new(volumes.len(), "scoring");
     let mut scores: Vec<Score> = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();

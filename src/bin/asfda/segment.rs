@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
@@ -60,7 +60,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
 
     let mut progress = Progress::new(1, "segmenting");
     progress.start(0, &volume_id(&image_path));
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let segmentation = engine.segment(&image, outputs, &cancel, &mut |f| {
         progress.update(f);
         true

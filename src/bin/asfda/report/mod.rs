@@ -8,10 +8,10 @@ pub mod render;
 
 use std::path::{Path, PathBuf};
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::select::Selection;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 use asfda::{Error, Result};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
@@ -91,7 +91,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let available = inputs(&args.images, args.folder.as_deref())?;
 
     let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
-    let cancel = Cancel::new()?;
+    let cancel = CancelToken::new()?;
     let mut progress = Progress::new(selection.picks.len(), "computing the entropy of");
     let mut loaded: Vec<(String, Volume, Volume)> = Vec::new();
     for (index, pick) in selection.picks.iter().enumerate() {

@@ -7,11 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
+use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, EngineOptions, SegmentOutputs};
 use asfda::runtime::RuntimeOptions;
 use asfda::select::{select, SelectOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
-use asfda::window::Cancel;
 
 use super::render::{render_figure, write_report, DiceRow, DiceTable, Report, ReportVolume};
 
@@ -60,7 +60,7 @@ fn decode(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
 fn report_from_real_volumes_and_the_demo_model() {
     let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
     let engine = Engine::new(&root().join("models/demo_brain_unet"), options).unwrap();
-    let cancel = Cancel::new().unwrap();
+    let cancel = CancelToken::new().unwrap();
     // An LSP-oriented 1.2 x 1.2 x 2.5 mm volume and a RAS 2 mm one: the report reorients both.
     let sources = [
         ("spacing_orient_pool_000", "spacing_orient/pool/spacing_orient_pool_000_image.nii.gz", [80, 40, 80]),

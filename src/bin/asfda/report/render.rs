@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use asfda::atomic_file;
 use asfda::select::{Pick, Selection};
+use asfda::stats::quantile_nearest_rank;
 use asfda::volume::Volume;
 use asfda::{Error, Result};
 
@@ -459,7 +460,7 @@ pub fn render_figure(report: &Report<'_>) -> Result<Canvas> {
 
         let (image, _) = volume.image.to_canonical();
         let (entropy, _) = volume.entropy.to_canonical();
-        let window = (percentile(image.channel(0), 0.01), percentile(image.channel(0), 0.99));
+        let window = (quantile_nearest_rank(image.channel(0), 0.01), quantile_nearest_rank(image.channel(0), 0.99));
         for (p, plane) in Plane::ALL.into_iter().enumerate() {
             let x = MARGIN + CAPTION_W + p * (PANEL + GAP);
             canvas.text(x, ty, plane.name(), TEXT_SCALE, MUTED);
@@ -604,21 +605,6 @@ pub fn render_markdown(report: &Report<'_>, png_name: &str) -> String {
     md
 }
 
-// ---- Statistics helpers: the report's only ones, kept here until `asfda::stats` (issue 13,
-// item 1) owns them; swap this section for a `use` of that module. ----
-
-/// The `q`-quantile (0..=1) of the finite values of `data` (nearest rank); 0 if none is finite.
-pub fn percentile(data: &[f32], q: f64) -> f32 {
-    let mut v: Vec<f32> = data.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    let k = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-    *v.select_nth_unstable_by(k, f32::total_cmp).1
-}
-
-// ---- End of the statistics helpers. ----
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,14 +710,6 @@ mod tests {
         // The mid sagittal slice (i = 2) is in the right half: +1 everywhere.
         assert_eq!(sagittal.values[0], 111.0, "top-left is anterior and superior");
         assert_eq!(sagittal.values[sagittal.values.len() - 1], 1.0, "bottom-right is posterior and inferior");
-    }
-
-    #[test]
-    fn percentile_ignores_nonfinite_values() {
-        let data: Vec<f32> = (0..=100).map(|v| v as f32).chain([f32::NAN, f32::INFINITY]).collect();
-        assert_eq!(percentile(&data, 0.01), 1.0);
-        assert_eq!(percentile(&data, 0.99), 99.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
     }
 
     fn figure_for(
