@@ -549,12 +549,12 @@ fn ct_window_clips_then_scales() {
     let norm = Normalization::CtWindow { lower: -1000.0, upper: 1000.0, mean: 100.0, std: 50.0 };
     let got = prepare_values(&values, norm);
     assert_eq!(got, vec![-22.0, -22.0, -12.0, -2.0, -1.2, 18.0, 18.0]);
-    let e = prepare(
-        &Volume::new(vec![0.0], [1, 1, 1], 1, ras([1.0; 3], [0.0; 3])).unwrap(),
-        &spec(1, [1, 1, 1], 1, [1.0; 3], Normalization::CtWindow { lower: 0.0, upper: 1.0, mean: 0.0, std: 0.0 }),
-    )
-    .unwrap_err();
+    // A bad spec is refused once, when its bundle loads (InputSpec::validate), not per call.
+    let e = spec(1, [1, 1, 1], 1, [1.0; 3], Normalization::CtWindow { lower: 0.0, upper: 1.0, mean: 0.0, std: 0.0 })
+        .validate()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("input.normalization.std"), "{e}");
 }
 
 #[test]
@@ -573,12 +573,11 @@ fn percentile_clips_to_the_volumes_percentiles_then_zscores() {
     assert_eq!(low, got[values.iter().position(|v| *v == 9.0).unwrap()]);
     assert!(low < at_10);
 
-    let e = prepare(
-        &Volume::new(vec![0.0], [1, 1, 1], 1, ras([1.0; 3], [0.0; 3])).unwrap(),
-        &spec(1, [1, 1, 1], 1, [1.0; 3], Normalization::Percentile { lower: 0.5, upper: 150.0 }),
-    )
-    .unwrap_err();
+    let e = spec(1, [1, 1, 1], 1, [1.0; 3], Normalization::Percentile { lower: 0.5, upper: 150.0 })
+        .validate()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("input.normalization.upper"), "{e}");
 }
 
 #[test]
@@ -599,11 +598,12 @@ fn bad_inputs_give_clear_errors() {
     assert!(e.message().contains("3 NaN or infinite"), "{e}");
 
     let one = Volume::new(vec![1.0; 8], [2, 2, 2], 1, a).unwrap();
-    // An orientation other than RAS is unrepresentable (bundle::InputOrientation).
+    // An orientation other than RAS is unrepresentable (bundle::InputOrientation); the other
+    // fields are checked once, when the bundle loads (InputSpec::validate).
     let s = spec(1, [8, 8, 8], 0, [1.0; 3], IDENTITY);
-    assert_eq!(prepare(&one, &s).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(s.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
     let s = spec(1, [8, 8, 8], 8, [1.0, 0.0, 1.0], IDENTITY);
-    assert_eq!(prepare(&one, &s).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(s.validate().unwrap_err().kind(), ErrorKind::InvalidArgument);
     // A target spacing that would explode the volume is refused before allocating it.
     let s = spec(1, [8, 8, 8], 8, [1e-4; 3], IDENTITY);
     assert_eq!(prepare(&one, &s).unwrap_err().kind(), ErrorKind::TooLarge);
