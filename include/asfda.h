@@ -199,14 +199,14 @@ typedef enum AsfdaNonFinite {
 } AsfdaNonFinite;
 
 /**
- * A cancellation token for score and segment calls. asfda_cancel_trigger() stops the calls
+ * A cancel token for score and segment calls. asfda_cancel_token_cancel() stops the calls
  * using it as soon as possible, including an ONNX Runtime run in flight; they return
- * ASFDA_STATUS_CANCELLED and the engine stays usable. Triggering is thread-safe (call it from
- * any thread while a call runs) and idempotent. A token stays triggered until
- * asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
+ * ASFDA_STATUS_CANCELLED and the engine stays usable. Cancelling is thread-safe (call it from
+ * any thread while a call runs) and idempotent. A token stays cancelled until
+ * asfda_cancel_token_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
  * while a call uses it.
  */
-typedef struct AsfdaCancel AsfdaCancel;
+typedef struct AsfdaCancelToken AsfdaCancelToken;
 
 /**
  * A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
@@ -286,7 +286,7 @@ typedef struct AsfdaEngineOptions {
  * Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
  * ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
  * every batch of tiles, so it stops a call between batches; to stop a model run in flight,
- * use an AsfdaCancel token.
+ * use an AsfdaCancelToken.
  */
 typedef bool (*AsfdaProgressFn)(void *user_data, double fraction);
 
@@ -594,32 +594,33 @@ enum AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
                                      size_t *out_needed);
 
 /**
- * Creates an untriggered cancellation token; free it with asfda_cancel_free().
+ * Creates a cancel token (not cancelled); free it with asfda_cancel_token_free().
  */
-enum AsfdaStatus asfda_cancel_new(struct AsfdaCancel **out_cancel);
+enum AsfdaStatus asfda_cancel_token_new(struct AsfdaCancelToken **out_token);
 
 /**
- * Triggers the token: every call using it stops (also one whose model run is in flight) and
+ * Cancels: every call using the token stops (also one whose model run is in flight) and
  * returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
- * before running the model. Thread-safe; triggering twice is the same as once.
+ * before running the model. Thread-safe; cancelling twice is the same as once.
  */
-enum AsfdaStatus asfda_cancel_trigger(const struct AsfdaCancel *cancel);
+enum AsfdaStatus asfda_cancel_token_cancel(const struct AsfdaCancelToken *token);
 
 /**
- * Un-triggers the token so it can serve further calls. Call it only while no call uses the
+ * Un-cancels the token so it can serve further calls. Call it only while no call uses the
  * token (a call in flight may or may not see the reset).
  */
-enum AsfdaStatus asfda_cancel_reset(const struct AsfdaCancel *cancel);
+enum AsfdaStatus asfda_cancel_token_reset(const struct AsfdaCancelToken *token);
 
 /**
- * Whether the token is triggered.
+ * Whether the token is cancelled.
  */
-enum AsfdaStatus asfda_cancel_is_triggered(const struct AsfdaCancel *cancel, bool *out_triggered);
+enum AsfdaStatus asfda_cancel_token_is_cancelled(const struct AsfdaCancelToken *token,
+                                                 bool *out_cancelled);
 
 /**
  * Frees a token; NULL is a no-op.
  */
-void asfda_cancel_free(struct AsfdaCancel *cancel);
+void asfda_cancel_token_free(struct AsfdaCancelToken *token);
 
 /**
  * Scores one volume for how informative annotating it would be. `id` names it in the score
@@ -631,7 +632,7 @@ enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
                                     const char *id,
                                     AsfdaProgressFn progress,
                                     void *user_data,
-                                    const struct AsfdaCancel *cancel,
+                                    const struct AsfdaCancelToken *cancel,
                                     struct AsfdaScore **out_score);
 
 /**
@@ -651,7 +652,7 @@ enum AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
                                       const struct AsfdaVolume *volume,
                                       AsfdaProgressFn progress,
                                       void *user_data,
-                                      const struct AsfdaCancel *cancel,
+                                      const struct AsfdaCancelToken *cancel,
                                       struct AsfdaVolume **out_labels,
                                       struct AsfdaVolume **out_probabilities,
                                       struct AsfdaVolume **out_entropy);

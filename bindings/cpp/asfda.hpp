@@ -2,7 +2,7 @@
 //
 // - Every failing C call throws asfda::Error (a std::runtime_error) carrying the AsfdaStatus and
 //   the library's thread-local message, read at once on the failing thread.
-// - Handles (Volume, Model, Engine, Score, Cancel, Selection, FineTuner) own their C object
+// - Handles (Volume, Model, Engine, Score, CancelToken, Selection, FineTuner) own their C object
 //   through a std::unique_ptr with the matching *_free as deleter: move-only, never leaked, never
 //   freed twice. A moved-from object is empty; calling a method on it throws
 //   Error(ASFDA_STATUS_INVALID_ARGUMENT) because the C
@@ -393,25 +393,25 @@ public:
     }
 };
 
-/// A cancellation token: cancel() stops the score/segment calls given it, also a model run in
+/// A cancel token: cancel() stops the score/segment calls given it, also a model run in
 /// flight (they throw Error(ASFDA_STATUS_CANCELLED)); callable from any thread, idempotent.
-/// Stays triggered until reset(), which must not run while a call uses the token. Keep it alive
+/// Stays cancelled until reset(), which must not run while a call uses the token. Keep it alive
 /// while calls use it.
-class Cancel : public detail::Owned<AsfdaCancel, asfda_cancel_free> {
+class CancelToken : public detail::Owned<AsfdaCancelToken, asfda_cancel_token_free> {
 public:
-    Cancel() : Owned(create()) {}
-    void cancel() const { detail::check(asfda_cancel_trigger(get())); }
-    void reset() const { detail::check(asfda_cancel_reset(get())); }
-    bool triggered() const {
+    CancelToken() : Owned(create()) {}
+    void cancel() const { detail::check(asfda_cancel_token_cancel(get())); }
+    void reset() const { detail::check(asfda_cancel_token_reset(get())); }
+    bool is_cancelled() const {
         bool out = false;
-        detail::check(asfda_cancel_is_triggered(get(), &out));
+        detail::check(asfda_cancel_token_is_cancelled(get(), &out));
         return out;
     }
 
 private:
-    static AsfdaCancel *create() {
-        AsfdaCancel *out = nullptr;
-        detail::check(asfda_cancel_new(&out));
+    static AsfdaCancelToken *create() {
+        AsfdaCancelToken *out = nullptr;
+        detail::check(asfda_cancel_token_new(&out));
         return out;
     }
 };
@@ -442,7 +442,7 @@ public:
     }
     /// Scores `volume`; `id` names it in the score (file name, series UID). `cancel` may be null.
     Score score(const Volume &volume, const std::string &id, const Progress &progress = {},
-                const Cancel *cancel = nullptr) const {
+                const CancelToken *cancel = nullptr) const {
         detail::ProgressBridge bridge(progress);
         AsfdaScore *out = nullptr;
         const AsfdaStatus status = asfda_score_volume(get(), volume.get(), id.c_str(), bridge.callback(),
@@ -453,12 +453,12 @@ public:
         return result;
     }
     /// Label map (class index per voxel) on the volume's own grid. `cancel` may be null.
-    Volume segment(const Volume &volume, const Progress &progress = {}, const Cancel *cancel = nullptr) const {
+    Volume segment(const Volume &volume, const Progress &progress = {}, const CancelToken *cancel = nullptr) const {
         return std::move(segment_maps(volume, SegmentOutputs{}, progress, cancel).labels);
     }
     /// Label map plus the maps asked for in `outputs`, all on the volume's own grid.
     Segmentation segment_maps(const Volume &volume, SegmentOutputs outputs, const Progress &progress = {},
-                              const Cancel *cancel = nullptr) const {
+                              const CancelToken *cancel = nullptr) const {
         detail::ProgressBridge bridge(progress);
         AsfdaVolume *labels = nullptr;
         AsfdaVolume *probabilities = nullptr;
@@ -475,7 +475,7 @@ public:
     }
 
 private:
-    static const AsfdaCancel *cancel_of(const Cancel *cancel) noexcept { return cancel ? cancel->get() : nullptr; }
+    static const AsfdaCancelToken *cancel_of(const CancelToken *cancel) noexcept { return cancel ? cancel->get() : nullptr; }
     static AsfdaEngine *create(const EngineOptions &options) {
         const AsfdaEngineOptions c = options.to_c();
         AsfdaEngine *out = nullptr;

@@ -256,19 +256,19 @@ static void test_segment_maps(const AsfdaEngine *engine, const AsfdaVolume *vol,
     CHECK(a == sentinel && b == sentinel && c == sentinel);
 }
 
-/* A pthread triggers the token once the first of 8 mirrored passes has reported progress; the
- * call stops before the last pass (no timing involved: the trigger waits for a condition). */
-struct trigger_ctx {
+/* A pthread cancels the token once the first of 8 mirrored passes has reported progress; the
+ * call stops before the last pass (no timing involved: the cancel waits for a condition). */
+struct cancel_ctx {
     pthread_mutex_t mutex;
     pthread_cond_t cond;
     int reports;
     double last;
-    const AsfdaCancel *token;
-    AsfdaStatus trigger_status;
+    const AsfdaCancelToken *token;
+    AsfdaStatus cancel_status;
 };
 
 static bool report_progress(void *user_data, double fraction) {
-    struct trigger_ctx *ctx = (struct trigger_ctx *)user_data;
+    struct cancel_ctx *ctx = (struct cancel_ctx *)user_data;
     pthread_mutex_lock(&ctx->mutex);
     ctx->reports++;
     ctx->last = fraction;
@@ -277,29 +277,29 @@ static bool report_progress(void *user_data, double fraction) {
     return true;
 }
 
-static void *trigger_after_first_report(void *arg) {
-    struct trigger_ctx *ctx = (struct trigger_ctx *)arg;
+static void *cancel_after_first_report(void *arg) {
+    struct cancel_ctx *ctx = (struct cancel_ctx *)arg;
     pthread_mutex_lock(&ctx->mutex);
     while (ctx->reports == 0) pthread_cond_wait(&ctx->cond, &ctx->mutex);
     pthread_mutex_unlock(&ctx->mutex);
-    ctx->trigger_status = asfda_cancel_trigger(ctx->token);
+    ctx->cancel_status = asfda_cancel_token_cancel(ctx->token);
     return NULL;
 }
 
 static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol, const char *bundle) {
-    AsfdaCancel *sentinel = (AsfdaCancel *)&failures, *token = sentinel;
-    EXPECT(asfda_cancel_new(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_cancel");
-    EXPECT(asfda_cancel_trigger(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "cancel");
-    EXPECT(asfda_cancel_reset(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "cancel");
-    asfda_cancel_free(NULL);
-    CHECK(asfda_cancel_new(&token) == ASFDA_STATUS_OK && token != sentinel);
-    bool triggered = true;
-    CHECK(asfda_cancel_is_triggered(token, &triggered) == ASFDA_STATUS_OK && !triggered);
-    EXPECT(asfda_cancel_is_triggered(token, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_triggered");
+    AsfdaCancelToken *sentinel = (AsfdaCancelToken *)&failures, *token = sentinel;
+    EXPECT(asfda_cancel_token_new(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_token");
+    EXPECT(asfda_cancel_token_cancel(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "token");
+    EXPECT(asfda_cancel_token_reset(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "token");
+    asfda_cancel_token_free(NULL);
+    CHECK(asfda_cancel_token_new(&token) == ASFDA_STATUS_OK && token != sentinel);
+    bool cancelled = true;
+    CHECK(asfda_cancel_token_is_cancelled(token, &cancelled) == ASFDA_STATUS_OK && !cancelled);
+    EXPECT(asfda_cancel_token_is_cancelled(token, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_cancelled");
 
-    /* Triggered before the call (twice: idempotent): cancelled at once, nothing written. */
-    CHECK(asfda_cancel_trigger(token) == ASFDA_STATUS_OK && asfda_cancel_trigger(token) == ASFDA_STATUS_OK);
-    CHECK(asfda_cancel_is_triggered(token, &triggered) == ASFDA_STATUS_OK && triggered);
+    /* Cancelled before the call (twice: idempotent): cancelled at once, nothing written. */
+    CHECK(asfda_cancel_token_cancel(token) == ASFDA_STATUS_OK && asfda_cancel_token_cancel(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_token_is_cancelled(token, &cancelled) == ASFDA_STATUS_OK && cancelled);
     AsfdaScore *score_sentinel = (AsfdaScore *)&failures, *score = score_sentinel;
     EXPECT(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score), ASFDA_STATUS_CANCELLED, "cancel");
     AsfdaVolume *labels = NULL;
@@ -308,7 +308,7 @@ static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol,
     CHECK(score == score_sentinel && labels == NULL);
 
     /* Reset: the same token serves a whole call. */
-    CHECK(asfda_cancel_reset(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_token_reset(token) == ASFDA_STATUS_OK);
     CHECK(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score) == ASFDA_STATUS_OK);
     asfda_score_free(score);
 
@@ -318,22 +318,22 @@ static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol,
     opts.mirror = true;
     AsfdaEngine *mirrored = NULL;
     CHECK(asfda_engine_new(&opts, &mirrored) == ASFDA_STATUS_OK);
-    struct trigger_ctx ctx = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0.0, token, ASFDA_STATUS_INTERNAL};
+    struct cancel_ctx ctx = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0.0, token, ASFDA_STATUS_INTERNAL};
     pthread_t thread;
-    CHECK(pthread_create(&thread, NULL, trigger_after_first_report, &ctx) == 0);
+    CHECK(pthread_create(&thread, NULL, cancel_after_first_report, &ctx) == 0);
     score = score_sentinel;
     EXPECT(asfda_score_volume(mirrored, vol, "x", report_progress, &ctx, token, &score), ASFDA_STATUS_CANCELLED,
            "cancel");
     CHECK(pthread_join(thread, NULL) == 0);
-    CHECK(ctx.trigger_status == ASFDA_STATUS_OK);
+    CHECK(ctx.cancel_status == ASFDA_STATUS_OK);
     CHECK(score == score_sentinel);
     CHECK(ctx.reports >= 1 && ctx.last < 1.0); /* stopped before the last pass */
     /* The engine stays usable (with the token reset). */
-    CHECK(asfda_cancel_reset(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_token_reset(token) == ASFDA_STATUS_OK);
     CHECK(asfda_segment_volume(mirrored, vol, NULL, NULL, token, &labels, NULL, NULL) == ASFDA_STATUS_OK);
     asfda_volume_free(labels);
     asfda_engine_free(mirrored);
-    asfda_cancel_free(token);
+    asfda_cancel_token_free(token);
 }
 
 static void test_engine_and_scores(const char *image, const char *bundle) {

@@ -313,14 +313,14 @@ void test_engine(const std::string &image, const std::string &bundle) {
     const asfda::Segmentation only_labels = engine.segment_maps(vol, asfda::SegmentOutputs{});
     EXPECT(!only_labels.probabilities && !only_labels.entropy);
 
-    // A cancellation token: triggered before the call, the call throws CANCELLED; once reset,
+    // A cancel token: cancelled before the call, the call throws CANCELLED; once reset,
     // the same token serves a call to the end.
-    const asfda::Cancel token;
+    const asfda::CancelToken token;
     token.cancel();
-    EXPECT(token.triggered());
+    EXPECT(token.is_cancelled());
     EXPECT_ERROR(engine.score(vol, "x", {}, &token), ASFDA_STATUS_CANCELLED, "cancel");
     token.reset();
-    EXPECT(!token.triggered() && engine.score(vol, "anatomical", {}, &token).to_json() == json);
+    EXPECT(!token.is_cancelled() && engine.score(vol, "anatomical", {}, &token).to_json() == json);
 
     // Two threads scoring with one engine get the serial result.
     std::vector<std::string> results(2);

@@ -44,7 +44,7 @@ pub struct AsfdaEngineOptions {
 /// Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
 /// ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
 /// every batch of tiles, so it stops a call between batches; to stop a model run in flight,
-/// use an AsfdaCancel token.
+/// use an AsfdaCancelToken.
 pub type AsfdaProgressFn = Option<extern "C" fn(user_data: *mut c_void, fraction: f64) -> bool>;
 
 /// The scalar scores of a volume.
@@ -136,62 +136,65 @@ fn progress_closure(callback: AsfdaProgressFn, user_data: *mut c_void) -> impl F
     move |fraction| callback.is_none_or(|f| f(user_data, fraction))
 }
 
-/// A cancellation token for score and segment calls. asfda_cancel_trigger() stops the calls
+/// A cancel token for score and segment calls. asfda_cancel_token_cancel() stops the calls
 /// using it as soon as possible, including an ONNX Runtime run in flight; they return
-/// ASFDA_STATUS_CANCELLED and the engine stays usable. Triggering is thread-safe (call it from
-/// any thread while a call runs) and idempotent. A token stays triggered until
-/// asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
+/// ASFDA_STATUS_CANCELLED and the engine stays usable. Cancelling is thread-safe (call it from
+/// any thread while a call runs) and idempotent. A token stays cancelled until
+/// asfda_cancel_token_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
 /// while a call uses it.
-pub struct AsfdaCancel(Cancel);
+pub struct AsfdaCancelToken(Cancel);
 
-/// Creates an untriggered cancellation token; free it with asfda_cancel_free().
+/// Creates a cancel token (not cancelled); free it with asfda_cancel_token_free().
 #[no_mangle]
-pub extern "C" fn asfda_cancel_new(out_cancel: *mut *mut AsfdaCancel) -> AsfdaStatus {
+pub extern "C" fn asfda_cancel_token_new(out_token: *mut *mut AsfdaCancelToken) -> AsfdaStatus {
     guard(|| {
-        check_out(out_cancel, "out_cancel")?;
-        write_out(out_cancel, Box::into_raw(Box::new(AsfdaCancel(Cancel::new()?))));
+        check_out(out_token, "out_token")?;
+        write_out(out_token, Box::into_raw(Box::new(AsfdaCancelToken(Cancel::new()?))));
         Ok(())
     })
 }
 
-/// Triggers the token: every call using it stops (also one whose model run is in flight) and
+/// Cancels: every call using the token stops (also one whose model run is in flight) and
 /// returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
-/// before running the model. Thread-safe; triggering twice is the same as once.
+/// before running the model. Thread-safe; cancelling twice is the same as once.
 #[no_mangle]
-pub extern "C" fn asfda_cancel_trigger(cancel: *const AsfdaCancel) -> AsfdaStatus {
+pub extern "C" fn asfda_cancel_token_cancel(token: *const AsfdaCancelToken) -> AsfdaStatus {
     guard(|| {
-        non_null(cancel, "cancel")?.0.cancel();
+        non_null(token, "token")?.0.cancel();
         Ok(())
     })
 }
 
-/// Un-triggers the token so it can serve further calls. Call it only while no call uses the
+/// Un-cancels the token so it can serve further calls. Call it only while no call uses the
 /// token (a call in flight may or may not see the reset).
 #[no_mangle]
-pub extern "C" fn asfda_cancel_reset(cancel: *const AsfdaCancel) -> AsfdaStatus {
-    guard(|| non_null(cancel, "cancel")?.0.reset())
+pub extern "C" fn asfda_cancel_token_reset(token: *const AsfdaCancelToken) -> AsfdaStatus {
+    guard(|| non_null(token, "token")?.0.reset())
 }
 
-/// Whether the token is triggered.
+/// Whether the token is cancelled.
 #[no_mangle]
-pub extern "C" fn asfda_cancel_is_triggered(cancel: *const AsfdaCancel, out_triggered: *mut bool) -> AsfdaStatus {
+pub extern "C" fn asfda_cancel_token_is_cancelled(
+    token: *const AsfdaCancelToken,
+    out_cancelled: *mut bool,
+) -> AsfdaStatus {
     guard(|| {
-        check_out(out_triggered, "out_triggered")?;
-        let triggered = non_null(cancel, "cancel")?.0.is_cancelled();
-        write_out(out_triggered, triggered);
+        check_out(out_cancelled, "out_cancelled")?;
+        let cancelled = non_null(token, "token")?.0.is_cancelled();
+        write_out(out_cancelled, cancelled);
         Ok(())
     })
 }
 
 /// Frees a token; NULL is a no-op.
 #[no_mangle]
-pub extern "C" fn asfda_cancel_free(cancel: *mut AsfdaCancel) {
-    free_handle(cancel);
+pub extern "C" fn asfda_cancel_token_free(token: *mut AsfdaCancelToken) {
+    free_handle(token);
 }
 
 /// The caller's token, or a private one when `cancel` is NULL.
-fn token(cancel: *const AsfdaCancel, private: &mut Option<Cancel>) -> Result<&Cancel> {
-    // SAFETY: a non-NULL token comes from asfda_cancel_new and outlives the call (contract).
+fn token(cancel: *const AsfdaCancelToken, private: &mut Option<Cancel>) -> Result<&Cancel> {
+    // SAFETY: a non-NULL token comes from asfda_cancel_token_new and outlives the call (contract).
     match unsafe { cancel.as_ref() } {
         Some(c) => Ok(&c.0),
         None => Ok(private.insert(Cancel::new()?)),
@@ -208,7 +211,7 @@ pub extern "C" fn asfda_score_volume(
     id: *const c_char,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
-    cancel: *const AsfdaCancel,
+    cancel: *const AsfdaCancelToken,
     out_score: *mut *mut AsfdaScore,
 ) -> AsfdaStatus {
     guard(|| {
@@ -242,7 +245,7 @@ pub extern "C" fn asfda_segment_volume(
     volume: *const AsfdaVolume,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
-    cancel: *const AsfdaCancel,
+    cancel: *const AsfdaCancelToken,
     out_labels: *mut *mut AsfdaVolume,
     out_probabilities: *mut *mut AsfdaVolume,
     out_entropy: *mut *mut AsfdaVolume,

@@ -212,11 +212,11 @@ score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P,
 segment_volume = _declare(
     "asfda_segment_volume", [P, P, PROGRESS_FN, P, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
 )
-cancel_new = _declare("asfda_cancel_new", [C.POINTER(P)])
-cancel_free = _declare("asfda_cancel_free", [P], None)
-cancel_trigger = _declare("asfda_cancel_trigger", [P])
-cancel_reset = _declare("asfda_cancel_reset", [P])
-cancel_is_triggered = _declare("asfda_cancel_is_triggered", [P, C.POINTER(C.c_bool)])
+cancel_token_new = _declare("asfda_cancel_token_new", [C.POINTER(P)])
+cancel_token_free = _declare("asfda_cancel_token_free", [P], None)
+cancel_token_cancel = _declare("asfda_cancel_token_cancel", [P])
+cancel_token_reset = _declare("asfda_cancel_token_reset", [P])
+cancel_token_is_cancelled = _declare("asfda_cancel_token_is_cancelled", [P, C.POINTER(C.c_bool)])
 score_free = _declare("asfda_score_free", [P], None)
 score_values = _declare("asfda_score_values", [P, C.POINTER(ScoreValues)])
 score_embedding = _declare("asfda_score_embedding", [P, C.POINTER(C.c_float), C.c_size_t])

@@ -54,31 +54,30 @@ class EngineOptions:
         return o
 
 
-class Cancel:
-    """A cancellation token: ``trigger()`` from any thread stops a score or segment call that was
+class CancelToken:
+    """A cancel token: ``cancel()`` from any thread stops a score or segment call that was
     given it, even in the middle of a model run; the call raises :class:`CancelledError` and the
     engine stays usable. ``reset()`` makes it reusable (only while no call is using it)."""
 
     def __init__(self):
         out = _lib.P()
-        _lib.check(_lib.cancel_new(C.byref(out)))
+        _lib.check(_lib.cancel_token_new(C.byref(out)))
         self._h = out.value
 
     def __del__(self):
         h, self._h = getattr(self, "_h", None), None
         if h:
-            _lib.cancel_free(h)
+            _lib.cancel_token_free(h)
 
-    def trigger(self) -> None:
-        _lib.check(_lib.cancel_trigger(self._h))
+    def cancel(self) -> None:
+        _lib.check(_lib.cancel_token_cancel(self._h))
 
     def reset(self) -> None:
-        _lib.check(_lib.cancel_reset(self._h))
+        _lib.check(_lib.cancel_token_reset(self._h))
 
-    @property
-    def triggered(self) -> bool:
+    def is_cancelled(self) -> bool:
         flag = C.c_bool()
-        _lib.check(_lib.cancel_is_triggered(self._h, C.byref(flag)))
+        _lib.check(_lib.cancel_token_is_cancelled(self._h, C.byref(flag)))
         return flag.value
 
 
@@ -135,12 +134,12 @@ class Engine:
         volume,
         id: Optional[str] = None,
         progress: Optional[ProgressFn] = None,
-        cancel: Optional[Cancel] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> Score:
         """Scores one volume (an asfda.Volume or a NIfTI path) for how informative annotating it
         would be. ``id`` names it in the score (default: the path's file name, required for a
         Volume). ``progress(fraction)`` may return False to cancel (CancelledError); so does
-        ``cancel.trigger()`` from another thread, even during a model run."""
+        ``cancel.cancel()`` from another thread, even during a model run."""
         if id is None:
             if isinstance(volume, Volume):
                 raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
@@ -155,7 +154,7 @@ class Engine:
         return score
 
     def segment(
-        self, volume, progress: Optional[ProgressFn] = None, cancel: Optional[Cancel] = None
+        self, volume, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None
     ) -> Volume:
         """Segments one volume; returns the label map (class index per voxel, float32) on the
         volume's own grid. Save it with ``labels.save(path, "u8")``."""
@@ -167,7 +166,7 @@ class Engine:
         probabilities: bool = False,
         entropy: bool = False,
         progress: Optional[ProgressFn] = None,
-        cancel: Optional[Cancel] = None,
+        cancel: Optional[CancelToken] = None,
     ) -> Segmentation:
         """Like :meth:`segment`, plus the per-class probability map and/or the normalised
         entropy map on the volume's grid (each costs memory: a probability map has one float32

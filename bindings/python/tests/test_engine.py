@@ -295,22 +295,22 @@ def test_gil_check_detects_a_call_holding_the_gil(small_engine, small):
 
 
 def test_cancel_token_from_another_thread_stops_the_call(small_engine, small):
-    cancel = asfda.Cancel()
-    assert not cancel.triggered
+    cancel = asfda.CancelToken()
+    assert not cancel.is_cancelled()
     reports = []
 
     def progress(fraction):
         reports.append(fraction)
-        if len(reports) == 1:  # trigger from another thread while the next tile runs
-            threading.Thread(target=cancel.trigger).start()
+        if len(reports) == 1:  # cancel from another thread while the next tile runs
+            threading.Thread(target=cancel.cancel).start()
             time.sleep(0.05)
         return True
 
     with pytest.raises(asfda.CancelledError):
         small_engine.score(small, "x", progress=progress, cancel=cancel)
-    assert cancel.triggered and reports[-1] < 1.0
+    assert cancel.is_cancelled() and reports[-1] < 1.0
     cancel.reset()
-    assert not cancel.triggered
+    assert not cancel.is_cancelled()
     assert small_engine.score(small, "x", cancel=cancel).id == "x"  # usable again, token reused
 
 
