@@ -624,15 +624,16 @@ void asfda_cancel_token_free(struct AsfdaCancelToken *token);
 
 /**
  * Scores one volume for how informative annotating it would be. `id` names it in the score
- * (e.g. a file name or series UID). `progress` may be NULL; `cancel` may be NULL (then only
- * the progress callback can stop the call).
+ * (e.g. a file name or series UID). `cancel` may be NULL (then only the progress callback can
+ * stop the call); `progress` may be NULL; `user_data` is passed to `progress`. The argument
+ * order is Rust's `Engine::score(id, volume, cancel, progress)`.
  */
 enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
-                                    const struct AsfdaVolume *volume,
                                     const char *id,
+                                    const struct AsfdaVolume *volume,
+                                    const struct AsfdaCancelToken *cancel,
                                     AsfdaProgressFn progress,
                                     void *user_data,
-                                    const struct AsfdaCancelToken *cancel,
                                     struct AsfdaScore **out_score);
 
 /**
@@ -646,13 +647,13 @@ enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
  * - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
  *   one channel.
  *
- * `progress` and `cancel` may be NULL. Free every volume returned with asfda_volume_free().
+ * `cancel` and `progress` may be NULL (argument order of Rust's `Engine::segment`). Free every volume returned with asfda_volume_free().
  */
 enum AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
                                       const struct AsfdaVolume *volume,
+                                      const struct AsfdaCancelToken *cancel,
                                       AsfdaProgressFn progress,
                                       void *user_data,
-                                      const struct AsfdaCancelToken *cancel,
                                       struct AsfdaVolume **out_labels,
                                       struct AsfdaVolume **out_probabilities,
                                       struct AsfdaVolume **out_entropy);
@@ -702,7 +703,7 @@ enum AsfdaStatus asfda_finetuner_new(const struct AsfdaEngine *engine,
                                      struct AsfdaFineTuner **out_tuner);
 
 /**
- * Continues a run saved with asfda_finetuner_save: weights, optimizer state and step count as
+ * Continues a run saved with asfda_finetuner_save_checkpoint: weights, optimizer state and step count as
  * saved; `options` NULL = the saved options. Add the same volumes again afterwards (any order).
  * ASFDA_STATUS_FORMAT for a truncated or corrupt file, ASFDA_STATUS_INVALID_DATA for a file that
  * is not a fine-tuning checkpoint of this engine's bundle.
@@ -794,7 +795,8 @@ enum AsfdaStatus asfda_finetuner_check_pseudo_labels(struct AsfdaFineTuner *tune
  * temporary file in the same folder renamed over `path`, so a killed process leaves the
  * previous checkpoint or the new one.
  */
-enum AsfdaStatus asfda_finetuner_save(const struct AsfdaFineTuner *tuner, const char *path);
+enum AsfdaStatus asfda_finetuner_save_checkpoint(const struct AsfdaFineTuner *tuner,
+                                                 const char *path);
 
 /**
  * Writes the adapted model bundle to the new folder `dir` (must not exist): manifest, train
@@ -807,8 +809,8 @@ enum AsfdaStatus asfda_finetuner_export_bundle(const struct AsfdaFineTuner *tune
  * Switches `engine` (same bundle) to the fine-tuned weights, without reading the disk; calls
  * already running on it finish with the weights they started with.
  */
-enum AsfdaStatus asfda_finetuner_apply(const struct AsfdaFineTuner *tuner,
-                                       struct AsfdaEngine *engine);
+enum AsfdaStatus asfda_finetuner_apply_to(const struct AsfdaFineTuner *tuner,
+                                          struct AsfdaEngine *engine);
 
 /**
  * Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).

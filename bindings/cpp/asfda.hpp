@@ -317,7 +317,7 @@ public:
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_model_device(get(), b, c, n); });
     }
     /// Runs on the whole volume; the first output as a volume on the same grid.
-    Volume run(const Volume &input) const {
+    Volume run_volume(const Volume &input) const {
         AsfdaVolume *out = nullptr;
         detail::check(asfda_model_run_volume(get(), input.get(), &out));
         return Volume(out);
@@ -441,30 +441,31 @@ public:
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_engine_device(get(), b, c, n); });
     }
     /// Scores `volume`; `id` names it in the score (file name, series UID). `cancel` may be null.
-    Score score(const Volume &volume, const std::string &id, const Progress &progress = {},
-                const CancelToken *cancel = nullptr) const {
+    /// Argument order of Rust's Engine::score and asfda_score_volume: id, volume, cancel, progress.
+    Score score(const std::string &id, const Volume &volume, const CancelToken *cancel = nullptr,
+                const Progress &progress = {}) const {
         detail::ProgressBridge bridge(progress);
         AsfdaScore *out = nullptr;
-        const AsfdaStatus status = asfda_score_volume(get(), volume.get(), id.c_str(), bridge.callback(),
-                                                      bridge.user_data(), cancel_of(cancel), &out);
+        const AsfdaStatus status = asfda_score_volume(get(), id.c_str(), volume.get(), cancel_of(cancel),
+                                                      bridge.callback(), bridge.user_data(), &out);
         Score result(out);  // owned before anything can throw
         bridge.rethrow_if_thrown();
         detail::check(status);
         return result;
     }
     /// Label map (class index per voxel) on the volume's own grid. `cancel` may be null.
-    Volume segment(const Volume &volume, const Progress &progress = {}, const CancelToken *cancel = nullptr) const {
-        return std::move(segment_maps(volume, SegmentOutputs{}, progress, cancel).labels);
+    Volume segment(const Volume &volume, const CancelToken *cancel = nullptr, const Progress &progress = {}) const {
+        return std::move(segment_maps(volume, SegmentOutputs{}, cancel, progress).labels);
     }
     /// Label map plus the maps asked for in `outputs`, all on the volume's own grid.
-    Segmentation segment_maps(const Volume &volume, SegmentOutputs outputs, const Progress &progress = {},
-                              const CancelToken *cancel = nullptr) const {
+    Segmentation segment_maps(const Volume &volume, SegmentOutputs outputs, const CancelToken *cancel = nullptr,
+                              const Progress &progress = {}) const {
         detail::ProgressBridge bridge(progress);
         AsfdaVolume *labels = nullptr;
         AsfdaVolume *probabilities = nullptr;
         AsfdaVolume *entropy = nullptr;
         const AsfdaStatus status = asfda_segment_volume(
-            get(), volume.get(), bridge.callback(), bridge.user_data(), cancel_of(cancel), &labels,
+            get(), volume.get(), cancel_of(cancel), bridge.callback(), bridge.user_data(), &labels,
             outputs.probabilities ? &probabilities : nullptr, outputs.entropy ? &entropy : nullptr);
         Segmentation result{Volume(labels), std::nullopt, std::nullopt};  // owned before anything can throw
         if (probabilities) result.probabilities.emplace(probabilities);
@@ -776,13 +777,13 @@ public:
         return c;
     }
     /// Saves the run crash-safely (temp file + rename).
-    void save(const std::string &path) const { detail::check(asfda_finetuner_save(get(), path.c_str())); }
+    void save_checkpoint(const std::string &path) const { detail::check(asfda_finetuner_save_checkpoint(get(), path.c_str())); }
     /// Writes the adapted bundle to the new folder `dir` (must not exist).
     void export_bundle(const std::string &dir) const {
         detail::check(asfda_finetuner_export_bundle(get(), dir.c_str()));
     }
     /// Switches `engine` (same bundle) to the fine-tuned weights.
-    void apply(Engine &engine) const { detail::check(asfda_finetuner_apply(get(), engine.get())); }
+    void apply_to(Engine &engine) const { detail::check(asfda_finetuner_apply_to(get(), engine.get())); }
 
 private:
     static AsfdaFineTuner *create(const Engine &engine, const FineTuneOptions &options) {

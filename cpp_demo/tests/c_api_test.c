@@ -301,15 +301,15 @@ static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol,
     CHECK(asfda_cancel_token_cancel(token) == ASFDA_STATUS_OK && asfda_cancel_token_cancel(token) == ASFDA_STATUS_OK);
     CHECK(asfda_cancel_token_is_cancelled(token, &cancelled) == ASFDA_STATUS_OK && cancelled);
     AsfdaScore *score_sentinel = (AsfdaScore *)&failures, *score = score_sentinel;
-    EXPECT(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_score_volume(engine, "x", vol, token, NULL, NULL, &score), ASFDA_STATUS_CANCELLED, "cancel");
     AsfdaVolume *labels = NULL;
-    EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, token, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED,
+    EXPECT(asfda_segment_volume(engine, vol, token, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED,
            "cancel");
     CHECK(score == score_sentinel && labels == NULL);
 
     /* Reset: the same token serves a whole call. */
     CHECK(asfda_cancel_token_reset(token) == ASFDA_STATUS_OK);
-    CHECK(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, "x", vol, token, NULL, NULL, &score) == ASFDA_STATUS_OK);
     asfda_score_free(score);
 
     /* From another thread while the call runs: 8 mirrored passes, one ORT run each. */
@@ -322,7 +322,7 @@ static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol,
     pthread_t thread;
     CHECK(pthread_create(&thread, NULL, cancel_after_first_report, &ctx) == 0);
     score = score_sentinel;
-    EXPECT(asfda_score_volume(mirrored, vol, "x", report_progress, &ctx, token, &score), ASFDA_STATUS_CANCELLED,
+    EXPECT(asfda_score_volume(mirrored, "x", vol, token, report_progress, &ctx, &score), ASFDA_STATUS_CANCELLED,
            "cancel");
     CHECK(pthread_join(thread, NULL) == 0);
     CHECK(ctx.cancel_status == ASFDA_STATUS_OK);
@@ -330,7 +330,7 @@ static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol,
     CHECK(ctx.reports >= 1 && ctx.last < 1.0); /* stopped before the last pass */
     /* The engine stays usable (with the token reset). */
     CHECK(asfda_cancel_token_reset(token) == ASFDA_STATUS_OK);
-    CHECK(asfda_segment_volume(mirrored, vol, NULL, NULL, token, &labels, NULL, NULL) == ASFDA_STATUS_OK);
+    CHECK(asfda_segment_volume(mirrored, vol, token, NULL, NULL, &labels, NULL, NULL) == ASFDA_STATUS_OK);
     asfda_volume_free(labels);
     asfda_engine_free(mirrored);
     asfda_cancel_token_free(token);
@@ -362,7 +362,7 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);
     int calls = 0;
     AsfdaScore *score = NULL;
-    CHECK(asfda_score_volume(engine, vol, "anatomical", count_progress, &calls, NULL, &score) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, "anatomical", vol, NULL, count_progress, &calls, &score) == ASFDA_STATUS_OK);
     CHECK(calls >= 1);
     AsfdaScoreValues values;
     CHECK(asfda_score_values(score, &values) == ASFDA_STATUS_OK);
@@ -390,9 +390,9 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
 
     /* Cancellation through the callback; the engine stays usable. */
     AsfdaScore *none = NULL;
-    EXPECT(asfda_score_volume(engine, vol, "x", stop_at_once, NULL, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_score_volume(engine, "x", vol, NULL, stop_at_once, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
     CHECK(none == NULL);
-    EXPECT(asfda_score_volume(engine, vol, NULL, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
+    EXPECT(asfda_score_volume(engine, NULL, vol, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
     AsfdaVolume *labels = NULL;
     CHECK(asfda_segment_volume(engine, vol, NULL, NULL, NULL, &labels, NULL, NULL) == ASFDA_STATUS_OK);
     CHECK(asfda_volume_check_same_grid(vol, labels) == ASFDA_STATUS_OK);

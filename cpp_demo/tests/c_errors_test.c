@@ -119,7 +119,7 @@ static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     EXPECT(asfda_segment_volume(engine, NULL, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'volume'");
     EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, NULL, NULL, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_labels");
     int calls = 0;
-    EXPECT(asfda_segment_volume(engine, vol, cancel_at_once, &calls, NULL, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_segment_volume(engine, vol, NULL, cancel_at_once, &calls, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED, "cancel");
     CHECK(calls == 1 && labels == sentinel);
 
     /* Scores: from JSON, so no model run is needed. */

@@ -184,7 +184,7 @@ void test_model(const std::string &image, const std::string &model_path, const s
     const asfda::Model model = asfda::Model::load(model_path, opts);
     EXPECT(model.device() == "cpu");
     const asfda::Volume vol = asfda::Volume::load(image);
-    const asfda::Volume probs = model.run(vol);
+    const asfda::Volume probs = model.run_volume(vol);
     EXPECT(probs.channels() == 2 && (probs.dims() == asfda::Dims{33, 41, 25}));
     const std::vector<float> p = probs.voxels();
     const std::size_t n = p.size() / 2;
@@ -195,7 +195,7 @@ void test_model(const std::string &image, const std::string &model_path, const s
     asfda::Model moved = asfda::Model::load(model_path, opts);
     asfda::Model target = std::move(moved);
     EXPECT(!moved && target.device() == "cpu");
-    EXPECT_ERROR(moved.run(vol), ASFDA_STATUS_INVALID_ARGUMENT, "model");
+    EXPECT_ERROR(moved.run_volume(vol), ASFDA_STATUS_INVALID_ARGUMENT, "model");
 
     opts.device = "tpu";
     EXPECT_ERROR(asfda::Model::load(model_path, opts), ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
@@ -231,7 +231,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     const asfda::Volume vol = asfda::Volume::load(image);
     int calls = 0;
     bool in_range = true;
-    const asfda::Score score = engine.score(vol, "anatomical", [&](double f) {
+    const asfda::Score score = engine.score("anatomical", vol, nullptr, [&](double f) {
         calls++;
         in_range = in_range && f >= 0 && f <= 1;
         return true;
@@ -257,14 +257,14 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT_ERROR(asfda::Score::from_json("not json"), ASFDA_STATUS_FORMAT, "");
 
     // A callback returning false cancels; the engine stays usable.
-    EXPECT_ERROR(engine.score(vol, "x", [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
-    EXPECT_ERROR(engine.segment(vol, [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT_ERROR(engine.score("x", vol, nullptr, [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT_ERROR(engine.segment(vol, nullptr, [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
 
     // A callback that throws: the exception is caught before the C boundary, the work is
     // cancelled, and the very same exception reaches the caller after the C call returned.
     int throwing_calls = 0;
     try {
-        (void)engine.score(vol, "x", [&](double) -> bool {
+        (void)engine.score("x", vol, nullptr, [&](double) -> bool {
             throwing_calls++;
             throw CallbackFailure("host says stop");
         });
@@ -278,7 +278,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT(throwing_calls == 1);  // never called again once it threw
     int segment_calls = 0;
     try {
-        (void)engine.segment(vol, [&](double) -> bool {
+        (void)engine.segment(vol, nullptr, [&](double) -> bool {
             if (++segment_calls == 1) throw std::out_of_range("segment callback");
             return true;
         });
@@ -289,7 +289,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT(segment_calls == 1);
 
     // Still usable, and deterministic: the same volume scores the same.
-    const asfda::Score again = engine.score(vol, "anatomical");
+    const asfda::Score again = engine.score("anatomical", vol);
     EXPECT(again.to_json() == json);
     const asfda::Volume labels = engine.segment(vol);
     vol.check_same_grid(labels);
@@ -318,15 +318,15 @@ void test_engine(const std::string &image, const std::string &bundle) {
     const asfda::CancelToken token;
     token.cancel();
     EXPECT(token.is_cancelled());
-    EXPECT_ERROR(engine.score(vol, "x", {}, &token), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT_ERROR(engine.score("x", vol, &token), ASFDA_STATUS_CANCELLED, "cancel");
     token.reset();
-    EXPECT(!token.is_cancelled() && engine.score(vol, "anatomical", {}, &token).to_json() == json);
+    EXPECT(!token.is_cancelled() && engine.score("anatomical", vol, &token).to_json() == json);
 
     // Two threads scoring with one engine get the serial result.
     std::vector<std::string> results(2);
     std::vector<std::thread> threads;
     for (int t = 0; t < 2; t++)
-        threads.emplace_back([&, t] { results[t] = engine.score(vol, "anatomical").to_json(); });
+        threads.emplace_back([&, t] { results[t] = engine.score("anatomical", vol).to_json(); });
     for (auto &th : threads) th.join();
     EXPECT(results[0] == json && results[1] == json);
 
@@ -338,7 +338,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     asfda::Engine e1(opts);
     asfda::Engine e2 = std::move(e1);
     EXPECT(!e1 && e2.device() == "cpu");
-    EXPECT_ERROR(e1.score(vol, "x"), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    EXPECT_ERROR(e1.score("x", vol), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
 }
 
 // A score in the JSON form (format_version 1) with a 2-bin histogram holding no voxels.
@@ -497,8 +497,8 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
 
     // Save and resume: the next step of both runs is the same.
     const std::string cp = work + "/cpp_finetune.safetensors";
-    EXPECT_ERROR(tuner.save("/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
-    tuner.save(cp);
+    EXPECT_ERROR(tuner.save_checkpoint("/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
+    tuner.save_checkpoint(cp);
     EXPECT_ERROR(asfda::FineTuner::resume(engine, "/no/such/cp.safetensors"), ASFDA_STATUS_IO, "/no/such/cp");
     write_file(work + "/not-a-checkpoint.safetensors", "garbage");
     EXPECT_ERROR(asfda::FineTuner::resume(engine, work + "/not-a-checkpoint.safetensors"), ASFDA_STATUS_FORMAT,
@@ -514,7 +514,7 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
     // Export refuses an existing folder; apply switches the engine to the tuned weights.
     EXPECT_ERROR(tuner.export_bundle(work), ASFDA_STATUS_INVALID_ARGUMENT, "already exists");
     const std::vector<float> seg_before = engine.segment(image).voxels();
-    tuner.apply(engine);
+    tuner.apply_to(engine);
     const std::vector<double> after = tuner.evaluate({&image}, {&label});
     EXPECT(after.size() == 4);
     EXPECT(engine.segment(image).voxels().size() == seg_before.size());
@@ -526,7 +526,7 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
     EXPECT_ERROR(resumed.classes(), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
     asfda::Engine gone = std::move(engine);
     EXPECT_ERROR(asfda::FineTuner(engine, o), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
-    EXPECT_ERROR(tuner.apply(engine), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    EXPECT_ERROR(tuner.apply_to(engine), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
 }
 
 // The thread-local last error: each thread's exception carries its own message.

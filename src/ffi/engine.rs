@@ -202,16 +202,17 @@ fn token(cancel: *const AsfdaCancelToken, private: &mut Option<Cancel>) -> Resul
 }
 
 /// Scores one volume for how informative annotating it would be. `id` names it in the score
-/// (e.g. a file name or series UID). `progress` may be NULL; `cancel` may be NULL (then only
-/// the progress callback can stop the call).
+/// (e.g. a file name or series UID). `cancel` may be NULL (then only the progress callback can
+/// stop the call); `progress` may be NULL; `user_data` is passed to `progress`. The argument
+/// order is Rust's `Engine::score(id, volume, cancel, progress)`.
 #[no_mangle]
 pub extern "C" fn asfda_score_volume(
     engine: *const AsfdaEngine,
-    volume: *const AsfdaVolume,
     id: *const c_char,
+    volume: *const AsfdaVolume,
+    cancel: *const AsfdaCancelToken,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
-    cancel: *const AsfdaCancelToken,
     out_score: *mut *mut AsfdaScore,
 ) -> AsfdaStatus {
     guard(|| {
@@ -237,15 +238,15 @@ pub extern "C" fn asfda_score_volume(
 /// - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
 ///   one channel.
 ///
-/// `progress` and `cancel` may be NULL. Free every volume returned with asfda_volume_free().
+/// `cancel` and `progress` may be NULL (argument order of Rust's `Engine::segment`). Free every volume returned with asfda_volume_free().
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn asfda_segment_volume(
     engine: *const AsfdaEngine,
     volume: *const AsfdaVolume,
+    cancel: *const AsfdaCancelToken,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
-    cancel: *const AsfdaCancelToken,
     out_labels: *mut *mut AsfdaVolume,
     out_probabilities: *mut *mut AsfdaVolume,
     out_entropy: *mut *mut AsfdaVolume,

@@ -152,7 +152,7 @@ pub extern "C" fn asfda_finetuner_new(
     })
 }
 
-/// Continues a run saved with asfda_finetuner_save: weights, optimizer state and step count as
+/// Continues a run saved with asfda_finetuner_save_checkpoint: weights, optimizer state and step count as
 /// saved; `options` NULL = the saved options. Add the same volumes again afterwards (any order).
 /// ASFDA_STATUS_FORMAT for a truncated or corrupt file, ASFDA_STATUS_INVALID_DATA for a file that
 /// is not a fine-tuning checkpoint of this engine's bundle.
@@ -354,7 +354,7 @@ pub extern "C" fn asfda_finetuner_check_pseudo_labels(
 /// temporary file in the same folder renamed over `path`, so a killed process leaves the
 /// previous checkpoint or the new one.
 #[no_mangle]
-pub extern "C" fn asfda_finetuner_save(tuner: *const AsfdaFineTuner, path: *const c_char) -> AsfdaStatus {
+pub extern "C" fn asfda_finetuner_save_checkpoint(tuner: *const AsfdaFineTuner, path: *const c_char) -> AsfdaStatus {
     guard(|| {
         let tuner = &non_null(tuner, "tuner")?.0;
         tuner.save_checkpoint(&c_path(path, "path")?)
@@ -375,7 +375,7 @@ pub extern "C" fn asfda_finetuner_export_bundle(tuner: *const AsfdaFineTuner, di
 /// Switches `engine` (same bundle) to the fine-tuned weights, without reading the disk; calls
 /// already running on it finish with the weights they started with.
 #[no_mangle]
-pub extern "C" fn asfda_finetuner_apply(tuner: *const AsfdaFineTuner, engine: *mut AsfdaEngine) -> AsfdaStatus {
+pub extern "C" fn asfda_finetuner_apply_to(tuner: *const AsfdaFineTuner, engine: *mut AsfdaEngine) -> AsfdaStatus {
     guard(|| {
         let tuner = &non_null(tuner, "tuner")?.0;
         tuner.apply_to(&non_null(engine.cast_const(), "engine")?.0)

@@ -5,7 +5,7 @@ Example::
     import asfda
     engine = asfda.Engine("models/demo_brain_unet", threads=2)
     vol = asfda.Volume.load("case.nii.gz")
-    score = engine.score(vol, "case", progress=lambda f: print(f"{f:.0%}"))
+    score = engine.score("case", vol, progress=lambda f: print(f"{f:.0%}"))
     print(score.asd, score.gap_kl, score.embedding.shape)
     engine.segment(vol).save("case_labels.nii.gz", "u8")
     sel = asfda.select(scores, budget=4)          # picks with their score components, reliable ids

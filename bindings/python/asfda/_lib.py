@@ -208,9 +208,9 @@ engine_options_default = _declare("asfda_engine_options_default", [], EngineOpti
 engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
 engine_free = _declare("asfda_engine_free", [P], None)
 engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
-score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, P, C.POINTER(P)])
+score_volume = _declare("asfda_score_volume", [P, C.c_char_p, P, P, PROGRESS_FN, P, C.POINTER(P)])
 segment_volume = _declare(
-    "asfda_segment_volume", [P, P, PROGRESS_FN, P, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
+    "asfda_segment_volume", [P, P, P, PROGRESS_FN, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
 )
 cancel_token_new = _declare("asfda_cancel_token_new", [C.POINTER(P)])
 cancel_token_free = _declare("asfda_cancel_token_free", [P], None)
@@ -254,9 +254,9 @@ finetuner_evaluate = _declare(
 finetuner_check_pseudo_labels = _declare(
     "asfda_finetuner_check_pseudo_labels", [P, DOUBLE_P, C.c_size_t, DOUBLE_P, C.POINTER(C.c_bool)]
 )
-finetuner_save = _declare("asfda_finetuner_save", [P, C.c_char_p])
+finetuner_save_checkpoint = _declare("asfda_finetuner_save_checkpoint", [P, C.c_char_p])
 finetuner_export_bundle = _declare("asfda_finetuner_export_bundle", [P, C.c_char_p])
-finetuner_apply = _declare("asfda_finetuner_apply", [P, P])
+finetuner_apply_to = _declare("asfda_finetuner_apply_to", [P, P])
 
 
 def library_version() -> str:

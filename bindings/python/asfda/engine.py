@@ -131,15 +131,16 @@ class Engine:
 
     def score(
         self,
+        id: Optional[str],
         volume,
-        id: Optional[str] = None,
-        progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelToken] = None,
+        progress: Optional[ProgressFn] = None,
     ) -> Score:
         """Scores one volume (an asfda.Volume or a NIfTI path) for how informative annotating it
-        would be. ``id`` names it in the score (default: the path's file name, required for a
-        Volume). ``progress(fraction)`` may return False to cancel (CancelledError); so does
-        ``cancel.cancel()`` from another thread, even during a model run."""
+        would be. ``id`` names it in the score; None takes the path's file name (a Volume needs an
+        id). ``progress(fraction)`` may return False to cancel (CancelledError); so does
+        ``cancel.cancel()`` from another thread, even during a model run. The argument order is
+        Rust's ``Engine::score(id, volume, cancel, progress)`` and C's ``asfda_score_volume``."""
         if id is None:
             if isinstance(volume, Volume):
                 raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
@@ -148,25 +149,25 @@ class Engine:
         p = Progress(progress)
         out = _lib.P()
         token = cancel._h if cancel is not None else None
-        status = _lib.score_volume(self._h, vol._h, _lib.c_string(id, "id"), p.c_fn, None, token, C.byref(out))
+        status = _lib.score_volume(self._h, _lib.c_string(id, "id"), vol._h, token, p.c_fn, None, C.byref(out))
         score = Score(out.value) if status == 0 else None  # owns the handle before finish() may raise
         p.finish(status)
         return score
 
     def segment(
-        self, volume, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None
+        self, volume, cancel: Optional[CancelToken] = None, progress: Optional[ProgressFn] = None
     ) -> Volume:
         """Segments one volume; returns the label map (class index per voxel, float32) on the
         volume's own grid. Save it with ``labels.save(path, "u8")``."""
-        return self.segment_maps(volume, progress=progress, cancel=cancel).labels
+        return self.segment_maps(volume, cancel=cancel, progress=progress).labels
 
     def segment_maps(
         self,
         volume,
         probabilities: bool = False,
         entropy: bool = False,
-        progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelToken] = None,
+        progress: Optional[ProgressFn] = None,
     ) -> Segmentation:
         """Like :meth:`segment`, plus the per-class probability map and/or the normalised
         entropy map on the volume's grid (each costs memory: a probability map has one float32
@@ -178,9 +179,9 @@ class Engine:
         status = _lib.segment_volume(
             self._h,
             vol._h,
+            token,
             p.c_fn,
             None,
-            token,
             C.byref(labels),
             C.byref(probs) if probabilities else None,
             C.byref(ent) if entropy else None,
