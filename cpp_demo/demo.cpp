@@ -155,7 +155,7 @@ double mean_foreground(const std::vector<double> &dice) {
 
 int run(const Args &a) {
     asfda::EngineOptions eo(a.bundle);
-    eo.threads = a.threads;
+    eo.runtime.threads = a.threads;
     asfda::Engine engine(eo);
 
     // 1. Score the pool.

@@ -243,6 +243,26 @@ typedef struct AsfdaSelection AsfdaSelection;
 typedef struct AsfdaVolume AsfdaVolume;
 
 /**
+ * Where to find ONNX Runtime and where to run. Start from asfda_runtime_options_default()
+ * (zero-initialising it, `= {0}`, gives the same defaults).
+ */
+typedef struct AsfdaRuntimeOptions {
+  /**
+   * Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
+   * ORT_DYLIB_PATH, next to the asfda library, the project cache).
+   */
+  const char *library_path;
+  /**
+   * "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
+   */
+  const char *device;
+  /**
+   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
+   */
+  uint32_t threads;
+} AsfdaRuntimeOptions;
+
+/**
  * Engine settings. Start from asfda_engine_options_default() and set what you need.
  */
 typedef struct AsfdaEngineOptions {
@@ -251,17 +271,9 @@ typedef struct AsfdaEngineOptions {
    */
   const char *bundle_path;
   /**
-   * Full path of libonnxruntime.so; NULL follows the resolution order.
+   * Where to find ONNX Runtime and where to run (asfda_runtime_options_default()).
    */
-  const char *library_path;
-  /**
-   * "cpu" (when NULL), "auto", "cuda" or "cuda:<id>".
-   */
-  const char *device;
-  /**
-   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
-   */
-  uint32_t threads;
+  struct AsfdaRuntimeOptions runtime;
   /**
    * Fraction of a tile shared with its neighbour, in [0, 1). Default 0.5.
    */
@@ -410,25 +422,6 @@ typedef struct AsfdaStepReport {
    */
   size_t pseudo_in_batch;
 } AsfdaStepReport;
-
-/**
- * Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
- */
-typedef struct AsfdaRuntimeOptions {
-  /**
-   * Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
-   * ORT_DYLIB_PATH, next to the asfda library, the project cache).
-   */
-  const char *library_path;
-  /**
-   * "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
-   */
-  const char *device;
-  /**
-   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
-   */
-  uint32_t threads;
-} AsfdaRuntimeOptions;
 
 /**
  * Selection settings. Start from asfda_select_options_default() and set what you need (at least
@@ -811,6 +804,11 @@ enum AsfdaStatus asfda_finetuner_export_bundle(const struct AsfdaFineTuner *tune
  */
 enum AsfdaStatus asfda_finetuner_apply_to(const struct AsfdaFineTuner *tuner,
                                           struct AsfdaEngine *engine);
+
+/**
+ * The default runtime options: the library resolution order, CPU, threads chosen by ONNX Runtime.
+ */
+struct AsfdaRuntimeOptions asfda_runtime_options_default(void);
 
 /**
  * Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).

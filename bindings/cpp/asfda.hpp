@@ -288,11 +288,12 @@ public:
 struct RuntimeOptions {
     std::string library_path;  // full path of libonnxruntime.so; empty: resolution order
     std::string device;        // "cpu" (empty), "auto", "cuda", "cuda:<id>"
-    std::uint32_t threads = 0;  // 0: ONNX Runtime chooses
+    std::uint32_t threads;     // 0: ONNX Runtime chooses
 
+    RuntimeOptions() : threads(asfda_runtime_options_default().threads) {}
     /// The C view; valid while this object lives and is unchanged.
     AsfdaRuntimeOptions to_c() const noexcept {
-        AsfdaRuntimeOptions c{};
+        AsfdaRuntimeOptions c = asfda_runtime_options_default();
         c.library_path = detail::c_str_or_null(library_path);
         c.device = detail::c_str_or_null(device);
         c.threads = threads;
@@ -326,10 +327,8 @@ public:
 
 /// Engine settings; defaults from asfda_engine_options_default().
 struct EngineOptions {
-    std::string bundle_path;   // folder holding manifest.json (required)
-    std::string library_path;  // full path of libonnxruntime.so; empty: resolution order
-    std::string device;        // "cpu" (empty), "auto", "cuda", "cuda:<id>"
-    std::uint32_t threads;
+    std::string bundle_path;  // folder holding manifest.json (required)
+    RuntimeOptions runtime;   // where to find ONNX Runtime and where to run
     double tile_overlap;
     std::uint32_t tiles_per_batch;
     bool mirror;
@@ -337,7 +336,6 @@ struct EngineOptions {
 
     explicit EngineOptions(std::string bundle = {}) : bundle_path(std::move(bundle)) {
         const AsfdaEngineOptions d = asfda_engine_options_default();
-        threads = d.threads;
         tile_overlap = d.tile_overlap;
         tiles_per_batch = d.tiles_per_batch;
         mirror = d.mirror;
@@ -347,9 +345,7 @@ struct EngineOptions {
     AsfdaEngineOptions to_c() const noexcept {
         AsfdaEngineOptions c = asfda_engine_options_default();
         c.bundle_path = detail::c_str_or_null(bundle_path);
-        c.library_path = detail::c_str_or_null(library_path);
-        c.device = detail::c_str_or_null(device);
-        c.threads = threads;
+        c.runtime = runtime.to_c();
         c.tile_overlap = tile_overlap;
         c.tiles_per_batch = tiles_per_batch;
         c.mirror = mirror;

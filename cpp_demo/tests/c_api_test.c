@@ -165,7 +165,8 @@ static void test_save_and_model(const char *image, const char *model_path, const
     CHECK(json && strstr(json, "\"ort_version\":\"1.31.1\"") != NULL);
     free(json);
 
-    AsfdaRuntimeOptions opts = {0};
+    AsfdaRuntimeOptions opts = asfda_runtime_options_default();
+    CHECK(opts.library_path == NULL && opts.device == NULL && opts.threads == 0);
     opts.device = "cpu";
     AsfdaModel *model = NULL;
     CHECK(asfda_model_load(model_path, &opts, &model) == ASFDA_STATUS_OK);
@@ -348,10 +349,10 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     opts.tile_overlap = 1.5;
     EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "overlap");
     opts.tile_overlap = 0.5;
-    opts.device = "gpu";
+    opts.runtime.device = "gpu";
     EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
     CHECK(engine == sentinel);
-    opts.device = "auto";
+    opts.runtime.device = "auto";
     CHECK(asfda_engine_new(&opts, &engine) == ASFDA_STATUS_OK);
     char device[32];
     size_t needed = 0;

@@ -104,7 +104,7 @@ static void test_model(const char *model_path, const AsfdaVolume *vol) {
 static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     AsfdaEngineOptions eo = asfda_engine_options_default();
     eo.bundle_path = bundle;
-    eo.threads = 2;
+    eo.runtime.threads = 2;
     AsfdaEngine *engine = NULL;
     must(asfda_engine_new(&eo, &engine), "engine_new");
 

@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
 
     AsfdaEngineOptions eo = asfda_engine_options_default();
     eo.bundle_path = bundle;
-    eo.threads = 2;
+    eo.runtime.threads = 2;
     AsfdaEngine *engine = NULL;
     must(asfda_engine_new(&eo, &engine), "engine");
 

@@ -215,6 +215,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     const AsfdaEngineOptions c_defaults = asfda_engine_options_default();
     EXPECT(defaults.tile_overlap == c_defaults.tile_overlap && defaults.tiles_per_batch == c_defaults.tiles_per_batch);
     EXPECT(defaults.mirror == c_defaults.mirror && defaults.bundle_path.empty());
+    EXPECT(defaults.runtime.threads == c_defaults.runtime.threads && defaults.runtime.device.empty());
 
     EXPECT_ERROR(asfda::Engine{asfda::EngineOptions()}, ASFDA_STATUS_INVALID_ARGUMENT, "bundle_path");
     EXPECT_ERROR(asfda::Engine{asfda::EngineOptions("/no/such/bundle")}, ASFDA_STATUS_IO, "/no/such/bundle");
@@ -222,9 +223,9 @@ void test_engine(const std::string &image, const std::string &bundle) {
     opts.tile_overlap = 1.5;
     EXPECT_ERROR(asfda::Engine{opts}, ASFDA_STATUS_INVALID_ARGUMENT, "overlap");
     opts.tile_overlap = 0.5;
-    opts.device = "gpu";
+    opts.runtime.device = "gpu";
     EXPECT_ERROR(asfda::Engine{opts}, ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
-    opts.device = "cpu";
+    opts.runtime.device = "cpu";
     const asfda::Engine engine(opts);
     EXPECT(engine.device() == "cpu");
 
@@ -449,7 +450,7 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
     EXPECT(defaults.patch_size[0] == c.patch_size[0] && defaults.seed == c.seed);
 
     asfda::EngineOptions eo(bundle);
-    eo.threads = 2;
+    eo.runtime.threads = 2;
     asfda::Engine engine(eo);
     const asfda::Dims origin{22, 30, 24}, size{56, 64, 48};
     const asfda::Volume image = crop(asfda::Volume::load(data + "/pd/pool/pd_pool_000_image.nii.gz"), origin, size);

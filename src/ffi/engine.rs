@@ -7,7 +7,7 @@ use super::volume::{into_handle, AsfdaVolume};
 use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
 use crate::engine::{Engine, EngineOptions, SegmentOutputs};
 use crate::error::{Error, Result};
-use crate::runtime::{Device, RuntimeOptions};
+use super::runtime::{asfda_runtime_options_default, runtime_options_from, AsfdaRuntimeOptions};
 use crate::score::Score;
 use crate::window::{Cancel, WindowOptions};
 
@@ -23,12 +23,8 @@ pub struct AsfdaScore(pub(crate) Score);
 pub struct AsfdaEngineOptions {
     /// Folder of the model bundle (holds manifest.json). Required.
     pub bundle_path: *const c_char,
-    /// Full path of libonnxruntime.so; NULL follows the resolution order.
-    pub library_path: *const c_char,
-    /// "cpu" (when NULL), "auto", "cuda" or "cuda:<id>".
-    pub device: *const c_char,
-    /// Intra-op CPU threads; 0 lets ONNX Runtime choose.
-    pub threads: u32,
+    /// Where to find ONNX Runtime and where to run (asfda_runtime_options_default()).
+    pub runtime: AsfdaRuntimeOptions,
     /// Fraction of a tile shared with its neighbour, in [0, 1). Default 0.5.
     pub tile_overlap: f64,
     /// Tiles per ONNX Runtime run. Default 2.
@@ -70,9 +66,7 @@ pub extern "C" fn asfda_engine_options_default() -> AsfdaEngineOptions {
     let window = WindowOptions::default();
     AsfdaEngineOptions {
         bundle_path: std::ptr::null(),
-        library_path: std::ptr::null(),
-        device: std::ptr::null(),
-        threads: 0,
+        runtime: asfda_runtime_options_default(),
         tile_overlap: window.overlap,
         tiles_per_batch: window.tiles_per_batch as u32,
         mirror: window.mirror,
@@ -81,9 +75,7 @@ pub extern "C" fn asfda_engine_options_default() -> AsfdaEngineOptions {
 }
 
 fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
-    let library_path =
-        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
-    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, "options->device")?.parse()? };
+    let runtime = runtime_options_from(&o.runtime, "options->runtime")?;
     let window = WindowOptions {
         overlap: o.tile_overlap,
         tiles_per_batch: o.tiles_per_batch as usize,
@@ -91,7 +83,7 @@ fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
         ..Default::default()
     };
     Ok(EngineOptions {
-        runtime: RuntimeOptions { library_path, device, threads: o.threads as usize },
+        runtime,
         window,
         memory_limit_bytes: o.memory_limit_bytes,
         ..Default::default()

@@ -8,7 +8,8 @@ use crate::model::Model;
 use crate::runtime::{Device, Runtime, RuntimeOptions};
 use crate::volume::Volume;
 
-/// Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
+/// Where to find ONNX Runtime and where to run. Start from asfda_runtime_options_default()
+/// (zero-initialising it, `= {0}`, gives the same defaults).
 #[repr(C)]
 pub struct AsfdaRuntimeOptions {
     /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
@@ -23,12 +24,26 @@ pub struct AsfdaRuntimeOptions {
 /// An ONNX model loaded into an ONNX Runtime session. Thread-safe: runs are serialised.
 pub struct AsfdaModel(Model);
 
+/// The default runtime options: the library resolution order, CPU, threads chosen by ONNX Runtime.
+#[no_mangle]
+pub extern "C" fn asfda_runtime_options_default() -> AsfdaRuntimeOptions {
+    let d = RuntimeOptions::default();
+    AsfdaRuntimeOptions { library_path: std::ptr::null(), device: std::ptr::null(), threads: d.threads as u32 }
+}
+
 fn runtime_options(options: *const AsfdaRuntimeOptions) -> Result<RuntimeOptions> {
     // SAFETY: a non-NULL options pointer must point to an initialised struct (header contract).
-    let Some(o) = (unsafe { options.as_ref() }) else { return Ok(RuntimeOptions::default()) };
+    match unsafe { options.as_ref() } {
+        Some(o) => runtime_options_from(o, "options"),
+        None => Ok(RuntimeOptions::default()),
+    }
+}
+
+/// The Rust runtime options of a C struct; `name` prefixes the fields in error messages.
+pub(crate) fn runtime_options_from(o: &AsfdaRuntimeOptions, name: &str) -> Result<RuntimeOptions> {
     let library_path =
-        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
-    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, "options->device")?.parse()? };
+        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, &format!("{name}->library_path"))?) };
+    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, &format!("{name}->device"))?.parse()? };
     Ok(RuntimeOptions { library_path, device, threads: o.threads as usize })
 }
 

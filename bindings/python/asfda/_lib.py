@@ -87,9 +87,7 @@ class ReadOptions(C.Structure):
 class EngineOptions(C.Structure):
     _fields_ = [
         ("bundle_path", C.c_char_p),
-        ("library_path", C.c_char_p),
-        ("device", C.c_char_p),
-        ("threads", C.c_uint32),
+        ("runtime", RuntimeOptions),
         ("tile_overlap", C.c_double),
         ("tiles_per_batch", C.c_uint32),
         ("mirror", C.c_bool),
@@ -205,6 +203,7 @@ model_device = _declare("asfda_model_device", [P] + STRING_OUT)
 model_run_volume = _declare("asfda_model_run_volume", [P, P, C.POINTER(P)])
 
 engine_options_default = _declare("asfda_engine_options_default", [], EngineOptions)
+runtime_options_default = _declare("asfda_runtime_options_default", [], RuntimeOptions)
 engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
 engine_free = _declare("asfda_engine_free", [P], None)
 engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
