@@ -929,6 +929,14 @@ enum AsfdaStatus asfda_selection_to_json(const struct AsfdaSelection *selection,
                                          size_t *out_needed);
 
 /**
+ * Reads a selection from its JSON form (asfda_selection_to_json, or the CLI's `asfda select`
+ * output): the inverse of asfda_selection_to_json. ASFDA_STATUS_UNSUPPORTED for another
+ * format_version, ASFDA_STATUS_FORMAT for malformed or inconsistent JSON. Free the result with
+ * asfda_selection_free.
+ */
+enum AsfdaStatus asfda_selection_from_json(const char *json, struct AsfdaSelection **out_selection);
+
+/**
  * The default read options (voxel limit 2^31, NaN/Inf is an error).
  */
 struct AsfdaReadOptions asfda_read_options_default(void);

@@ -557,6 +557,12 @@ struct Pick {
 class Selection : public detail::Owned<AsfdaSelection, asfda_selection_free> {
 public:
     explicit Selection(AsfdaSelection *adopt) noexcept : Owned(adopt) {}
+    /// Reads the JSON of to_json() (or the CLI's `asfda select`); exact round trip.
+    static Selection from_json(const std::string &json) {
+        AsfdaSelection *out = nullptr;
+        detail::check(asfda_selection_from_json(json.c_str(), &out));
+        return Selection(out);
+    }
 
     /// Number of picks.
     std::size_t size() const {

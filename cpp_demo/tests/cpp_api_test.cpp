@@ -388,6 +388,8 @@ void test_select() {
     for (const std::string &id : reliable) EXPECT(id != picks[0].id && id != picks[1].id);
     const std::string json = sel.to_json();
     EXPECT(json.find("\"a\"") != std::string::npos && json.find("reliable") != std::string::npos);
+    EXPECT(asfda::Selection::from_json(json).to_json() == json);
+    EXPECT_ERROR(asfda::Selection::from_json("{}"), ASFDA_STATUS_FORMAT, "format_version");
     EXPECT_ERROR(sel.pick(2), ASFDA_STATUS_INVALID_ARGUMENT, "2");
 
     // Round 2 with "a" and "lab" labeled: neither is picked again. Pointer form, other method.

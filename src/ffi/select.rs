@@ -332,6 +332,23 @@ pub extern "C" fn asfda_selection_to_json(
     guard(|| string_out(&non_null(selection, "selection")?.selection.to_json(), buf, capacity, out_needed))
 }
 
+/// Reads a selection from its JSON form (asfda_selection_to_json, or the CLI's `asfda select`
+/// output): the inverse of asfda_selection_to_json. ASFDA_STATUS_UNSUPPORTED for another
+/// format_version, ASFDA_STATUS_FORMAT for malformed or inconsistent JSON. Free the result with
+/// asfda_selection_free.
+#[no_mangle]
+pub extern "C" fn asfda_selection_from_json(
+    json: *const c_char,
+    out_selection: *mut *mut AsfdaSelection,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_selection, "out_selection")?;
+        let selection = Selection::from_json(c_str(json, "json")?)?;
+        write_out(out_selection, Box::into_raw(Box::new(AsfdaSelection::new(selection))));
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

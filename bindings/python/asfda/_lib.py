@@ -236,6 +236,7 @@ selection_pick = _declare("asfda_selection_pick", [P, C.c_size_t, C.POINTER(Pick
 selection_pick_id = _declare("asfda_selection_pick_id", [P, C.c_size_t], C.c_char_p)
 selection_reliable_count = _declare("asfda_selection_reliable_count", [P], C.c_size_t)
 selection_reliable_id = _declare("asfda_selection_reliable_id", [P, C.c_size_t], C.c_char_p)
+selection_from_json = _declare("asfda_selection_from_json", [C.c_char_p, C.POINTER(P)])
 selection_to_json = _declare("asfda_selection_to_json", [P] + STRING_OUT)
 
 finetune_options_default = _declare("asfda_finetune_options_default", [], FineTuneOptions)
