@@ -92,6 +92,7 @@ fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
 
 /// Loads and validates a model bundle and creates its inference session.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_engine_new(
     options: *const AsfdaEngineOptions,
     out_engine: *mut *mut AsfdaEngine,
@@ -114,6 +115,7 @@ pub extern "C" fn asfda_engine_free(engine: *mut AsfdaEngine) {
 
 /// The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_engine_device(
     engine: *const AsfdaEngine,
     buf: *mut c_char,
@@ -138,6 +140,7 @@ pub struct AsfdaCancelToken(Cancel);
 
 /// Creates a cancel token (not cancelled); free it with asfda_cancel_token_free().
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_cancel_token_new(out_token: *mut *mut AsfdaCancelToken) -> AsfdaStatus {
     guard(|| {
         check_out(out_token, "out_token")?;
@@ -150,6 +153,7 @@ pub extern "C" fn asfda_cancel_token_new(out_token: *mut *mut AsfdaCancelToken) 
 /// returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
 /// before running the model. Thread-safe; cancelling twice is the same as once.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_cancel_token_cancel(token: *const AsfdaCancelToken) -> AsfdaStatus {
     guard(|| {
         non_null(token, "token")?.0.cancel();
@@ -160,12 +164,14 @@ pub extern "C" fn asfda_cancel_token_cancel(token: *const AsfdaCancelToken) -> A
 /// Un-cancels the token so it can serve further calls. Call it only while no call uses the
 /// token (a call in flight may or may not see the reset).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_cancel_token_reset(token: *const AsfdaCancelToken) -> AsfdaStatus {
     guard(|| non_null(token, "token")?.0.reset())
 }
 
 /// Whether the token is cancelled.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_cancel_token_is_cancelled(
     token: *const AsfdaCancelToken,
     out_cancelled: *mut bool,
@@ -198,6 +204,7 @@ fn token(cancel: *const AsfdaCancelToken, private: &mut Option<Cancel>) -> Resul
 /// stop the call); `progress` may be NULL; `user_data` is passed to `progress`. The argument
 /// order is Rust's `Engine::score(id, volume, cancel, progress)`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_volume(
     engine: *const AsfdaEngine,
     id: *const c_char,
@@ -232,6 +239,7 @@ pub extern "C" fn asfda_score_volume(
 ///
 /// `cancel` and `progress` may be NULL (argument order of Rust's `Engine::segment`). Free every volume returned with asfda_volume_free().
 #[no_mangle]
+#[must_use]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn asfda_segment_volume(
     engine: *const AsfdaEngine,
@@ -273,6 +281,7 @@ pub extern "C" fn asfda_score_free(score: *mut AsfdaScore) {
 
 /// The scalar scores.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_values(score: *const AsfdaScore, out_values: *mut AsfdaScoreValues) -> AsfdaStatus {
     guard(|| {
         check_out(out_values, "out_values")?;
@@ -296,6 +305,7 @@ pub extern "C" fn asfda_score_values(score: *const AsfdaScore, out_values: *mut 
 /// Copies the L2-normalised embedding into `buf`, which must hold exactly `len` floats
 /// (embedding_len from asfda_score_values).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_embedding(score: *const AsfdaScore, buf: *mut f32, len: usize) -> AsfdaStatus {
     guard(|| {
         let s = &non_null(score, "score")?.0;
@@ -317,6 +327,7 @@ pub extern "C" fn asfda_score_embedding(score: *const AsfdaScore, buf: *mut f32,
 /// The score as JSON (versioned; exact round trip), copied like asfda_runtime_info_json. Scores
 /// computed on several machines can be stored and merged before selection.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_to_json(
     score: *const AsfdaScore,
     buf: *mut c_char,
@@ -328,6 +339,7 @@ pub extern "C" fn asfda_score_to_json(
 
 /// Reads a score from its JSON form.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_from_json(json: *const c_char, out_score: *mut *mut AsfdaScore) -> AsfdaStatus {
     guard(|| {
         check_out(out_score, "out_score")?;

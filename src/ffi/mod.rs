@@ -28,8 +28,9 @@ pub mod runtime;
 pub mod select;
 pub mod volume;
 
-/// Result of every fallible asfda C function. 0 is success.
-#[repr(C)]
+/// Result of every fallible asfda C function. 0 is success. An int32_t in C; the functions
+/// returning it are marked ASFDA_MUST_USE, so compilers warn when a status is ignored.
+#[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AsfdaStatus {
     /// Success.

@@ -50,6 +50,7 @@ pub(crate) fn runtime_options_from(o: &AsfdaRuntimeOptions, name: &str) -> Resul
 /// Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).
 /// Fails with ASFDA_STATUS_RUNTIME_UNAVAILABLE naming every place searched.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus {
     guard(|| {
         let path = if library_path.is_null() { None } else { Some(c_path(library_path, "library_path")?) };
@@ -62,6 +63,7 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 /// short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
 /// default resolution order if it is not loaded yet.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> AsfdaStatus {
     guard(|| {
         let runtime = Runtime::load(None)?;
@@ -72,6 +74,7 @@ pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out
 
 /// Loads an ONNX model with one image input. `options` may be NULL (CPU, default resolution).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_model_load(
     model_path: *const c_char,
     options: *const AsfdaRuntimeOptions,
@@ -95,6 +98,7 @@ pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
 /// Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
 /// `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_model_device(
     model: *const AsfdaModel,
     buf: *mut c_char,
@@ -107,6 +111,7 @@ pub extern "C" fn asfda_model_device(
 /// Runs the model on a whole volume (tensor [1, C, Z, Y, X]) and returns its first output as a
 /// new volume on the same grid. Free the result with asfda_volume_free.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_model_run_volume(
     model: *const AsfdaModel,
     input: *const super::volume::AsfdaVolume,

@@ -129,6 +129,7 @@ fn output_type(code: i32) -> Result<OutputType> {
 
 /// Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz). `options` may be NULL (defaults).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_load(
     path: *const c_char,
     options: *const AsfdaReadOptions,
@@ -147,6 +148,7 @@ pub extern "C" fn asfda_volume_load(
 /// `dims` holds 3 sizes; `spacing` (3 values, mm) may be NULL, otherwise it must agree with the
 /// affine; `affine` is 16 doubles, row-major, voxel index -> world mm in `convention`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_from_buffer(
     data: *const u8,
     data_len: usize,
@@ -180,6 +182,7 @@ pub extern "C" fn asfda_volume_from_buffer(
 /// Writes a volume to `path` (.nii or .nii.gz) atomically: a temp file in the same folder, then
 /// a rename, so an existing file is never left half-written.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_save(volume: *const AsfdaVolume, path: *const c_char, output_type: i32) -> AsfdaStatus {
     guard(|| {
         let volume = &non_null(volume, "volume")?.0;
@@ -196,6 +199,7 @@ pub extern "C" fn asfda_volume_free(volume: *mut AsfdaVolume) {
 
 /// Spatial sizes (x, y, z) into `out_dims[3]` and the channel count into `*out_channels`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_dims(
     volume: *const AsfdaVolume,
     out_dims: *mut usize,
@@ -213,6 +217,7 @@ pub extern "C" fn asfda_volume_dims(
 
 /// Voxel spacing in mm (x, y, z) into `out_spacing[3]`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_spacing(volume: *const AsfdaVolume, out_spacing: *mut f64) -> AsfdaStatus {
     guard(|| {
         check_out(out_spacing, "out_spacing")?;
@@ -224,6 +229,7 @@ pub extern "C" fn asfda_volume_spacing(volume: *const AsfdaVolume, out_spacing: 
 
 /// The voxel-to-world affine (16 doubles, row-major) in the requested convention.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_affine(
     volume: *const AsfdaVolume,
     convention: i32,
@@ -242,6 +248,7 @@ pub extern "C" fn asfda_volume_affine(
 /// A read-only pointer to the voxels (f32, x fastest, then y, z, channel) and their count.
 /// The pointer is valid until the volume is freed.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_data(
     volume: *const AsfdaVolume,
     out_data: *mut *const f32,
@@ -260,6 +267,7 @@ pub extern "C" fn asfda_volume_data(
 /// Reorients to the closest canonical RAS orientation (as nibabel's as_closest_canonical) and
 /// returns a new volume. Free it with asfda_volume_free.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_to_canonical(
     volume: *const AsfdaVolume,
     out_volume: *mut *mut AsfdaVolume,
@@ -277,6 +285,7 @@ pub extern "C" fn asfda_volume_to_canonical(
 /// same dims and affine. Returns ASFDA_STATUS_GEOMETRY_MISMATCH with both geometries in the
 /// message otherwise.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_check_same_grid(image: *const AsfdaVolume, label: *const AsfdaVolume) -> AsfdaStatus {
     guard(|| {
         let image = &non_null(image, "image")?.0;

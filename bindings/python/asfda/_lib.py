@@ -167,7 +167,7 @@ class StepReport(C.Structure):
     ]
 
 
-def _declare(name, argtypes, restype=C.c_int):
+def _declare(name, argtypes, restype=C.c_int32):
     fn = getattr(lib, name)
     fn.argtypes, fn.restype = argtypes, restype
     return fn
