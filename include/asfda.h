@@ -10,7 +10,8 @@
  *   out-parameters only on success; on failure asfda_last_error_message() (thread-local)
  *   explains what was wrong and what to do.
  * - Every pointer argument is checked for NULL; integer arguments carrying enum values are
- *   validated. Strings are NUL-terminated UTF-8.
+ *   validated. Strings are NUL-terminated UTF-8, except paths, which are bytes on Unix (any
+ *   file name the OS accepts).
  * - Handles are created by the _load, _new and _from_ functions and released by _free; _free(NULL)
  *   does nothing.
  * - Volumes store f32 voxels x fastest, then y, z, channel (NIfTI order); affines are 16
@@ -536,7 +537,8 @@ typedef struct AsfdaPick {
 } AsfdaPick;
 
 /**
- * Options for asfda_volume_load. Fill with asfda_read_options_default().
+ * Options for asfda_volume_load and asfda_volume_from_buffer. Fill with
+ * asfda_read_options_default().
  */
 typedef struct AsfdaReadOptions {
   /**
@@ -551,6 +553,11 @@ typedef struct AsfdaReadOptions {
    * Replacement for NaN/Inf voxels when nonfinite is ASFDA_NONFINITE_REPLACE.
    */
   float replace_value;
+  /**
+   * Refuse volumes whose f32 voxels would take more bytes than this, before allocating.
+   * 0 = default (4 GiB).
+   */
+  uint64_t max_bytes;
 } AsfdaReadOptions;
 
 #ifdef __cplusplus
@@ -988,7 +995,7 @@ AsfdaStatus asfda_selection_from_json(const char *json,
                                       struct AsfdaSelection **out_selection);
 
 /**
- * The default read options (voxel limit 2^31, NaN/Inf is an error).
+ * The default read options (voxel limit 2^31, 4 GiB of voxels, NaN/Inf is an error).
  */
 struct AsfdaReadOptions asfda_read_options_default(void);
 
@@ -1004,6 +1011,9 @@ AsfdaStatus asfda_volume_load(const char *path,
  * Imports a caller's voxel buffer (x fastest, then y, z, channel; native byte order).
  * `dims` holds 3 sizes; `spacing` (3 values, mm) may be NULL, otherwise it must agree with the
  * affine; `affine` is 16 doubles, row-major, voxel index -> world mm in `convention`.
+ * `options` may be NULL (defaults): its max_voxels and max_bytes limits are checked before
+ * anything is allocated (ASFDA_STATUS_TOO_LARGE); its nonfinite policy does not apply (a
+ * buffer's values are kept as they are).
  */
 ASFDA_MUST_USE
 AsfdaStatus asfda_volume_from_buffer(const uint8_t *data,
@@ -1014,6 +1024,7 @@ AsfdaStatus asfda_volume_from_buffer(const uint8_t *data,
                                      const double *spacing,
                                      const double *affine,
                                      int32_t convention,
+                                     const struct AsfdaReadOptions *options,
                                      struct AsfdaVolume **out_volume);
 
 /**

@@ -156,23 +156,26 @@ inline std::string runtime_info_json() {
     return detail::read_string([](char *b, std::size_t c, std::size_t *n) { return asfda_runtime_info_json(b, c, n); });
 }
 
-/// Options for Volume::load; defaults from asfda_read_options_default().
+/// Options for Volume::load and Volume::from_buffer; defaults from asfda_read_options_default().
 struct ReadOptions {
     std::uint64_t max_voxels;
     NonFinite nonfinite;
     float replace_value;
+    std::uint64_t max_bytes;  // of the f32 voxels
 
     ReadOptions() {
         const AsfdaReadOptions d = asfda_read_options_default();
         max_voxels = d.max_voxels;
         nonfinite = static_cast<NonFinite>(d.nonfinite);
         replace_value = d.replace_value;
+        max_bytes = d.max_bytes;
     }
     AsfdaReadOptions to_c() const noexcept {
         AsfdaReadOptions c{};
         c.max_voxels = max_voxels;
         c.nonfinite = static_cast<int32_t>(nonfinite);
         c.replace_value = replace_value;
+        c.max_bytes = max_bytes;
         return c;
     }
 };
@@ -206,15 +209,18 @@ public:
     }
 
     /// Copies a caller buffer of `bytes` bytes holding `dtype` voxels (x fastest, then y, z,
-    /// channel). `spacing`, when given, must agree with the affine.
+    /// channel). `spacing`, when given, must agree with the affine. `options` limits the size
+    /// (max_voxels, max_bytes; checked before allocating).
     static Volume from_buffer(const void *data, std::size_t bytes, AsfdaDataType dtype, const Dims &dims,
                               std::size_t channels, const Affine &affine, Convention convention = Convention::RAS,
-                              const std::optional<Spacing> &spacing = std::nullopt) {
+                              const std::optional<Spacing> &spacing = std::nullopt,
+                              const ReadOptions &options = ReadOptions()) {
+        const AsfdaReadOptions c = options.to_c();
         AsfdaVolume *out = nullptr;
         detail::check(asfda_volume_from_buffer(static_cast<const std::uint8_t *>(data), bytes,
                                                static_cast<int32_t>(dtype), dims.data(), channels,
                                                spacing ? spacing->data() : nullptr, affine.data(),
-                                               static_cast<int32_t>(convention), &out));
+                                               static_cast<int32_t>(convention), &c, &out));
         return Volume(out);
     }
 

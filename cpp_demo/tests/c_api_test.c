@@ -103,34 +103,54 @@ static void test_from_buffer(void) {
     AsfdaVolume *out = sentinel;
 
     CHECK(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, spacing, affine,
-                                   ASFDA_LPS, &out) == ASFDA_STATUS_OK);
+                                   ASFDA_LPS, NULL, &out) == ASFDA_STATUS_OK);
     double ras[16];
     CHECK(asfda_volume_affine(out, ASFDA_RAS, ras) == ASFDA_STATUS_OK);
     CHECK(ras[0] == -2 && ras[3] == -10 && ras[5] == -2 && ras[7] == -20 && ras[10] == 3); /* LPS -> RAS */
     asfda_volume_free(out);
     out = sentinel;
 
-    EXPECT(asfda_volume_from_buffer(NULL, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, ASFDA_RAS, &out),
+    EXPECT(asfda_volume_from_buffer(NULL, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "data");
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels - 4, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
-                                    ASFDA_RAS, &out),
+                                    ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "92");
-    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, 3, dims, 1, NULL, affine, ASFDA_RAS, &out),
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, 3, dims, 1, NULL, affine, ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "dtype");
-    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, 7,
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, 7, NULL,
                                     &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "convention");
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, NULL, 1, NULL, affine,
-                                    ASFDA_RAS, &out),
+                                    ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "dims");
     double singular[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, singular,
-                                    ASFDA_RAS, &out),
+                                    ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_DATA, "affine");
     double wrong_spacing[3] = {1, 1, 1};
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, wrong_spacing,
-                                    affine, ASFDA_RAS, &out),
+                                    affine, ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_GEOMETRY_MISMATCH, "spacing");
+    /* Size limits, checked before allocating: dims whose voxel count overflows, and a byte limit. */
+    size_t huge[3] = {SIZE_MAX, 1, 1};
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, huge, 1, NULL, affine,
+                                    ASFDA_RAS, NULL, &out),
+           ASFDA_STATUS_TOO_LARGE, "");
+    AsfdaReadOptions small = asfda_read_options_default();
+    CHECK(small.max_bytes > 0);
+    small.max_bytes = sizeof voxels - 1;
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                    ASFDA_RAS, &small, &out),
+           ASFDA_STATUS_TOO_LARGE, "max_bytes");
+    small.max_bytes = sizeof voxels;
+    CHECK(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                   ASFDA_RAS, &small, &out) == ASFDA_STATUS_OK);
+    asfda_volume_free(out);
+    out = sentinel;
+    small.nonfinite = 9;
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                    ASFDA_RAS, &small, &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "nonfinite");
     CHECK(out == sentinel);
 }
 
@@ -150,6 +170,14 @@ static void test_save_and_model(const char *image, const char *model_path, const
     CHECK(na == nb && memcmp(a, b, na * sizeof(float)) == 0);
     CHECK(asfda_volume_check_same_grid(vol, back) == ASFDA_STATUS_OK);
     asfda_volume_free(back);
+
+    /* Paths are bytes on Unix: a Latin-1 file name (not UTF-8) saves and loads. */
+    snprintf(path, sizeof path, "%s/caf\xe9.nii.gz", work);
+    CHECK(asfda_volume_save(vol, path, ASFDA_OUTPUT_F32) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_load(path, NULL, &back) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_data(back, &b, &nb) == ASFDA_STATUS_OK && na == nb && memcmp(a, b, na * sizeof(float)) == 0);
+    asfda_volume_free(back);
+    back = NULL;
 
     /* A label map on another grid (the canonical, x-flipped one) is refused. */
     AsfdaVolume *other = NULL;

@@ -49,6 +49,7 @@ static AsfdaVolume *crop(const AsfdaVolume *v, const size_t origin[3], const siz
         for (int c = 0; c < 3; c++) a[4 * r + 3] += a[4 * r + c] * (double)origin[c];
     AsfdaVolume *out = NULL;
     must(asfda_volume_from_buffer((const uint8_t *)buf, n * sizeof *buf, ASFDA_DTYPE_F32, size, 1, NULL, a, ASFDA_RAS,
+                                  NULL,
                                   &out),
          "from_buffer");
     free(buf);

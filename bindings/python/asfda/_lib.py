@@ -81,7 +81,12 @@ class RuntimeOptions(C.Structure):
 
 
 class ReadOptions(C.Structure):
-    _fields_ = [("max_voxels", C.c_uint64), ("nonfinite", C.c_int32), ("replace_value", C.c_float)]
+    _fields_ = [
+        ("max_voxels", C.c_uint64),
+        ("nonfinite", C.c_int32),
+        ("replace_value", C.c_float),
+        ("max_bytes", C.c_uint64),
+    ]
 
 
 class EngineOptions(C.Structure):
@@ -186,7 +191,7 @@ read_options_default = _declare("asfda_read_options_default", [], ReadOptions)
 volume_load = _declare("asfda_volume_load", [C.c_char_p, C.POINTER(ReadOptions), C.POINTER(P)])
 volume_from_buffer = _declare(
     "asfda_volume_from_buffer",
-    [P, C.c_size_t, C.c_int32, SIZE_P, C.c_size_t, DOUBLE_P, DOUBLE_P, C.c_int32, C.POINTER(P)],
+    [P, C.c_size_t, C.c_int32, SIZE_P, C.c_size_t, DOUBLE_P, DOUBLE_P, C.c_int32, C.POINTER(ReadOptions), C.POINTER(P)],
 )
 volume_save = _declare("asfda_volume_save", [P, C.c_char_p, C.c_int32])
 volume_free = _declare("asfda_volume_free", [P], None)

@@ -283,12 +283,12 @@ def test_gil_check_detects_a_call_holding_the_gil(small_engine, small):
     # above must see no progress at all, or it would not be testing anything.
     pylib = C.PyDLL(str(_lib.path))
     fn = pylib.asfda_score_volume
-    fn.argtypes, fn.restype = _lib.score_volume.argtypes, C.c_int
+    fn.argtypes, fn.restype = _lib.score_volume.argtypes, C.c_int32
 
     def call(cb):
         c_cb = _lib.PROGRESS_FN(lambda _u, f: (cb(f), True)[1])
         out = _lib.P()
-        assert fn(small_engine._h, small._h, b"x", c_cb, None, None, C.byref(out)) == 0
+        assert fn(small_engine._h, b"x", small._h, None, c_cb, None, C.byref(out)) == 0
         asfda.Score(out.value)  # frees it
 
     assert _count_between_reports(call) == [0, 0]
