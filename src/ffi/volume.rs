@@ -104,7 +104,7 @@ fn read_options(options: *const AsfdaReadOptions) -> Result<ReadOptions> {
     };
     let max_voxels = if o.max_voxels == 0 { defaults.max_voxels } else { o.max_voxels };
     let max_bytes = if o.max_bytes == 0 { defaults.max_bytes } else { o.max_bytes };
-    Ok(ReadOptions { max_voxels, max_bytes, nonfinite, ..defaults })
+    Ok(ReadOptions { max_voxels, max_bytes, nonfinite })
 }
 
 fn data_type(code: i32) -> Result<DataType> {
