@@ -48,10 +48,21 @@ fn set_soname() {
 fn version_macros() -> String {
     let v = |k: &str| env::var(k).expect("set by cargo");
     format!(
-        "\n#define ASFDA_VERSION \"{}\"\n#define ASFDA_VERSION_MAJOR {}\n#define ASFDA_VERSION_MINOR {}\n#define ASFDA_VERSION_PATCH {}\n",
+        "\n#define ASFDA_VERSION \"{}\"\n#define ASFDA_VERSION_MAJOR {}\n#define ASFDA_VERSION_MINOR {}\n#define ASFDA_VERSION_PATCH {}\n{}",
         v("CARGO_PKG_VERSION"),
         v("CARGO_PKG_VERSION_MAJOR"),
         v("CARGO_PKG_VERSION_MINOR"),
-        v("CARGO_PKG_VERSION_PATCH")
+        v("CARGO_PKG_VERSION_PATCH"),
+        MUST_USE_MACRO
     )
 }
+
+/// Marks the functions returning an AsfdaStatus (cbindgen.toml `[fn] must_use`), so that C and
+/// C++ compilers warn when a status is ignored; empty for compilers without the attribute.
+const MUST_USE_MACRO: &str = "
+#if defined(__GNUC__) || defined(__clang__)
+#define ASFDA_MUST_USE __attribute__((warn_unused_result))
+#else
+#define ASFDA_MUST_USE
+#endif
+";

@@ -155,7 +155,7 @@ double mean_foreground(const std::vector<double> &dice) {
 
 int run(const Args &a) {
     asfda::EngineOptions eo(a.bundle);
-    eo.threads = a.threads;
+    eo.runtime.threads = a.threads;
     asfda::Engine engine(eo);
 
     // 1. Score the pool.
@@ -165,7 +165,7 @@ int run(const Args &a) {
         const auto &[id, path] = pool[i];
         const asfda::Volume image = asfda::Volume::load(path);
         int last = -1;
-        scores.push_back(engine.score(image, id, [&](double f) {
+        scores.push_back(engine.score(id, image, nullptr, [&](double f) {
             const int pct = static_cast<int>(100 * f);
             if (pct / 10 != last / 10) std::fprintf(stderr, "\rscoring %zu/%zu %s %3d%%", i + 1, pool.size(), id.c_str(), pct);
             last = pct;

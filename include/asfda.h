@@ -10,7 +10,8 @@
  *   out-parameters only on success; on failure asfda_last_error_message() (thread-local)
  *   explains what was wrong and what to do.
  * - Every pointer argument is checked for NULL; integer arguments carrying enum values are
- *   validated. Strings are NUL-terminated UTF-8.
+ *   validated. Strings are NUL-terminated UTF-8, except paths, which are bytes on Unix (any
+ *   file name the OS accepts).
  * - Handles are created by the _load, _new and _from_ functions and released by _free; _free(NULL)
  *   does nothing.
  * - Volumes store f32 voxels x fastest, then y, z, channel (NIfTI order); affines are 16
@@ -35,11 +36,22 @@
 #define ASFDA_VERSION_MINOR 1
 #define ASFDA_VERSION_PATCH 0
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ASFDA_MUST_USE __attribute__((warn_unused_result))
+#else
+#define ASFDA_MUST_USE
+#endif
+
 
 /**
- * Result of every fallible asfda C function. 0 is success.
+ * Result of every fallible asfda C function. 0 is success. An int32_t in C; the functions
+ * returning it are marked ASFDA_MUST_USE, so compilers warn when a status is ignored.
  */
-typedef enum AsfdaStatus {
+enum AsfdaStatus
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   /**
    * Success.
    */
@@ -92,7 +104,14 @@ typedef enum AsfdaStatus {
    * A bug in asfda (including a caught panic). Please report it.
    */
   ASFDA_STATUS_INTERNAL = 12,
-} AsfdaStatus;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum AsfdaStatus AsfdaStatus;
+#else
+typedef int32_t AsfdaStatus;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 /**
  * Severity of a log message (the `level` of AsfdaLogCallback; `max_level` of
@@ -223,14 +242,14 @@ typedef enum AsfdaNonFinite {
 } AsfdaNonFinite;
 
 /**
- * A cancellation token for score and segment calls. asfda_cancel_trigger() stops the calls
+ * A cancel token for score and segment calls. asfda_cancel_token_cancel() stops the calls
  * using it as soon as possible, including an ONNX Runtime run in flight; they return
- * ASFDA_STATUS_CANCELLED and the engine stays usable. Triggering is thread-safe (call it from
- * any thread while a call runs) and idempotent. A token stays triggered until
- * asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
+ * ASFDA_STATUS_CANCELLED and the engine stays usable. Cancelling is thread-safe (call it from
+ * any thread while a call runs) and idempotent. A token stays cancelled until
+ * asfda_cancel_token_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
  * while a call uses it.
  */
-typedef struct AsfdaCancel AsfdaCancel;
+typedef struct AsfdaCancelToken AsfdaCancelToken;
 
 /**
  * A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
@@ -267,6 +286,26 @@ typedef struct AsfdaSelection AsfdaSelection;
 typedef struct AsfdaVolume AsfdaVolume;
 
 /**
+ * Where to find ONNX Runtime and where to run. Start from asfda_runtime_options_default()
+ * (zero-initialising it, `= {0}`, gives the same defaults).
+ */
+typedef struct AsfdaRuntimeOptions {
+  /**
+   * Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
+   * ORT_DYLIB_PATH, next to the asfda library, the project cache).
+   */
+  const char *library_path;
+  /**
+   * "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
+   */
+  const char *device;
+  /**
+   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
+   */
+  uint32_t threads;
+} AsfdaRuntimeOptions;
+
+/**
  * Engine settings. Start from asfda_engine_options_default() and set what you need.
  */
 typedef struct AsfdaEngineOptions {
@@ -275,17 +314,9 @@ typedef struct AsfdaEngineOptions {
    */
   const char *bundle_path;
   /**
-   * Full path of libonnxruntime.so; NULL follows the resolution order.
+   * Where to find ONNX Runtime and where to run (asfda_runtime_options_default()).
    */
-  const char *library_path;
-  /**
-   * "cpu" (when NULL), "auto", "cuda" or "cuda:<id>".
-   */
-  const char *device;
-  /**
-   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
-   */
-  uint32_t threads;
+  struct AsfdaRuntimeOptions runtime;
   /**
    * Fraction of a tile shared with its neighbour, in [0, 1). Default 0.5.
    */
@@ -310,7 +341,7 @@ typedef struct AsfdaEngineOptions {
  * Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
  * ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
  * every batch of tiles, so it stops a call between batches; to stop a model run in flight,
- * use an AsfdaCancel token.
+ * use an AsfdaCancelToken.
  */
 typedef bool (*AsfdaProgressFn)(void *user_data, double fraction);
 
@@ -445,25 +476,6 @@ typedef struct AsfdaStepReport {
 typedef void (*AsfdaLogCallback)(void *user_data, enum AsfdaLogLevel level, const char *message);
 
 /**
- * Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
- */
-typedef struct AsfdaRuntimeOptions {
-  /**
-   * Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
-   * ORT_DYLIB_PATH, next to the asfda library, the project cache).
-   */
-  const char *library_path;
-  /**
-   * "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
-   */
-  const char *device;
-  /**
-   * Intra-op CPU threads; 0 lets ONNX Runtime choose.
-   */
-  uint32_t threads;
-} AsfdaRuntimeOptions;
-
-/**
  * Selection settings. Start from asfda_select_options_default() and set what you need (at least
  * the budget).
  */
@@ -558,7 +570,8 @@ typedef struct AsfdaPick {
 } AsfdaPick;
 
 /**
- * Options for asfda_volume_load. Fill with asfda_read_options_default().
+ * Options for asfda_volume_load and asfda_volume_from_buffer. Fill with
+ * asfda_read_options_default().
  */
 typedef struct AsfdaReadOptions {
   /**
@@ -573,6 +586,11 @@ typedef struct AsfdaReadOptions {
    * Replacement for NaN/Inf voxels when nonfinite is ASFDA_NONFINITE_REPLACE.
    */
   float replace_value;
+  /**
+   * Refuse volumes whose f32 voxels would take more bytes than this, before allocating.
+   * 0 = default (4 GiB).
+   */
+  uint64_t max_bytes;
 } AsfdaReadOptions;
 
 #ifdef __cplusplus
@@ -610,8 +628,9 @@ struct AsfdaEngineOptions asfda_engine_options_default(void);
 /**
  * Loads and validates a model bundle and creates its inference session.
  */
-enum AsfdaStatus asfda_engine_new(const struct AsfdaEngineOptions *options,
-                                  struct AsfdaEngine **out_engine);
+ASFDA_MUST_USE
+AsfdaStatus asfda_engine_new(const struct AsfdaEngineOptions *options,
+                             struct AsfdaEngine **out_engine);
 
 /**
  * Frees an engine; NULL is a no-op.
@@ -621,51 +640,56 @@ void asfda_engine_free(struct AsfdaEngine *engine);
 /**
  * The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
  */
-enum AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
-                                     char *buf,
-                                     size_t capacity,
-                                     size_t *out_needed);
+ASFDA_MUST_USE
+AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
+                                char *buf,
+                                size_t capacity,
+                                size_t *out_needed);
 
 /**
- * Creates an untriggered cancellation token; free it with asfda_cancel_free().
+ * Creates a cancel token (not cancelled); free it with asfda_cancel_token_free().
  */
-enum AsfdaStatus asfda_cancel_new(struct AsfdaCancel **out_cancel);
+ASFDA_MUST_USE AsfdaStatus asfda_cancel_token_new(struct AsfdaCancelToken **out_token);
 
 /**
- * Triggers the token: every call using it stops (also one whose model run is in flight) and
+ * Cancels: every call using the token stops (also one whose model run is in flight) and
  * returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
- * before running the model. Thread-safe; triggering twice is the same as once.
+ * before running the model. Thread-safe; cancelling twice is the same as once.
  */
-enum AsfdaStatus asfda_cancel_trigger(const struct AsfdaCancel *cancel);
+ASFDA_MUST_USE AsfdaStatus asfda_cancel_token_cancel(const struct AsfdaCancelToken *token);
 
 /**
- * Un-triggers the token so it can serve further calls. Call it only while no call uses the
+ * Un-cancels the token so it can serve further calls. Call it only while no call uses the
  * token (a call in flight may or may not see the reset).
  */
-enum AsfdaStatus asfda_cancel_reset(const struct AsfdaCancel *cancel);
+ASFDA_MUST_USE AsfdaStatus asfda_cancel_token_reset(const struct AsfdaCancelToken *token);
 
 /**
- * Whether the token is triggered.
+ * Whether the token is cancelled.
  */
-enum AsfdaStatus asfda_cancel_is_triggered(const struct AsfdaCancel *cancel, bool *out_triggered);
+ASFDA_MUST_USE
+AsfdaStatus asfda_cancel_token_is_cancelled(const struct AsfdaCancelToken *token,
+                                            bool *out_cancelled);
 
 /**
  * Frees a token; NULL is a no-op.
  */
-void asfda_cancel_free(struct AsfdaCancel *cancel);
+void asfda_cancel_token_free(struct AsfdaCancelToken *token);
 
 /**
  * Scores one volume for how informative annotating it would be. `id` names it in the score
- * (e.g. a file name or series UID). `progress` may be NULL; `cancel` may be NULL (then only
- * the progress callback can stop the call).
+ * (e.g. a file name or series UID). `cancel` may be NULL (then only the progress callback can
+ * stop the call); `progress` may be NULL; `user_data` is passed to `progress`. The argument
+ * order is Rust's `Engine::score(id, volume, cancel, progress)`.
  */
-enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
-                                    const struct AsfdaVolume *volume,
-                                    const char *id,
-                                    AsfdaProgressFn progress,
-                                    void *user_data,
-                                    const struct AsfdaCancel *cancel,
-                                    struct AsfdaScore **out_score);
+ASFDA_MUST_USE
+AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
+                               const char *id,
+                               const struct AsfdaVolume *volume,
+                               const struct AsfdaCancelToken *cancel,
+                               AsfdaProgressFn progress,
+                               void *user_data,
+                               struct AsfdaScore **out_score);
 
 /**
  * Segments one volume; every output is on the volume's own grid (dims and affine).
@@ -678,16 +702,17 @@ enum AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
  * - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
  *   one channel.
  *
- * `progress` and `cancel` may be NULL. Free every volume returned with asfda_volume_free().
+ * `cancel` and `progress` may be NULL (argument order of Rust's `Engine::segment`). Free every volume returned with asfda_volume_free().
  */
-enum AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
-                                      const struct AsfdaVolume *volume,
-                                      AsfdaProgressFn progress,
-                                      void *user_data,
-                                      const struct AsfdaCancel *cancel,
-                                      struct AsfdaVolume **out_labels,
-                                      struct AsfdaVolume **out_probabilities,
-                                      struct AsfdaVolume **out_entropy);
+ASFDA_MUST_USE
+AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
+                                 const struct AsfdaVolume *volume,
+                                 const struct AsfdaCancelToken *cancel,
+                                 AsfdaProgressFn progress,
+                                 void *user_data,
+                                 struct AsfdaVolume **out_labels,
+                                 struct AsfdaVolume **out_probabilities,
+                                 struct AsfdaVolume **out_entropy);
 
 /**
  * Frees a score; NULL is a no-op.
@@ -697,28 +722,33 @@ void asfda_score_free(struct AsfdaScore *score);
 /**
  * The scalar scores.
  */
-enum AsfdaStatus asfda_score_values(const struct AsfdaScore *score,
-                                    struct AsfdaScoreValues *out_values);
+ASFDA_MUST_USE
+AsfdaStatus asfda_score_values(const struct AsfdaScore *score,
+                               struct AsfdaScoreValues *out_values);
 
 /**
  * Copies the L2-normalised embedding into `buf`, which must hold exactly `len` floats
  * (embedding_len from asfda_score_values).
  */
-enum AsfdaStatus asfda_score_embedding(const struct AsfdaScore *score, float *buf, size_t len);
+ASFDA_MUST_USE
+AsfdaStatus asfda_score_embedding(const struct AsfdaScore *score,
+                                  float *buf,
+                                  size_t len);
 
 /**
  * The score as JSON (versioned; exact round trip), copied like asfda_runtime_info_json. Scores
  * computed on several machines can be stored and merged before selection.
  */
-enum AsfdaStatus asfda_score_to_json(const struct AsfdaScore *score,
-                                     char *buf,
-                                     size_t capacity,
-                                     size_t *out_needed);
+ASFDA_MUST_USE
+AsfdaStatus asfda_score_to_json(const struct AsfdaScore *score,
+                                char *buf,
+                                size_t capacity,
+                                size_t *out_needed);
 
 /**
  * Reads a score from its JSON form.
  */
-enum AsfdaStatus asfda_score_from_json(const char *json, struct AsfdaScore **out_score);
+ASFDA_MUST_USE AsfdaStatus asfda_score_from_json(const char *json, struct AsfdaScore **out_score);
 
 /**
  * The default fine-tuning options.
@@ -729,20 +759,22 @@ struct AsfdaFineTuneOptions asfda_finetune_options_default(void);
  * Starts fine-tuning on `engine`'s bundle from the bundle's checkpoint. `options` NULL = the
  * defaults. The engine is not changed and not referenced afterwards.
  */
-enum AsfdaStatus asfda_finetuner_new(const struct AsfdaEngine *engine,
-                                     const struct AsfdaFineTuneOptions *options,
-                                     struct AsfdaFineTuner **out_tuner);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_new(const struct AsfdaEngine *engine,
+                                const struct AsfdaFineTuneOptions *options,
+                                struct AsfdaFineTuner **out_tuner);
 
 /**
- * Continues a run saved with asfda_finetuner_save: weights, optimizer state and step count as
+ * Continues a run saved with asfda_finetuner_save_checkpoint: weights, optimizer state and step count as
  * saved; `options` NULL = the saved options. Add the same volumes again afterwards (any order).
  * ASFDA_STATUS_FORMAT for a truncated or corrupt file, ASFDA_STATUS_INVALID_DATA for a file that
  * is not a fine-tuning checkpoint of this engine's bundle.
  */
-enum AsfdaStatus asfda_finetuner_resume(const struct AsfdaEngine *engine,
-                                        const char *path,
-                                        const struct AsfdaFineTuneOptions *options,
-                                        struct AsfdaFineTuner **out_tuner);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_resume(const struct AsfdaEngine *engine,
+                                   const char *path,
+                                   const struct AsfdaFineTuneOptions *options,
+                                   struct AsfdaFineTuner **out_tuner);
 
 /**
  * Frees a fine-tuner; NULL is a no-op.
@@ -756,10 +788,11 @@ void asfda_finetuner_free(struct AsfdaFineTuner *tuner);
  * The fine-tuner keeps only the preprocessed image and labels on the model grid: `image` and
  * `label` may be freed after the call.
  */
-enum AsfdaStatus asfda_finetuner_add_labeled(struct AsfdaFineTuner *tuner,
-                                             const char *id,
-                                             const struct AsfdaVolume *image,
-                                             const struct AsfdaVolume *label);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_add_labeled(struct AsfdaFineTuner *tuner,
+                                        const char *id,
+                                        const struct AsfdaVolume *image,
+                                        const struct AsfdaVolume *label);
 
 /**
  * Adds an unannotated volume (from the reliable set of asfda_select): it is segmented now and
@@ -767,30 +800,35 @@ enum AsfdaStatus asfda_finetuner_add_labeled(struct AsfdaFineTuner *tuner,
  * share of its voxels kept. As for asfda_finetuner_add_labeled, only the model-grid image is kept
  * (refreshes relabel it): `image` may be freed after the call.
  */
-enum AsfdaStatus asfda_finetuner_add_unlabeled(struct AsfdaFineTuner *tuner,
-                                               const char *id,
-                                               const struct AsfdaVolume *image,
-                                               double *out_reliable_fraction);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_add_unlabeled(struct AsfdaFineTuner *tuner,
+                                          const char *id,
+                                          const struct AsfdaVolume *image,
+                                          double *out_reliable_fraction);
 
 /**
  * One AdamW step on a batch of patches (labelled and pseudo-labelled mixed; poly learning
  * rate; ramped pseudo-label weight). ASFDA_STATUS_INVALID_ARGUMENT before any annotated volume
  * was added; ASFDA_STATUS_INVALID_DATA for a non-finite loss (the state is then unchanged).
  */
-enum AsfdaStatus asfda_finetune_step(struct AsfdaFineTuner *tuner,
-                                     struct AsfdaStepReport *out_report);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetune_step(struct AsfdaFineTuner *tuner,
+                                struct AsfdaStepReport *out_report);
 
 /**
  * The number of classes of the model (background included): the length of the Dice array of
  * asfda_finetuner_evaluate.
  */
-enum AsfdaStatus asfda_finetuner_classes(const struct AsfdaFineTuner *tuner, size_t *out_classes);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_classes(const struct AsfdaFineTuner *tuner,
+                                    size_t *out_classes);
 
 /**
  * Steps taken in this fine-tuning run (resumed ones included).
  */
-enum AsfdaStatus asfda_finetuner_steps_done(const struct AsfdaFineTuner *tuner,
-                                            uint64_t *out_steps);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_steps_done(const struct AsfdaFineTuner *tuner,
+                                       uint64_t *out_steps);
 
 /**
  * Dice per class (index 0 = background) of the current weights on `count` annotated volumes
@@ -798,12 +836,13 @@ enum AsfdaStatus asfda_finetuner_steps_done(const struct AsfdaFineTuner *tuner,
  * prediction and label scores 1. `dice_per_class` must hold `classes` doubles, `classes` being
  * asfda_finetuner_classes.
  */
-enum AsfdaStatus asfda_finetuner_evaluate(const struct AsfdaFineTuner *tuner,
-                                          const struct AsfdaVolume *const *images,
-                                          const struct AsfdaVolume *const *labels,
-                                          size_t count,
-                                          double *dice_per_class,
-                                          size_t classes);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_evaluate(const struct AsfdaFineTuner *tuner,
+                                     const struct AsfdaVolume *const *images,
+                                     const struct AsfdaVolume *const *labels,
+                                     size_t count,
+                                     double *dice_per_class,
+                                     size_t classes);
 
 /**
  * Checks the pseudo-labels' source (see pseudo_label_min_dice): segments every annotated
@@ -815,32 +854,38 @@ enum AsfdaStatus asfda_finetuner_evaluate(const struct AsfdaFineTuner *tuner,
  * until the next refresh or annotated volume. ASFDA_STATUS_INVALID_ARGUMENT before any annotated
  * volume was added.
  */
-enum AsfdaStatus asfda_finetuner_check_pseudo_labels(struct AsfdaFineTuner *tuner,
-                                                     double *dice_per_class,
-                                                     size_t classes,
-                                                     double *out_foreground_dice,
-                                                     bool *out_trusted);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_check_pseudo_labels(struct AsfdaFineTuner *tuner,
+                                                double *dice_per_class,
+                                                size_t classes,
+                                                double *out_foreground_dice,
+                                                bool *out_trusted);
 
 /**
  * Saves the run (weights, optimizer state, step count, options) to `path` crash-safely: a
  * temporary file in the same folder renamed over `path`, so a killed process leaves the
  * previous checkpoint or the new one.
  */
-enum AsfdaStatus asfda_finetuner_save(const struct AsfdaFineTuner *tuner, const char *path);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_save_checkpoint(const struct AsfdaFineTuner *tuner,
+                                            const char *path);
 
 /**
  * Writes the adapted model bundle to the new folder `dir` (must not exist): manifest, train
  * step and source knowledge copied, this run's checkpoint, and model.onnx with the fine-tuned
  * weights baked in (usable by any ONNX runtime). Complete or absent, never half-written.
  */
-enum AsfdaStatus asfda_finetuner_export_bundle(const struct AsfdaFineTuner *tuner, const char *dir);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_export_bundle(const struct AsfdaFineTuner *tuner,
+                                          const char *dir);
 
 /**
  * Switches `engine` (same bundle) to the fine-tuned weights, without reading the disk; calls
  * already running on it finish with the weights they started with.
  */
-enum AsfdaStatus asfda_finetuner_apply(const struct AsfdaFineTuner *tuner,
-                                       struct AsfdaEngine *engine);
+ASFDA_MUST_USE
+AsfdaStatus asfda_finetuner_apply_to(const struct AsfdaFineTuner *tuner,
+                                     struct AsfdaEngine *engine);
 
 /**
  * Installs `callback` to receive asfda's log messages of level `max_level` (an AsfdaLogLevel)
@@ -861,15 +906,18 @@ enum AsfdaStatus asfda_finetuner_apply(const struct AsfdaFineTuner *tuner,
  * ASFDA_STATUS_UNSUPPORTED when the process already has a Rust `log` logger of its own (a Rust
  * program linking asfda statically; that logger then receives the messages).
  */
-enum AsfdaStatus asfda_set_log_callback(AsfdaLogCallback callback,
-                                        void *user_data,
-                                        int32_t max_level);
+AsfdaStatus asfda_set_log_callback(AsfdaLogCallback callback, void *user_data, int32_t max_level);
+
+/**
+ * The default runtime options: the library resolution order, CPU, threads chosen by ONNX Runtime.
+ */
+struct AsfdaRuntimeOptions asfda_runtime_options_default(void);
 
 /**
  * Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).
  * Fails with ASFDA_STATUS_RUNTIME_UNAVAILABLE naming every place searched.
  */
-enum AsfdaStatus asfda_runtime_load(const char *library_path);
+ASFDA_MUST_USE AsfdaStatus asfda_runtime_load(const char *library_path);
 
 /**
  * Writes runtime facts as JSON (asfda and ORT versions, library path and how it was found,
@@ -877,14 +925,15 @@ enum AsfdaStatus asfda_runtime_load(const char *library_path);
  * short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
  * default resolution order if it is not loaded yet.
  */
-enum AsfdaStatus asfda_runtime_info_json(char *buf, size_t capacity, size_t *out_needed);
+ASFDA_MUST_USE AsfdaStatus asfda_runtime_info_json(char *buf, size_t capacity, size_t *out_needed);
 
 /**
  * Loads an ONNX model with one image input. `options` may be NULL (CPU, default resolution).
  */
-enum AsfdaStatus asfda_model_load(const char *model_path,
-                                  const struct AsfdaRuntimeOptions *options,
-                                  struct AsfdaModel **out_model);
+ASFDA_MUST_USE
+AsfdaStatus asfda_model_load(const char *model_path,
+                             const struct AsfdaRuntimeOptions *options,
+                             struct AsfdaModel **out_model);
 
 /**
  * Frees a model; NULL is a no-op.
@@ -895,18 +944,20 @@ void asfda_model_free(struct AsfdaModel *model);
  * Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
  * `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
  */
-enum AsfdaStatus asfda_model_device(const struct AsfdaModel *model,
-                                    char *buf,
-                                    size_t capacity,
-                                    size_t *out_needed);
+ASFDA_MUST_USE
+AsfdaStatus asfda_model_device(const struct AsfdaModel *model,
+                               char *buf,
+                               size_t capacity,
+                               size_t *out_needed);
 
 /**
  * Runs the model on a whole volume (tensor [1, C, Z, Y, X]) and returns its first output as a
  * new volume on the same grid. Free the result with asfda_volume_free.
  */
-enum AsfdaStatus asfda_model_run_volume(const struct AsfdaModel *model,
-                                        const struct AsfdaVolume *input,
-                                        struct AsfdaVolume **out_volume);
+ASFDA_MUST_USE
+AsfdaStatus asfda_model_run_volume(const struct AsfdaModel *model,
+                                   const struct AsfdaVolume *input,
+                                   struct AsfdaVolume **out_volume);
 
 /**
  * The default selection options (budget 1: set it).
@@ -917,13 +968,14 @@ struct AsfdaSelectOptions asfda_select_options_default(void);
  * The method named `name` ("asfda", "random", "foreground_random", "entropy", "dkd", "coreset"),
  * for hosts that read the method from a configuration file or command line.
  */
-enum AsfdaStatus asfda_select_method_from_name(const char *name,
-                                               enum AsfdaSelectMethod *out_method);
+ASFDA_MUST_USE
+AsfdaStatus asfda_select_method_from_name(const char *name,
+                                          enum AsfdaSelectMethod *out_method);
 
 /**
  * The gap kind named `name` ("kl" or "anchor").
  */
-enum AsfdaStatus asfda_gap_kind_from_name(const char *name, enum AsfdaGapKind *out_gap);
+ASFDA_MUST_USE AsfdaStatus asfda_gap_kind_from_name(const char *name, enum AsfdaGapKind *out_gap);
 
 /**
  * Picks `options->budget` volumes to annotate among the scores whose id is not in
@@ -934,12 +986,13 @@ enum AsfdaStatus asfda_gap_kind_from_name(const char *name, enum AsfdaGapKind *o
  * duplicate or unknown ids (INVALID_ARGUMENT); embeddings of different sizes, NaN/Inf scores
  * (INVALID_DATA). Free the result with asfda_selection_free.
  */
-enum AsfdaStatus asfda_select(const struct AsfdaScore *const *scores,
-                              size_t count,
-                              const char *const *labeled_ids,
-                              size_t labeled_count,
-                              const struct AsfdaSelectOptions *options,
-                              struct AsfdaSelection **out_selection);
+ASFDA_MUST_USE
+AsfdaStatus asfda_select(const struct AsfdaScore *const *scores,
+                         size_t count,
+                         const char *const *labeled_ids,
+                         size_t labeled_count,
+                         const struct AsfdaSelectOptions *options,
+                         struct AsfdaSelection **out_selection);
 
 /**
  * Frees a selection; NULL is a no-op. Ids borrowed from it become invalid.
@@ -954,9 +1007,10 @@ size_t asfda_selection_count(const struct AsfdaSelection *selection);
 /**
  * Pick `i` (0 = picked first) with its score components.
  */
-enum AsfdaStatus asfda_selection_pick(const struct AsfdaSelection *selection,
-                                      size_t i,
-                                      struct AsfdaPick *out_pick);
+ASFDA_MUST_USE
+AsfdaStatus asfda_selection_pick(const struct AsfdaSelection *selection,
+                                 size_t i,
+                                 struct AsfdaPick *out_pick);
 
 /**
  * The id of pick `i`, borrowed: valid while `selection` lives; never free it. NULL when
@@ -978,45 +1032,63 @@ const char *asfda_selection_reliable_id(const struct AsfdaSelection *selection, 
  * The selection as JSON (versioned: method, options, picks with components, reliable ids), copied
  * like asfda_score_to_json.
  */
-enum AsfdaStatus asfda_selection_to_json(const struct AsfdaSelection *selection,
-                                         char *buf,
-                                         size_t capacity,
-                                         size_t *out_needed);
+ASFDA_MUST_USE
+AsfdaStatus asfda_selection_to_json(const struct AsfdaSelection *selection,
+                                    char *buf,
+                                    size_t capacity,
+                                    size_t *out_needed);
 
 /**
- * The default read options (voxel limit 2^31, NaN/Inf is an error).
+ * Reads a selection from its JSON form (asfda_selection_to_json, or the CLI's `asfda select`
+ * output): the inverse of asfda_selection_to_json. ASFDA_STATUS_UNSUPPORTED for another
+ * format_version, ASFDA_STATUS_FORMAT for malformed or inconsistent JSON. Free the result with
+ * asfda_selection_free.
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_selection_from_json(const char *json,
+                                      struct AsfdaSelection **out_selection);
+
+/**
+ * The default read options (voxel limit 2^31, 4 GiB of voxels, NaN/Inf is an error).
  */
 struct AsfdaReadOptions asfda_read_options_default(void);
 
 /**
  * Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz). `options` may be NULL (defaults).
  */
-enum AsfdaStatus asfda_volume_load(const char *path,
-                                   const struct AsfdaReadOptions *options,
-                                   struct AsfdaVolume **out_volume);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_load(const char *path,
+                              const struct AsfdaReadOptions *options,
+                              struct AsfdaVolume **out_volume);
 
 /**
  * Imports a caller's voxel buffer (x fastest, then y, z, channel; native byte order).
  * `dims` holds 3 sizes; `spacing` (3 values, mm) may be NULL, otherwise it must agree with the
  * affine; `affine` is 16 doubles, row-major, voxel index -> world mm in `convention`.
+ * `options` may be NULL (defaults): its max_voxels and max_bytes limits are checked before
+ * anything is allocated (ASFDA_STATUS_TOO_LARGE); its nonfinite policy does not apply (a
+ * buffer's values are kept as they are).
  */
-enum AsfdaStatus asfda_volume_from_buffer(const uint8_t *data,
-                                          size_t data_len,
-                                          int32_t dtype,
-                                          const size_t *dims,
-                                          size_t channels,
-                                          const double *spacing,
-                                          const double *affine,
-                                          int32_t convention,
-                                          struct AsfdaVolume **out_volume);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_from_buffer(const uint8_t *data,
+                                     size_t data_len,
+                                     int32_t dtype,
+                                     const size_t *dims,
+                                     size_t channels,
+                                     const double *spacing,
+                                     const double *affine,
+                                     int32_t convention,
+                                     const struct AsfdaReadOptions *options,
+                                     struct AsfdaVolume **out_volume);
 
 /**
  * Writes a volume to `path` (.nii or .nii.gz) atomically: a temp file in the same folder, then
  * a rename, so an existing file is never left half-written.
  */
-enum AsfdaStatus asfda_volume_save(const struct AsfdaVolume *volume,
-                                   const char *path,
-                                   int32_t output_type);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_save(const struct AsfdaVolume *volume,
+                              const char *path,
+                              int32_t output_type);
 
 /**
  * Frees a volume; NULL is a no-op.
@@ -1026,44 +1098,51 @@ void asfda_volume_free(struct AsfdaVolume *volume);
 /**
  * Spatial sizes (x, y, z) into `out_dims[3]` and the channel count into `*out_channels`.
  */
-enum AsfdaStatus asfda_volume_dims(const struct AsfdaVolume *volume,
-                                   size_t *out_dims,
-                                   size_t *out_channels);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_dims(const struct AsfdaVolume *volume,
+                              size_t *out_dims,
+                              size_t *out_channels);
 
 /**
  * Voxel spacing in mm (x, y, z) into `out_spacing[3]`.
  */
-enum AsfdaStatus asfda_volume_spacing(const struct AsfdaVolume *volume, double *out_spacing);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_spacing(const struct AsfdaVolume *volume,
+                                 double *out_spacing);
 
 /**
  * The voxel-to-world affine (16 doubles, row-major) in the requested convention.
  */
-enum AsfdaStatus asfda_volume_affine(const struct AsfdaVolume *volume,
-                                     int32_t convention,
-                                     double *out_affine);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_affine(const struct AsfdaVolume *volume,
+                                int32_t convention,
+                                double *out_affine);
 
 /**
  * A read-only pointer to the voxels (f32, x fastest, then y, z, channel) and their count.
  * The pointer is valid until the volume is freed.
  */
-enum AsfdaStatus asfda_volume_data(const struct AsfdaVolume *volume,
-                                   const float **out_data,
-                                   size_t *out_len);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_data(const struct AsfdaVolume *volume,
+                              const float **out_data,
+                              size_t *out_len);
 
 /**
  * Reorients to the closest canonical RAS orientation (as nibabel's as_closest_canonical) and
  * returns a new volume. Free it with asfda_volume_free.
  */
-enum AsfdaStatus asfda_volume_to_canonical(const struct AsfdaVolume *volume,
-                                           struct AsfdaVolume **out_volume);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_to_canonical(const struct AsfdaVolume *volume,
+                                      struct AsfdaVolume **out_volume);
 
 /**
  * Checks that a label map (or any second volume) lies on the same voxel grid as an image:
  * same dims and affine. Returns ASFDA_STATUS_GEOMETRY_MISMATCH with both geometries in the
  * message otherwise.
  */
-enum AsfdaStatus asfda_volume_check_same_grid(const struct AsfdaVolume *image,
-                                              const struct AsfdaVolume *label);
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_check_same_grid(const struct AsfdaVolume *image,
+                                         const struct AsfdaVolume *label);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -2,7 +2,7 @@
 //
 // - Every failing C call throws asfda::Error (a std::runtime_error) carrying the AsfdaStatus and
 //   the library's thread-local message, read at once on the failing thread.
-// - Handles (Volume, Model, Engine, Score, Cancel, Selection, FineTuner) own their C object
+// - Handles (Volume, Model, Engine, Score, CancelToken, Selection, FineTuner) own their C object
 //   through a std::unique_ptr with the matching *_free as deleter: move-only, never leaked, never
 //   freed twice. A moved-from object is empty; calling a method on it throws
 //   Error(ASFDA_STATUS_INVALID_ARGUMENT) because the C
@@ -157,23 +157,26 @@ inline std::string runtime_info_json() {
     return detail::read_string([](char *b, std::size_t c, std::size_t *n) { return asfda_runtime_info_json(b, c, n); });
 }
 
-/// Options for Volume::load; defaults from asfda_read_options_default().
+/// Options for Volume::load and Volume::from_buffer; defaults from asfda_read_options_default().
 struct ReadOptions {
     std::uint64_t max_voxels;
     NonFinite nonfinite;
     float replace_value;
+    std::uint64_t max_bytes;  // of the f32 voxels
 
     ReadOptions() {
         const AsfdaReadOptions d = asfda_read_options_default();
         max_voxels = d.max_voxels;
         nonfinite = static_cast<NonFinite>(d.nonfinite);
         replace_value = d.replace_value;
+        max_bytes = d.max_bytes;
     }
     AsfdaReadOptions to_c() const noexcept {
         AsfdaReadOptions c{};
         c.max_voxels = max_voxels;
         c.nonfinite = static_cast<int32_t>(nonfinite);
         c.replace_value = replace_value;
+        c.max_bytes = max_bytes;
         return c;
     }
 };
@@ -207,15 +210,18 @@ public:
     }
 
     /// Copies a caller buffer of `bytes` bytes holding `dtype` voxels (x fastest, then y, z,
-    /// channel). `spacing`, when given, must agree with the affine.
+    /// channel). `spacing`, when given, must agree with the affine. `options` limits the size
+    /// (max_voxels, max_bytes; checked before allocating).
     static Volume from_buffer(const void *data, std::size_t bytes, AsfdaDataType dtype, const Dims &dims,
                               std::size_t channels, const Affine &affine, Convention convention = Convention::RAS,
-                              const std::optional<Spacing> &spacing = std::nullopt) {
+                              const std::optional<Spacing> &spacing = std::nullopt,
+                              const ReadOptions &options = ReadOptions()) {
+        const AsfdaReadOptions c = options.to_c();
         AsfdaVolume *out = nullptr;
         detail::check(asfda_volume_from_buffer(static_cast<const std::uint8_t *>(data), bytes,
                                                static_cast<int32_t>(dtype), dims.data(), channels,
                                                spacing ? spacing->data() : nullptr, affine.data(),
-                                               static_cast<int32_t>(convention), &out));
+                                               static_cast<int32_t>(convention), &c, &out));
         return Volume(out);
     }
 
@@ -289,11 +295,12 @@ public:
 struct RuntimeOptions {
     std::string library_path;  // full path of libonnxruntime.so; empty: resolution order
     std::string device;        // "cpu" (empty), "auto", "cuda", "cuda:<id>"
-    std::uint32_t threads = 0;  // 0: ONNX Runtime chooses
+    std::uint32_t threads;     // 0: ONNX Runtime chooses
 
+    RuntimeOptions() : threads(asfda_runtime_options_default().threads) {}
     /// The C view; valid while this object lives and is unchanged.
     AsfdaRuntimeOptions to_c() const noexcept {
-        AsfdaRuntimeOptions c{};
+        AsfdaRuntimeOptions c = asfda_runtime_options_default();
         c.library_path = detail::c_str_or_null(library_path);
         c.device = detail::c_str_or_null(device);
         c.threads = threads;
@@ -318,7 +325,7 @@ public:
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_model_device(get(), b, c, n); });
     }
     /// Runs on the whole volume; the first output as a volume on the same grid.
-    Volume run(const Volume &input) const {
+    Volume run_volume(const Volume &input) const {
         AsfdaVolume *out = nullptr;
         detail::check(asfda_model_run_volume(get(), input.get(), &out));
         return Volume(out);
@@ -327,10 +334,8 @@ public:
 
 /// Engine settings; defaults from asfda_engine_options_default().
 struct EngineOptions {
-    std::string bundle_path;   // folder holding manifest.json (required)
-    std::string library_path;  // full path of libonnxruntime.so; empty: resolution order
-    std::string device;        // "cpu" (empty), "auto", "cuda", "cuda:<id>"
-    std::uint32_t threads;
+    std::string bundle_path;  // folder holding manifest.json (required)
+    RuntimeOptions runtime;   // where to find ONNX Runtime and where to run
     double tile_overlap;
     std::uint32_t tiles_per_batch;
     bool mirror;
@@ -338,7 +343,6 @@ struct EngineOptions {
 
     explicit EngineOptions(std::string bundle = {}) : bundle_path(std::move(bundle)) {
         const AsfdaEngineOptions d = asfda_engine_options_default();
-        threads = d.threads;
         tile_overlap = d.tile_overlap;
         tiles_per_batch = d.tiles_per_batch;
         mirror = d.mirror;
@@ -348,9 +352,7 @@ struct EngineOptions {
     AsfdaEngineOptions to_c() const noexcept {
         AsfdaEngineOptions c = asfda_engine_options_default();
         c.bundle_path = detail::c_str_or_null(bundle_path);
-        c.library_path = detail::c_str_or_null(library_path);
-        c.device = detail::c_str_or_null(device);
-        c.threads = threads;
+        c.runtime = runtime.to_c();
         c.tile_overlap = tile_overlap;
         c.tiles_per_batch = tiles_per_batch;
         c.mirror = mirror;
@@ -394,25 +396,25 @@ public:
     }
 };
 
-/// A cancellation token: cancel() stops the score/segment calls given it, also a model run in
+/// A cancel token: cancel() stops the score/segment calls given it, also a model run in
 /// flight (they throw Error(ASFDA_STATUS_CANCELLED)); callable from any thread, idempotent.
-/// Stays triggered until reset(), which must not run while a call uses the token. Keep it alive
+/// Stays cancelled until reset(), which must not run while a call uses the token. Keep it alive
 /// while calls use it.
-class Cancel : public detail::Owned<AsfdaCancel, asfda_cancel_free> {
+class CancelToken : public detail::Owned<AsfdaCancelToken, asfda_cancel_token_free> {
 public:
-    Cancel() : Owned(create()) {}
-    void cancel() const { detail::check(asfda_cancel_trigger(get())); }
-    void reset() const { detail::check(asfda_cancel_reset(get())); }
-    bool triggered() const {
+    CancelToken() : Owned(create()) {}
+    void cancel() const { detail::check(asfda_cancel_token_cancel(get())); }
+    void reset() const { detail::check(asfda_cancel_token_reset(get())); }
+    bool is_cancelled() const {
         bool out = false;
-        detail::check(asfda_cancel_is_triggered(get(), &out));
+        detail::check(asfda_cancel_token_is_cancelled(get(), &out));
         return out;
     }
 
 private:
-    static AsfdaCancel *create() {
-        AsfdaCancel *out = nullptr;
-        detail::check(asfda_cancel_new(&out));
+    static AsfdaCancelToken *create() {
+        AsfdaCancelToken *out = nullptr;
+        detail::check(asfda_cancel_token_new(&out));
         return out;
     }
 };
@@ -442,30 +444,31 @@ public:
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_engine_device(get(), b, c, n); });
     }
     /// Scores `volume`; `id` names it in the score (file name, series UID). `cancel` may be null.
-    Score score(const Volume &volume, const std::string &id, const Progress &progress = {},
-                const Cancel *cancel = nullptr) const {
+    /// Argument order of Rust's Engine::score and asfda_score_volume: id, volume, cancel, progress.
+    Score score(const std::string &id, const Volume &volume, const CancelToken *cancel = nullptr,
+                const Progress &progress = {}) const {
         detail::ProgressBridge bridge(progress);
         AsfdaScore *out = nullptr;
-        const AsfdaStatus status = asfda_score_volume(get(), volume.get(), id.c_str(), bridge.callback(),
-                                                      bridge.user_data(), cancel_of(cancel), &out);
+        const AsfdaStatus status = asfda_score_volume(get(), id.c_str(), volume.get(), cancel_of(cancel),
+                                                      bridge.callback(), bridge.user_data(), &out);
         Score result(out);  // owned before anything can throw
         bridge.rethrow_if_thrown();
         detail::check(status);
         return result;
     }
     /// Label map (class index per voxel) on the volume's own grid. `cancel` may be null.
-    Volume segment(const Volume &volume, const Progress &progress = {}, const Cancel *cancel = nullptr) const {
-        return std::move(segment_maps(volume, SegmentOutputs{}, progress, cancel).labels);
+    Volume segment(const Volume &volume, const CancelToken *cancel = nullptr, const Progress &progress = {}) const {
+        return std::move(segment_maps(volume, SegmentOutputs{}, cancel, progress).labels);
     }
     /// Label map plus the maps asked for in `outputs`, all on the volume's own grid.
-    Segmentation segment_maps(const Volume &volume, SegmentOutputs outputs, const Progress &progress = {},
-                              const Cancel *cancel = nullptr) const {
+    Segmentation segment_maps(const Volume &volume, SegmentOutputs outputs, const CancelToken *cancel = nullptr,
+                              const Progress &progress = {}) const {
         detail::ProgressBridge bridge(progress);
         AsfdaVolume *labels = nullptr;
         AsfdaVolume *probabilities = nullptr;
         AsfdaVolume *entropy = nullptr;
         const AsfdaStatus status = asfda_segment_volume(
-            get(), volume.get(), bridge.callback(), bridge.user_data(), cancel_of(cancel), &labels,
+            get(), volume.get(), cancel_of(cancel), bridge.callback(), bridge.user_data(), &labels,
             outputs.probabilities ? &probabilities : nullptr, outputs.entropy ? &entropy : nullptr);
         Segmentation result{Volume(labels), std::nullopt, std::nullopt};  // owned before anything can throw
         if (probabilities) result.probabilities.emplace(probabilities);
@@ -476,7 +479,7 @@ public:
     }
 
 private:
-    static const AsfdaCancel *cancel_of(const Cancel *cancel) noexcept { return cancel ? cancel->get() : nullptr; }
+    static const AsfdaCancelToken *cancel_of(const CancelToken *cancel) noexcept { return cancel ? cancel->get() : nullptr; }
     static AsfdaEngine *create(const EngineOptions &options) {
         const AsfdaEngineOptions c = options.to_c();
         AsfdaEngine *out = nullptr;
@@ -561,6 +564,12 @@ struct Pick {
 class Selection : public detail::Owned<AsfdaSelection, asfda_selection_free> {
 public:
     explicit Selection(AsfdaSelection *adopt) noexcept : Owned(adopt) {}
+    /// Reads the JSON of to_json() (or the CLI's `asfda select`); exact round trip.
+    static Selection from_json(const std::string &json) {
+        AsfdaSelection *out = nullptr;
+        detail::check(asfda_selection_from_json(json.c_str(), &out));
+        return Selection(out);
+    }
 
     /// Number of picks.
     std::size_t size() const {
@@ -777,13 +786,13 @@ public:
         return c;
     }
     /// Saves the run crash-safely (temp file + rename).
-    void save(const std::string &path) const { detail::check(asfda_finetuner_save(get(), path.c_str())); }
+    void save_checkpoint(const std::string &path) const { detail::check(asfda_finetuner_save_checkpoint(get(), path.c_str())); }
     /// Writes the adapted bundle to the new folder `dir` (must not exist).
     void export_bundle(const std::string &dir) const {
         detail::check(asfda_finetuner_export_bundle(get(), dir.c_str()));
     }
     /// Switches `engine` (same bundle) to the fine-tuned weights.
-    void apply(Engine &engine) const { detail::check(asfda_finetuner_apply(get(), engine.get())); }
+    void apply_to(Engine &engine) const { detail::check(asfda_finetuner_apply_to(get(), engine.get())); }
 
 private:
     static AsfdaFineTuner *create(const Engine &engine, const FineTuneOptions &options) {

@@ -103,34 +103,54 @@ static void test_from_buffer(void) {
     AsfdaVolume *out = sentinel;
 
     CHECK(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, spacing, affine,
-                                   ASFDA_LPS, &out) == ASFDA_STATUS_OK);
+                                   ASFDA_LPS, NULL, &out) == ASFDA_STATUS_OK);
     double ras[16];
     CHECK(asfda_volume_affine(out, ASFDA_RAS, ras) == ASFDA_STATUS_OK);
     CHECK(ras[0] == -2 && ras[3] == -10 && ras[5] == -2 && ras[7] == -20 && ras[10] == 3); /* LPS -> RAS */
     asfda_volume_free(out);
     out = sentinel;
 
-    EXPECT(asfda_volume_from_buffer(NULL, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, ASFDA_RAS, &out),
+    EXPECT(asfda_volume_from_buffer(NULL, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "data");
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels - 4, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
-                                    ASFDA_RAS, &out),
+                                    ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "92");
-    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, 3, dims, 1, NULL, affine, ASFDA_RAS, &out),
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, 3, dims, 1, NULL, affine, ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "dtype");
-    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, 7,
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine, 7, NULL,
                                     &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "convention");
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, NULL, 1, NULL, affine,
-                                    ASFDA_RAS, &out),
+                                    ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_ARGUMENT, "dims");
     double singular[16] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, singular,
-                                    ASFDA_RAS, &out),
+                                    ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_INVALID_DATA, "affine");
     double wrong_spacing[3] = {1, 1, 1};
     EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, wrong_spacing,
-                                    affine, ASFDA_RAS, &out),
+                                    affine, ASFDA_RAS, NULL, &out),
            ASFDA_STATUS_GEOMETRY_MISMATCH, "spacing");
+    /* Size limits, checked before allocating: dims whose voxel count overflows, and a byte limit. */
+    size_t huge[3] = {SIZE_MAX, 1, 1};
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, huge, 1, NULL, affine,
+                                    ASFDA_RAS, NULL, &out),
+           ASFDA_STATUS_TOO_LARGE, "");
+    AsfdaReadOptions small = asfda_read_options_default();
+    CHECK(small.max_bytes > 0);
+    small.max_bytes = sizeof voxels - 1;
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                    ASFDA_RAS, &small, &out),
+           ASFDA_STATUS_TOO_LARGE, "max_bytes");
+    small.max_bytes = sizeof voxels;
+    CHECK(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                   ASFDA_RAS, &small, &out) == ASFDA_STATUS_OK);
+    asfda_volume_free(out);
+    out = sentinel;
+    small.nonfinite = 9;
+    EXPECT(asfda_volume_from_buffer((const uint8_t *)voxels, sizeof voxels, ASFDA_DTYPE_F32, dims, 1, NULL, affine,
+                                    ASFDA_RAS, &small, &out),
+           ASFDA_STATUS_INVALID_ARGUMENT, "nonfinite");
     CHECK(out == sentinel);
 }
 
@@ -151,6 +171,14 @@ static void test_save_and_model(const char *image, const char *model_path, const
     CHECK(asfda_volume_check_same_grid(vol, back) == ASFDA_STATUS_OK);
     asfda_volume_free(back);
 
+    /* Paths are bytes on Unix: a Latin-1 file name (not UTF-8) saves and loads. */
+    snprintf(path, sizeof path, "%s/caf\xe9.nii.gz", work);
+    CHECK(asfda_volume_save(vol, path, ASFDA_OUTPUT_F32) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_load(path, NULL, &back) == ASFDA_STATUS_OK);
+    CHECK(asfda_volume_data(back, &b, &nb) == ASFDA_STATUS_OK && na == nb && memcmp(a, b, na * sizeof(float)) == 0);
+    asfda_volume_free(back);
+    back = NULL;
+
     /* A label map on another grid (the canonical, x-flipped one) is refused. */
     AsfdaVolume *other = NULL;
     CHECK(asfda_volume_to_canonical(vol, &other) == ASFDA_STATUS_OK);
@@ -165,7 +193,8 @@ static void test_save_and_model(const char *image, const char *model_path, const
     CHECK(json && strstr(json, "\"ort_version\":\"1.31.1\"") != NULL);
     free(json);
 
-    AsfdaRuntimeOptions opts = {0};
+    AsfdaRuntimeOptions opts = asfda_runtime_options_default();
+    CHECK(opts.library_path == NULL && opts.device == NULL && opts.threads == 0);
     opts.device = "cpu";
     AsfdaModel *model = NULL;
     CHECK(asfda_model_load(model_path, &opts, &model) == ASFDA_STATUS_OK);
@@ -256,19 +285,19 @@ static void test_segment_maps(const AsfdaEngine *engine, const AsfdaVolume *vol,
     CHECK(a == sentinel && b == sentinel && c == sentinel);
 }
 
-/* A pthread triggers the token once the first of 8 mirrored passes has reported progress; the
- * call stops before the last pass (no timing involved: the trigger waits for a condition). */
-struct trigger_ctx {
+/* A pthread cancels the token once the first of 8 mirrored passes has reported progress; the
+ * call stops before the last pass (no timing involved: the cancel waits for a condition). */
+struct cancel_ctx {
     pthread_mutex_t mutex;
     pthread_cond_t cond;
     int reports;
     double last;
-    const AsfdaCancel *token;
-    AsfdaStatus trigger_status;
+    const AsfdaCancelToken *token;
+    AsfdaStatus cancel_status;
 };
 
 static bool report_progress(void *user_data, double fraction) {
-    struct trigger_ctx *ctx = (struct trigger_ctx *)user_data;
+    struct cancel_ctx *ctx = (struct cancel_ctx *)user_data;
     pthread_mutex_lock(&ctx->mutex);
     ctx->reports++;
     ctx->last = fraction;
@@ -277,39 +306,39 @@ static bool report_progress(void *user_data, double fraction) {
     return true;
 }
 
-static void *trigger_after_first_report(void *arg) {
-    struct trigger_ctx *ctx = (struct trigger_ctx *)arg;
+static void *cancel_after_first_report(void *arg) {
+    struct cancel_ctx *ctx = (struct cancel_ctx *)arg;
     pthread_mutex_lock(&ctx->mutex);
     while (ctx->reports == 0) pthread_cond_wait(&ctx->cond, &ctx->mutex);
     pthread_mutex_unlock(&ctx->mutex);
-    ctx->trigger_status = asfda_cancel_trigger(ctx->token);
+    ctx->cancel_status = asfda_cancel_token_cancel(ctx->token);
     return NULL;
 }
 
 static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol, const char *bundle) {
-    AsfdaCancel *sentinel = (AsfdaCancel *)&failures, *token = sentinel;
-    EXPECT(asfda_cancel_new(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_cancel");
-    EXPECT(asfda_cancel_trigger(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "cancel");
-    EXPECT(asfda_cancel_reset(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "cancel");
-    asfda_cancel_free(NULL);
-    CHECK(asfda_cancel_new(&token) == ASFDA_STATUS_OK && token != sentinel);
-    bool triggered = true;
-    CHECK(asfda_cancel_is_triggered(token, &triggered) == ASFDA_STATUS_OK && !triggered);
-    EXPECT(asfda_cancel_is_triggered(token, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_triggered");
+    AsfdaCancelToken *sentinel = (AsfdaCancelToken *)&failures, *token = sentinel;
+    EXPECT(asfda_cancel_token_new(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_token");
+    EXPECT(asfda_cancel_token_cancel(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "token");
+    EXPECT(asfda_cancel_token_reset(NULL), ASFDA_STATUS_INVALID_ARGUMENT, "token");
+    asfda_cancel_token_free(NULL);
+    CHECK(asfda_cancel_token_new(&token) == ASFDA_STATUS_OK && token != sentinel);
+    bool cancelled = true;
+    CHECK(asfda_cancel_token_is_cancelled(token, &cancelled) == ASFDA_STATUS_OK && !cancelled);
+    EXPECT(asfda_cancel_token_is_cancelled(token, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_cancelled");
 
-    /* Triggered before the call (twice: idempotent): cancelled at once, nothing written. */
-    CHECK(asfda_cancel_trigger(token) == ASFDA_STATUS_OK && asfda_cancel_trigger(token) == ASFDA_STATUS_OK);
-    CHECK(asfda_cancel_is_triggered(token, &triggered) == ASFDA_STATUS_OK && triggered);
+    /* Cancelled before the call (twice: idempotent): cancelled at once, nothing written. */
+    CHECK(asfda_cancel_token_cancel(token) == ASFDA_STATUS_OK && asfda_cancel_token_cancel(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_token_is_cancelled(token, &cancelled) == ASFDA_STATUS_OK && cancelled);
     AsfdaScore *score_sentinel = (AsfdaScore *)&failures, *score = score_sentinel;
-    EXPECT(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_score_volume(engine, "x", vol, token, NULL, NULL, &score), ASFDA_STATUS_CANCELLED, "cancel");
     AsfdaVolume *labels = NULL;
-    EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, token, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED,
+    EXPECT(asfda_segment_volume(engine, vol, token, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED,
            "cancel");
     CHECK(score == score_sentinel && labels == NULL);
 
     /* Reset: the same token serves a whole call. */
-    CHECK(asfda_cancel_reset(token) == ASFDA_STATUS_OK);
-    CHECK(asfda_score_volume(engine, vol, "x", NULL, NULL, token, &score) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_token_reset(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, "x", vol, token, NULL, NULL, &score) == ASFDA_STATUS_OK);
     asfda_score_free(score);
 
     /* From another thread while the call runs: 8 mirrored passes, one ORT run each. */
@@ -318,22 +347,22 @@ static void test_cancel_token(const AsfdaEngine *engine, const AsfdaVolume *vol,
     opts.mirror = true;
     AsfdaEngine *mirrored = NULL;
     CHECK(asfda_engine_new(&opts, &mirrored) == ASFDA_STATUS_OK);
-    struct trigger_ctx ctx = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0.0, token, ASFDA_STATUS_INTERNAL};
+    struct cancel_ctx ctx = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0.0, token, ASFDA_STATUS_INTERNAL};
     pthread_t thread;
-    CHECK(pthread_create(&thread, NULL, trigger_after_first_report, &ctx) == 0);
+    CHECK(pthread_create(&thread, NULL, cancel_after_first_report, &ctx) == 0);
     score = score_sentinel;
-    EXPECT(asfda_score_volume(mirrored, vol, "x", report_progress, &ctx, token, &score), ASFDA_STATUS_CANCELLED,
+    EXPECT(asfda_score_volume(mirrored, "x", vol, token, report_progress, &ctx, &score), ASFDA_STATUS_CANCELLED,
            "cancel");
     CHECK(pthread_join(thread, NULL) == 0);
-    CHECK(ctx.trigger_status == ASFDA_STATUS_OK);
+    CHECK(ctx.cancel_status == ASFDA_STATUS_OK);
     CHECK(score == score_sentinel);
     CHECK(ctx.reports >= 1 && ctx.last < 1.0); /* stopped before the last pass */
     /* The engine stays usable (with the token reset). */
-    CHECK(asfda_cancel_reset(token) == ASFDA_STATUS_OK);
-    CHECK(asfda_segment_volume(mirrored, vol, NULL, NULL, token, &labels, NULL, NULL) == ASFDA_STATUS_OK);
+    CHECK(asfda_cancel_token_reset(token) == ASFDA_STATUS_OK);
+    CHECK(asfda_segment_volume(mirrored, vol, token, NULL, NULL, &labels, NULL, NULL) == ASFDA_STATUS_OK);
     asfda_volume_free(labels);
     asfda_engine_free(mirrored);
-    asfda_cancel_free(token);
+    asfda_cancel_token_free(token);
 }
 
 static void test_engine_and_scores(const char *image, const char *bundle) {
@@ -348,10 +377,10 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     opts.tile_overlap = 1.5;
     EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "overlap");
     opts.tile_overlap = 0.5;
-    opts.device = "gpu";
+    opts.runtime.device = "gpu";
     EXPECT(asfda_engine_new(&opts, &engine), ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
     CHECK(engine == sentinel);
-    opts.device = "auto";
+    opts.runtime.device = "auto";
     CHECK(asfda_engine_new(&opts, &engine) == ASFDA_STATUS_OK);
     char device[32];
     size_t needed = 0;
@@ -362,7 +391,7 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);
     int calls = 0;
     AsfdaScore *score = NULL;
-    CHECK(asfda_score_volume(engine, vol, "anatomical", count_progress, &calls, NULL, &score) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, "anatomical", vol, NULL, count_progress, &calls, &score) == ASFDA_STATUS_OK);
     CHECK(calls >= 1);
     AsfdaScoreValues values;
     CHECK(asfda_score_values(score, &values) == ASFDA_STATUS_OK);
@@ -390,9 +419,9 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
 
     /* Cancellation through the callback; the engine stays usable. */
     AsfdaScore *none = NULL;
-    EXPECT(asfda_score_volume(engine, vol, "x", stop_at_once, NULL, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_score_volume(engine, "x", vol, NULL, stop_at_once, NULL, &none), ASFDA_STATUS_CANCELLED, "cancel");
     CHECK(none == NULL);
-    EXPECT(asfda_score_volume(engine, vol, NULL, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
+    EXPECT(asfda_score_volume(engine, NULL, vol, NULL, NULL, NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "id");
     AsfdaVolume *labels = NULL;
     CHECK(asfda_segment_volume(engine, vol, NULL, NULL, NULL, &labels, NULL, NULL) == ASFDA_STATUS_OK);
     CHECK(asfda_volume_check_same_grid(vol, labels) == ASFDA_STATUS_OK);

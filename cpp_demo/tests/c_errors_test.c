@@ -104,7 +104,7 @@ static void test_model(const char *model_path, const AsfdaVolume *vol) {
 static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     AsfdaEngineOptions eo = asfda_engine_options_default();
     eo.bundle_path = bundle;
-    eo.threads = 2;
+    eo.runtime.threads = 2;
     AsfdaEngine *engine = NULL;
     must(asfda_engine_new(&eo, &engine), "engine_new");
 
@@ -119,7 +119,7 @@ static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     EXPECT(asfda_segment_volume(engine, NULL, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'volume'");
     EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, NULL, NULL, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_labels");
     int calls = 0;
-    EXPECT(asfda_segment_volume(engine, vol, cancel_at_once, &calls, NULL, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(asfda_segment_volume(engine, vol, NULL, cancel_at_once, &calls, &labels, NULL, NULL), ASFDA_STATUS_CANCELLED, "cancel");
     CHECK(calls == 1 && labels == sentinel);
 
     /* Scores: from JSON, so no model run is needed. */

@@ -49,6 +49,7 @@ static AsfdaVolume *crop(const AsfdaVolume *v, const size_t origin[3], const siz
         for (int c = 0; c < 3; c++) a[4 * r + 3] += a[4 * r + c] * (double)origin[c];
     AsfdaVolume *out = NULL;
     must(asfda_volume_from_buffer((const uint8_t *)buf, n * sizeof *buf, ASFDA_DTYPE_F32, size, 1, NULL, a, ASFDA_RAS,
+                                  NULL,
                                   &out),
          "from_buffer");
     free(buf);
@@ -78,7 +79,7 @@ int main(int argc, char **argv) {
 
     AsfdaEngineOptions eo = asfda_engine_options_default();
     eo.bundle_path = bundle;
-    eo.threads = 2;
+    eo.runtime.threads = 2;
     AsfdaEngine *engine = NULL;
     must(asfda_engine_new(&eo, &engine), "engine");
 
@@ -199,10 +200,10 @@ int main(int argc, char **argv) {
 
     /* Save, then resume: the resumed run's next step equals the uninterrupted run's. */
     snprintf(cp_path, sizeof cp_path, "%s/finetune.safetensors", work);
-    EXPECT(asfda_finetuner_save(NULL, cp_path), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
-    EXPECT(asfda_finetuner_save(tuner, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "path");
-    EXPECT(asfda_finetuner_save(tuner, "/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
-    must(asfda_finetuner_save(tuner, cp_path), "save");
+    EXPECT(asfda_finetuner_save_checkpoint(NULL, cp_path), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
+    EXPECT(asfda_finetuner_save_checkpoint(tuner, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "path");
+    EXPECT(asfda_finetuner_save_checkpoint(tuner, "/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
+    must(asfda_finetuner_save_checkpoint(tuner, cp_path), "save");
 
     AsfdaFineTuner *resumed = sentinel;
     EXPECT(asfda_finetuner_resume(NULL, cp_path, NULL, &resumed), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
@@ -245,9 +246,9 @@ int main(int argc, char **argv) {
     must(asfda_engine_new(&ao, &adapted), "engine on the exported bundle");
 
     /* Apply: the engine then segments like the exported bundle. */
-    EXPECT(asfda_finetuner_apply(NULL, engine), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
-    EXPECT(asfda_finetuner_apply(tuner, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
-    must(asfda_finetuner_apply(tuner, engine), "apply");
+    EXPECT(asfda_finetuner_apply_to(NULL, engine), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
+    EXPECT(asfda_finetuner_apply_to(tuner, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    must(asfda_finetuner_apply_to(tuner, engine), "apply");
     AsfdaVolume *s1 = NULL, *s2 = NULL;
     must(asfda_segment_volume(engine, image, NULL, NULL, NULL, &s1, NULL, NULL), "segment (applied)");
     must(asfda_segment_volume(adapted, image, NULL, NULL, NULL, &s2, NULL, NULL), "segment (exported)");

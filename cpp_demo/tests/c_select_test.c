@@ -123,6 +123,22 @@ static void test_asfda_round1_and_round2(AsfdaScore *const scores[N]) {
     CHECK(json && asfda_selection_to_json(sel, json, needed, &again) == ASFDA_STATUS_OK && again == needed);
     CHECK(json && strlen(json) + 1 == needed);
     CHECK(json && strstr(json, "\"method\":\"asfda\"") && strstr(json, "\"format_version\":1"));
+    /* Read back: the same picks and the same JSON (exact round trip). */
+    AsfdaSelection *back = NULL;
+    CHECK(json && asfda_selection_from_json(json, &back) == ASFDA_STATUS_OK);
+    CHECK(asfda_selection_count(back) == asfda_selection_count(sel));
+    CHECK(back && strcmp(asfda_selection_pick_id(back, 0), asfda_selection_pick_id(sel, 0)) == 0);
+    char *json2 = malloc(needed);
+    CHECK(json2 && asfda_selection_to_json(back, json2, needed, &again) == ASFDA_STATUS_OK && again == needed);
+    CHECK(json && json2 && strcmp(json, json2) == 0);
+    free(json2);
+    asfda_selection_free(back);
+    AsfdaSelection *none = NULL;
+    EXPECT(asfda_selection_from_json("{\"format_version\":99}", &none), ASFDA_STATUS_UNSUPPORTED, "format_version 99");
+    EXPECT(asfda_selection_from_json("{\"format_version\":1", &none), ASFDA_STATUS_FORMAT, "malformed");
+    EXPECT(asfda_selection_from_json(NULL, &none), ASFDA_STATUS_INVALID_ARGUMENT, "'json' is NULL");
+    EXPECT(asfda_selection_from_json(json, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_selection");
+    CHECK(none == NULL);
     free(json);
     asfda_selection_free(sel);
 

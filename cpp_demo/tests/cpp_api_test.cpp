@@ -184,7 +184,7 @@ void test_model(const std::string &image, const std::string &model_path, const s
     const asfda::Model model = asfda::Model::load(model_path, opts);
     EXPECT(model.device() == "cpu");
     const asfda::Volume vol = asfda::Volume::load(image);
-    const asfda::Volume probs = model.run(vol);
+    const asfda::Volume probs = model.run_volume(vol);
     EXPECT(probs.channels() == 2 && (probs.dims() == asfda::Dims{33, 41, 25}));
     const std::vector<float> p = probs.voxels();
     const std::size_t n = p.size() / 2;
@@ -195,7 +195,7 @@ void test_model(const std::string &image, const std::string &model_path, const s
     asfda::Model moved = asfda::Model::load(model_path, opts);
     asfda::Model target = std::move(moved);
     EXPECT(!moved && target.device() == "cpu");
-    EXPECT_ERROR(moved.run(vol), ASFDA_STATUS_INVALID_ARGUMENT, "model");
+    EXPECT_ERROR(moved.run_volume(vol), ASFDA_STATUS_INVALID_ARGUMENT, "model");
 
     opts.device = "tpu";
     EXPECT_ERROR(asfda::Model::load(model_path, opts), ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
@@ -215,6 +215,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     const AsfdaEngineOptions c_defaults = asfda_engine_options_default();
     EXPECT(defaults.tile_overlap == c_defaults.tile_overlap && defaults.tiles_per_batch == c_defaults.tiles_per_batch);
     EXPECT(defaults.mirror == c_defaults.mirror && defaults.bundle_path.empty());
+    EXPECT(defaults.runtime.threads == c_defaults.runtime.threads && defaults.runtime.device.empty());
 
     EXPECT_ERROR(asfda::Engine{asfda::EngineOptions()}, ASFDA_STATUS_INVALID_ARGUMENT, "bundle_path");
     EXPECT_ERROR(asfda::Engine{asfda::EngineOptions("/no/such/bundle")}, ASFDA_STATUS_IO, "/no/such/bundle");
@@ -222,16 +223,16 @@ void test_engine(const std::string &image, const std::string &bundle) {
     opts.tile_overlap = 1.5;
     EXPECT_ERROR(asfda::Engine{opts}, ASFDA_STATUS_INVALID_ARGUMENT, "overlap");
     opts.tile_overlap = 0.5;
-    opts.device = "gpu";
+    opts.runtime.device = "gpu";
     EXPECT_ERROR(asfda::Engine{opts}, ASFDA_STATUS_INVALID_ARGUMENT, "cuda:<id>");
-    opts.device = "cpu";
+    opts.runtime.device = "cpu";
     const asfda::Engine engine(opts);
     EXPECT(engine.device() == "cpu");
 
     const asfda::Volume vol = asfda::Volume::load(image);
     int calls = 0;
     bool in_range = true;
-    const asfda::Score score = engine.score(vol, "anatomical", [&](double f) {
+    const asfda::Score score = engine.score("anatomical", vol, nullptr, [&](double f) {
         calls++;
         in_range = in_range && f >= 0 && f <= 1;
         return true;
@@ -257,14 +258,14 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT_ERROR(asfda::Score::from_json("not json"), ASFDA_STATUS_FORMAT, "");
 
     // A callback returning false cancels; the engine stays usable.
-    EXPECT_ERROR(engine.score(vol, "x", [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
-    EXPECT_ERROR(engine.segment(vol, [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT_ERROR(engine.score("x", vol, nullptr, [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT_ERROR(engine.segment(vol, nullptr, [](double) { return false; }), ASFDA_STATUS_CANCELLED, "cancel");
 
     // A callback that throws: the exception is caught before the C boundary, the work is
     // cancelled, and the very same exception reaches the caller after the C call returned.
     int throwing_calls = 0;
     try {
-        (void)engine.score(vol, "x", [&](double) -> bool {
+        (void)engine.score("x", vol, nullptr, [&](double) -> bool {
             throwing_calls++;
             throw CallbackFailure("host says stop");
         });
@@ -278,7 +279,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT(throwing_calls == 1);  // never called again once it threw
     int segment_calls = 0;
     try {
-        (void)engine.segment(vol, [&](double) -> bool {
+        (void)engine.segment(vol, nullptr, [&](double) -> bool {
             if (++segment_calls == 1) throw std::out_of_range("segment callback");
             return true;
         });
@@ -289,7 +290,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     EXPECT(segment_calls == 1);
 
     // Still usable, and deterministic: the same volume scores the same.
-    const asfda::Score again = engine.score(vol, "anatomical");
+    const asfda::Score again = engine.score("anatomical", vol);
     EXPECT(again.to_json() == json);
     const asfda::Volume labels = engine.segment(vol);
     vol.check_same_grid(labels);
@@ -313,20 +314,20 @@ void test_engine(const std::string &image, const std::string &bundle) {
     const asfda::Segmentation only_labels = engine.segment_maps(vol, asfda::SegmentOutputs{});
     EXPECT(!only_labels.probabilities && !only_labels.entropy);
 
-    // A cancellation token: triggered before the call, the call throws CANCELLED; once reset,
+    // A cancel token: cancelled before the call, the call throws CANCELLED; once reset,
     // the same token serves a call to the end.
-    const asfda::Cancel token;
+    const asfda::CancelToken token;
     token.cancel();
-    EXPECT(token.triggered());
-    EXPECT_ERROR(engine.score(vol, "x", {}, &token), ASFDA_STATUS_CANCELLED, "cancel");
+    EXPECT(token.is_cancelled());
+    EXPECT_ERROR(engine.score("x", vol, &token), ASFDA_STATUS_CANCELLED, "cancel");
     token.reset();
-    EXPECT(!token.triggered() && engine.score(vol, "anatomical", {}, &token).to_json() == json);
+    EXPECT(!token.is_cancelled() && engine.score("anatomical", vol, &token).to_json() == json);
 
     // Two threads scoring with one engine get the serial result.
     std::vector<std::string> results(2);
     std::vector<std::thread> threads;
     for (int t = 0; t < 2; t++)
-        threads.emplace_back([&, t] { results[t] = engine.score(vol, "anatomical").to_json(); });
+        threads.emplace_back([&, t] { results[t] = engine.score("anatomical", vol).to_json(); });
     for (auto &th : threads) th.join();
     EXPECT(results[0] == json && results[1] == json);
 
@@ -338,7 +339,7 @@ void test_engine(const std::string &image, const std::string &bundle) {
     asfda::Engine e1(opts);
     asfda::Engine e2 = std::move(e1);
     EXPECT(!e1 && e2.device() == "cpu");
-    EXPECT_ERROR(e1.score(vol, "x"), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    EXPECT_ERROR(e1.score("x", vol), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
 }
 
 // A score in the JSON form (format_version 1) with a 2-bin histogram holding no voxels.
@@ -387,6 +388,8 @@ void test_select() {
     for (const std::string &id : reliable) EXPECT(id != picks[0].id && id != picks[1].id);
     const std::string json = sel.to_json();
     EXPECT(json.find("\"a\"") != std::string::npos && json.find("reliable") != std::string::npos);
+    EXPECT(asfda::Selection::from_json(json).to_json() == json);
+    EXPECT_ERROR(asfda::Selection::from_json("{}"), ASFDA_STATUS_FORMAT, "format_version");
     EXPECT_ERROR(sel.pick(2), ASFDA_STATUS_INVALID_ARGUMENT, "2");
 
     // Round 2 with "a" and "lab" labeled: neither is picked again. Pointer form, other method.
@@ -449,7 +452,7 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
     EXPECT(defaults.patch_size[0] == c.patch_size[0] && defaults.seed == c.seed);
 
     asfda::EngineOptions eo(bundle);
-    eo.threads = 2;
+    eo.runtime.threads = 2;
     asfda::Engine engine(eo);
     const asfda::Dims origin{22, 30, 24}, size{56, 64, 48};
     const asfda::Volume image = crop(asfda::Volume::load(data + "/pd/pool/pd_pool_000_image.nii.gz"), origin, size);
@@ -497,8 +500,8 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
 
     // Save and resume: the next step of both runs is the same.
     const std::string cp = work + "/cpp_finetune.safetensors";
-    EXPECT_ERROR(tuner.save("/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
-    tuner.save(cp);
+    EXPECT_ERROR(tuner.save_checkpoint("/no/such/folder/x.safetensors"), ASFDA_STATUS_IO, "/no/such/folder");
+    tuner.save_checkpoint(cp);
     EXPECT_ERROR(asfda::FineTuner::resume(engine, "/no/such/cp.safetensors"), ASFDA_STATUS_IO, "/no/such/cp");
     write_file(work + "/not-a-checkpoint.safetensors", "garbage");
     EXPECT_ERROR(asfda::FineTuner::resume(engine, work + "/not-a-checkpoint.safetensors"), ASFDA_STATUS_FORMAT,
@@ -514,7 +517,7 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
     // Export refuses an existing folder; apply switches the engine to the tuned weights.
     EXPECT_ERROR(tuner.export_bundle(work), ASFDA_STATUS_INVALID_ARGUMENT, "already exists");
     const std::vector<float> seg_before = engine.segment(image).voxels();
-    tuner.apply(engine);
+    tuner.apply_to(engine);
     const std::vector<double> after = tuner.evaluate({&image}, {&label});
     EXPECT(after.size() == 4);
     EXPECT(engine.segment(image).voxels().size() == seg_before.size());
@@ -526,7 +529,7 @@ void test_finetune(const std::string &bundle, const std::string &data, const std
     EXPECT_ERROR(resumed.classes(), ASFDA_STATUS_INVALID_ARGUMENT, "tuner");
     asfda::Engine gone = std::move(engine);
     EXPECT_ERROR(asfda::FineTuner(engine, o), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
-    EXPECT_ERROR(tuner.apply(engine), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
+    EXPECT_ERROR(tuner.apply_to(engine), ASFDA_STATUS_INVALID_ARGUMENT, "engine");
 }
 
 // The thread-local last error: each thread's exception carries its own message.

@@ -20,7 +20,7 @@ int main(int argc, char **argv) try {
     std::vector<asfda::Score> scores;
     for (const std::string &id : ids) {
         images.push_back(asfda::Volume::load(pool + id + "_image.nii.gz"));
-        scores.push_back(engine.score(images.back(), id));
+        scores.push_back(engine.score(id, images.back()));
         std::printf("%s  knowledge gap %.3f  ASD %.3f\n", id.c_str(), scores.back().gap_kl(), scores.back().asd());
     }
 
@@ -39,7 +39,7 @@ int main(int argc, char **argv) try {
 
     const std::vector<double> dice = tuner.evaluate({&images[pick.components.index]}, {&label});
     std::printf("Dice on the annotated volume: gm %.3f, wm %.3f\n", dice[2], dice[3]);
-    tuner.apply(engine);  // the engine now segments with the adapted weights
+    tuner.apply_to(engine);  // the engine now segments with the adapted weights
     return 0;
 } catch (const asfda::Error &e) {
     std::fprintf(stderr, "asfda error %d: %s\n", static_cast<int>(e.status()), e.what());

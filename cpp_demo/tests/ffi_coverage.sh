@@ -13,7 +13,7 @@ tests=${2:?usage: ffi_coverage.sh HEADER TESTS_DIR}
 [ -f "$header" ] || { echo "ffi_coverage: no header $header" >&2; exit 2; }
 
 # Prototypes in the generated header start at column 0: "<type> asfda_name(".
-fallible=$(grep -oE '^enum AsfdaStatus asfda_[a-z0-9_]+\(' "$header" | sed -E 's/.* (asfda_[a-z0-9_]+)\(/\1/' | sort -u)
+fallible=$(grep -oE '^(ASFDA_MUST_USE )?AsfdaStatus asfda_[a-z0-9_]+\(' "$header" | sed -E 's/.* (asfda_[a-z0-9_]+)\(/\1/' | sort -u)
 all=$(grep -oE '^[A-Za-z].*[ *](asfda_[a-z0-9_]+)\(' "$header" | grep -oE 'asfda_[a-z0-9_]+\($' | tr -d '(' | sort -u)
 [ -n "$all" ] || { echo "ffi_coverage: no asfda_* prototypes found in $header" >&2; exit 2; }
 

@@ -8,7 +8,7 @@ use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, 
 use crate::cancel::CancelToken;
 use crate::engine::{Engine, EngineOptions, SegmentOutputs};
 use crate::error::{Error, Result};
-use crate::runtime::{Device, RuntimeOptions};
+use super::runtime::{asfda_runtime_options_default, runtime_options_from, AsfdaRuntimeOptions};
 use crate::score::Score;
 use crate::window::WindowOptions;
 
@@ -24,12 +24,8 @@ pub struct AsfdaScore(pub(crate) Score);
 pub struct AsfdaEngineOptions {
     /// Folder of the model bundle (holds manifest.json). Required.
     pub bundle_path: *const c_char,
-    /// Full path of libonnxruntime.so; NULL follows the resolution order.
-    pub library_path: *const c_char,
-    /// "cpu" (when NULL), "auto", "cuda" or "cuda:<id>".
-    pub device: *const c_char,
-    /// Intra-op CPU threads; 0 lets ONNX Runtime choose.
-    pub threads: u32,
+    /// Where to find ONNX Runtime and where to run (asfda_runtime_options_default()).
+    pub runtime: AsfdaRuntimeOptions,
     /// Fraction of a tile shared with its neighbour, in [0, 1). Default 0.5.
     pub tile_overlap: f64,
     /// Tiles per ONNX Runtime run. Default 2.
@@ -45,7 +41,7 @@ pub struct AsfdaEngineOptions {
 /// Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
 /// ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
 /// every batch of tiles, so it stops a call between batches; to stop a model run in flight,
-/// use an AsfdaCancel token.
+/// use an AsfdaCancelToken.
 pub type AsfdaProgressFn = Option<extern "C" fn(user_data: *mut c_void, fraction: f64) -> bool>;
 
 /// The scalar scores of a volume.
@@ -71,9 +67,7 @@ pub extern "C" fn asfda_engine_options_default() -> AsfdaEngineOptions {
     let window = WindowOptions::default();
     AsfdaEngineOptions {
         bundle_path: std::ptr::null(),
-        library_path: std::ptr::null(),
-        device: std::ptr::null(),
-        threads: 0,
+        runtime: asfda_runtime_options_default(),
         tile_overlap: window.overlap,
         tiles_per_batch: window.tiles_per_batch as u32,
         mirror: window.mirror,
@@ -82,9 +76,7 @@ pub extern "C" fn asfda_engine_options_default() -> AsfdaEngineOptions {
 }
 
 fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
-    let library_path =
-        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
-    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, "options->device")?.parse()? };
+    let runtime = runtime_options_from(&o.runtime, "options->runtime")?;
     let window = WindowOptions {
         overlap: o.tile_overlap,
         tiles_per_batch: o.tiles_per_batch as usize,
@@ -92,7 +84,7 @@ fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
         ..Default::default()
     };
     Ok(EngineOptions {
-        runtime: RuntimeOptions { library_path, device, threads: o.threads as usize },
+        runtime,
         window,
         memory_limit_bytes: o.memory_limit_bytes,
         ..Default::default()
@@ -101,6 +93,7 @@ fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
 
 /// Loads and validates a model bundle and creates its inference session.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_engine_new(
     options: *const AsfdaEngineOptions,
     out_engine: *mut *mut AsfdaEngine,
@@ -123,6 +116,7 @@ pub extern "C" fn asfda_engine_free(engine: *mut AsfdaEngine) {
 
 /// The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_engine_device(
     engine: *const AsfdaEngine,
     buf: *mut c_char,
@@ -137,62 +131,69 @@ fn progress_closure(callback: AsfdaProgressFn, user_data: *mut c_void) -> impl F
     move |fraction| callback.is_none_or(|f| f(user_data, fraction))
 }
 
-/// A cancellation token for score and segment calls. asfda_cancel_trigger() stops the calls
+/// A cancel token for score and segment calls. asfda_cancel_token_cancel() stops the calls
 /// using it as soon as possible, including an ONNX Runtime run in flight; they return
-/// ASFDA_STATUS_CANCELLED and the engine stays usable. Triggering is thread-safe (call it from
-/// any thread while a call runs) and idempotent. A token stays triggered until
-/// asfda_cancel_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
+/// ASFDA_STATUS_CANCELLED and the engine stays usable. Cancelling is thread-safe (call it from
+/// any thread while a call runs) and idempotent. A token stays cancelled until
+/// asfda_cancel_token_reset(). Needs no engine and no ONNX Runtime to create. Do not free a token
 /// while a call uses it.
-pub struct AsfdaCancel(CancelToken);
+pub struct AsfdaCancelToken(CancelToken);
 
-/// Creates an untriggered cancellation token; free it with asfda_cancel_free().
+/// Creates a cancel token (not cancelled); free it with asfda_cancel_token_free().
 #[no_mangle]
-pub extern "C" fn asfda_cancel_new(out_cancel: *mut *mut AsfdaCancel) -> AsfdaStatus {
+#[must_use]
+pub extern "C" fn asfda_cancel_token_new(out_token: *mut *mut AsfdaCancelToken) -> AsfdaStatus {
     guard(|| {
-        check_out(out_cancel, "out_cancel")?;
-        write_out(out_cancel, Box::into_raw(Box::new(AsfdaCancel(CancelToken::new()?))));
+        check_out(out_token, "out_token")?;
+        write_out(out_token, Box::into_raw(Box::new(AsfdaCancelToken(CancelToken::new()?))));
         Ok(())
     })
 }
 
-/// Triggers the token: every call using it stops (also one whose model run is in flight) and
+/// Cancels: every call using the token stops (also one whose model run is in flight) and
 /// returns ASFDA_STATUS_CANCELLED; calls started later with it return ASFDA_STATUS_CANCELLED
-/// before running the model. Thread-safe; triggering twice is the same as once.
+/// before running the model. Thread-safe; cancelling twice is the same as once.
 #[no_mangle]
-pub extern "C" fn asfda_cancel_trigger(cancel: *const AsfdaCancel) -> AsfdaStatus {
+#[must_use]
+pub extern "C" fn asfda_cancel_token_cancel(token: *const AsfdaCancelToken) -> AsfdaStatus {
     guard(|| {
-        non_null(cancel, "cancel")?.0.cancel();
+        non_null(token, "token")?.0.cancel();
         Ok(())
     })
 }
 
-/// Un-triggers the token so it can serve further calls. Call it only while no call uses the
+/// Un-cancels the token so it can serve further calls. Call it only while no call uses the
 /// token (a call in flight may or may not see the reset).
 #[no_mangle]
-pub extern "C" fn asfda_cancel_reset(cancel: *const AsfdaCancel) -> AsfdaStatus {
-    guard(|| non_null(cancel, "cancel")?.0.reset())
+#[must_use]
+pub extern "C" fn asfda_cancel_token_reset(token: *const AsfdaCancelToken) -> AsfdaStatus {
+    guard(|| non_null(token, "token")?.0.reset())
 }
 
-/// Whether the token is triggered.
+/// Whether the token is cancelled.
 #[no_mangle]
-pub extern "C" fn asfda_cancel_is_triggered(cancel: *const AsfdaCancel, out_triggered: *mut bool) -> AsfdaStatus {
+#[must_use]
+pub extern "C" fn asfda_cancel_token_is_cancelled(
+    token: *const AsfdaCancelToken,
+    out_cancelled: *mut bool,
+) -> AsfdaStatus {
     guard(|| {
-        check_out(out_triggered, "out_triggered")?;
-        let triggered = non_null(cancel, "cancel")?.0.is_cancelled();
-        write_out(out_triggered, triggered);
+        check_out(out_cancelled, "out_cancelled")?;
+        let cancelled = non_null(token, "token")?.0.is_cancelled();
+        write_out(out_cancelled, cancelled);
         Ok(())
     })
 }
 
 /// Frees a token; NULL is a no-op.
 #[no_mangle]
-pub extern "C" fn asfda_cancel_free(cancel: *mut AsfdaCancel) {
-    free_handle(cancel);
+pub extern "C" fn asfda_cancel_token_free(token: *mut AsfdaCancelToken) {
+    free_handle(token);
 }
 
 /// The caller's token, or a private one when `cancel` is NULL.
-fn token(cancel: *const AsfdaCancel, private: &mut Option<CancelToken>) -> Result<&CancelToken> {
-    // SAFETY: a non-NULL token comes from asfda_cancel_new and outlives the call (contract).
+fn token(cancel: *const AsfdaCancelToken, private: &mut Option<CancelToken>) -> Result<&CancelToken> {
+    // SAFETY: a non-NULL token comes from asfda_cancel_token_new and outlives the call (contract).
     match unsafe { cancel.as_ref() } {
         Some(c) => Ok(&c.0),
         None => Ok(private.insert(CancelToken::new()?)),
@@ -200,16 +201,18 @@ fn token(cancel: *const AsfdaCancel, private: &mut Option<CancelToken>) -> Resul
 }
 
 /// Scores one volume for how informative annotating it would be. `id` names it in the score
-/// (e.g. a file name or series UID). `progress` may be NULL; `cancel` may be NULL (then only
-/// the progress callback can stop the call).
+/// (e.g. a file name or series UID). `cancel` may be NULL (then only the progress callback can
+/// stop the call); `progress` may be NULL; `user_data` is passed to `progress`. The argument
+/// order is Rust's `Engine::score(id, volume, cancel, progress)`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_volume(
     engine: *const AsfdaEngine,
-    volume: *const AsfdaVolume,
     id: *const c_char,
+    volume: *const AsfdaVolume,
+    cancel: *const AsfdaCancelToken,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
-    cancel: *const AsfdaCancel,
     out_score: *mut *mut AsfdaScore,
 ) -> AsfdaStatus {
     guard(|| {
@@ -235,15 +238,16 @@ pub extern "C" fn asfda_score_volume(
 /// - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
 ///   one channel.
 ///
-/// `progress` and `cancel` may be NULL. Free every volume returned with asfda_volume_free().
+/// `cancel` and `progress` may be NULL (argument order of Rust's `Engine::segment`). Free every volume returned with asfda_volume_free().
 #[no_mangle]
+#[must_use]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn asfda_segment_volume(
     engine: *const AsfdaEngine,
     volume: *const AsfdaVolume,
+    cancel: *const AsfdaCancelToken,
     progress: AsfdaProgressFn,
     user_data: *mut c_void,
-    cancel: *const AsfdaCancel,
     out_labels: *mut *mut AsfdaVolume,
     out_probabilities: *mut *mut AsfdaVolume,
     out_entropy: *mut *mut AsfdaVolume,
@@ -278,6 +282,7 @@ pub extern "C" fn asfda_score_free(score: *mut AsfdaScore) {
 
 /// The scalar scores.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_values(score: *const AsfdaScore, out_values: *mut AsfdaScoreValues) -> AsfdaStatus {
     guard(|| {
         check_out(out_values, "out_values")?;
@@ -301,6 +306,7 @@ pub extern "C" fn asfda_score_values(score: *const AsfdaScore, out_values: *mut 
 /// Copies the L2-normalised embedding into `buf`, which must hold exactly `len` floats
 /// (embedding_len from asfda_score_values).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_embedding(score: *const AsfdaScore, buf: *mut f32, len: usize) -> AsfdaStatus {
     guard(|| {
         let s = &non_null(score, "score")?.0;
@@ -322,6 +328,7 @@ pub extern "C" fn asfda_score_embedding(score: *const AsfdaScore, buf: *mut f32,
 /// The score as JSON (versioned; exact round trip), copied like asfda_runtime_info_json. Scores
 /// computed on several machines can be stored and merged before selection.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_to_json(
     score: *const AsfdaScore,
     buf: *mut c_char,
@@ -333,6 +340,7 @@ pub extern "C" fn asfda_score_to_json(
 
 /// Reads a score from its JSON form.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_score_from_json(json: *const c_char, out_score: *mut *mut AsfdaScore) -> AsfdaStatus {
     guard(|| {
         check_out(out_score, "out_score")?;

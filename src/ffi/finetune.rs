@@ -134,6 +134,7 @@ fn tuner_mut<'a>(tuner: *mut AsfdaFineTuner) -> Result<&'a mut FineTuner> {
 /// Starts fine-tuning on `engine`'s bundle from the bundle's checkpoint. `options` NULL = the
 /// defaults. The engine is not changed and not referenced afterwards.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_new(
     engine: *const AsfdaEngine,
     options: *const AsfdaFineTuneOptions,
@@ -152,11 +153,12 @@ pub extern "C" fn asfda_finetuner_new(
     })
 }
 
-/// Continues a run saved with asfda_finetuner_save: weights, optimizer state and step count as
+/// Continues a run saved with asfda_finetuner_save_checkpoint: weights, optimizer state and step count as
 /// saved; `options` NULL = the saved options. Add the same volumes again afterwards (any order).
 /// ASFDA_STATUS_FORMAT for a truncated or corrupt file, ASFDA_STATUS_INVALID_DATA for a file that
 /// is not a fine-tuning checkpoint of this engine's bundle.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_resume(
     engine: *const AsfdaEngine,
     path: *const c_char,
@@ -185,6 +187,7 @@ pub extern "C" fn asfda_finetuner_free(tuner: *mut AsfdaFineTuner) {
 /// The fine-tuner keeps only the preprocessed image and labels on the model grid: `image` and
 /// `label` may be freed after the call.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_add_labeled(
     tuner: *mut AsfdaFineTuner,
     id: *const c_char,
@@ -204,6 +207,7 @@ pub extern "C" fn asfda_finetuner_add_labeled(
 /// share of its voxels kept. As for asfda_finetuner_add_labeled, only the model-grid image is kept
 /// (refreshes relabel it): `image` may be freed after the call.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_add_unlabeled(
     tuner: *mut AsfdaFineTuner,
     id: *const c_char,
@@ -225,6 +229,7 @@ pub extern "C" fn asfda_finetuner_add_unlabeled(
 /// rate; ramped pseudo-label weight). ASFDA_STATUS_INVALID_ARGUMENT before any annotated volume
 /// was added; ASFDA_STATUS_INVALID_DATA for a non-finite loss (the state is then unchanged).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetune_step(tuner: *mut AsfdaFineTuner, out_report: *mut AsfdaStepReport) -> AsfdaStatus {
     guard(|| {
         check_out(out_report, "out_report")?;
@@ -249,6 +254,7 @@ pub extern "C" fn asfda_finetune_step(tuner: *mut AsfdaFineTuner, out_report: *m
 /// The number of classes of the model (background included): the length of the Dice array of
 /// asfda_finetuner_evaluate.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_classes(tuner: *const AsfdaFineTuner, out_classes: *mut usize) -> AsfdaStatus {
     guard(|| {
         check_out(out_classes, "out_classes")?;
@@ -259,6 +265,7 @@ pub extern "C" fn asfda_finetuner_classes(tuner: *const AsfdaFineTuner, out_clas
 
 /// Steps taken in this fine-tuning run (resumed ones included).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_steps_done(tuner: *const AsfdaFineTuner, out_steps: *mut u64) -> AsfdaStatus {
     guard(|| {
         check_out(out_steps, "out_steps")?;
@@ -272,6 +279,7 @@ pub extern "C" fn asfda_finetuner_steps_done(tuner: *const AsfdaFineTuner, out_s
 /// prediction and label scores 1. `dice_per_class` must hold `classes` doubles, `classes` being
 /// asfda_finetuner_classes.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_evaluate(
     tuner: *const AsfdaFineTuner,
     images: *const *const AsfdaVolume,
@@ -321,6 +329,7 @@ pub extern "C" fn asfda_finetuner_evaluate(
 /// until the next refresh or annotated volume. ASFDA_STATUS_INVALID_ARGUMENT before any annotated
 /// volume was added.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_check_pseudo_labels(
     tuner: *mut AsfdaFineTuner,
     dice_per_class: *mut f64,
@@ -354,7 +363,8 @@ pub extern "C" fn asfda_finetuner_check_pseudo_labels(
 /// temporary file in the same folder renamed over `path`, so a killed process leaves the
 /// previous checkpoint or the new one.
 #[no_mangle]
-pub extern "C" fn asfda_finetuner_save(tuner: *const AsfdaFineTuner, path: *const c_char) -> AsfdaStatus {
+#[must_use]
+pub extern "C" fn asfda_finetuner_save_checkpoint(tuner: *const AsfdaFineTuner, path: *const c_char) -> AsfdaStatus {
     guard(|| {
         let tuner = &non_null(tuner, "tuner")?.0;
         tuner.save_checkpoint(&c_path(path, "path")?)
@@ -365,6 +375,7 @@ pub extern "C" fn asfda_finetuner_save(tuner: *const AsfdaFineTuner, path: *cons
 /// step and source knowledge copied, this run's checkpoint, and model.onnx with the fine-tuned
 /// weights baked in (usable by any ONNX runtime). Complete or absent, never half-written.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_finetuner_export_bundle(tuner: *const AsfdaFineTuner, dir: *const c_char) -> AsfdaStatus {
     guard(|| {
         let tuner = &non_null(tuner, "tuner")?.0;
@@ -375,7 +386,8 @@ pub extern "C" fn asfda_finetuner_export_bundle(tuner: *const AsfdaFineTuner, di
 /// Switches `engine` (same bundle) to the fine-tuned weights, without reading the disk; calls
 /// already running on it finish with the weights they started with.
 #[no_mangle]
-pub extern "C" fn asfda_finetuner_apply(tuner: *const AsfdaFineTuner, engine: *mut AsfdaEngine) -> AsfdaStatus {
+#[must_use]
+pub extern "C" fn asfda_finetuner_apply_to(tuner: *const AsfdaFineTuner, engine: *mut AsfdaEngine) -> AsfdaStatus {
     guard(|| {
         let tuner = &non_null(tuner, "tuner")?.0;
         tuner.apply_to(&non_null(engine.cast_const(), "engine")?.0)

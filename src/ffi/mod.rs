@@ -29,8 +29,9 @@ pub mod runtime;
 pub mod select;
 pub mod volume;
 
-/// Result of every fallible asfda C function. 0 is success.
-#[repr(C)]
+/// Result of every fallible asfda C function. 0 is success. An int32_t in C; the functions
+/// returning it are marked ASFDA_MUST_USE, so compilers warn when a status is ignored.
+#[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AsfdaStatus {
     /// Success.
@@ -141,9 +142,24 @@ pub(crate) fn check_out<T>(out: *mut T, name: &str) -> Result<()> {
     }
 }
 
-/// A UTF-8 path from a C string argument.
+/// A path from a C string argument. On Unix a path is bytes: any file name the OS accepts
+/// (also one that is not UTF-8, e.g. Latin-1 from an old archive) reaches the file system as
+/// given. Elsewhere paths must be UTF-8.
 pub(crate) fn c_path(ptr: *const c_char, name: &str) -> Result<PathBuf> {
-    c_str(ptr, name).map(PathBuf::from)
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        if ptr.is_null() {
+            return Err(Error::invalid_argument(format!("argument '{name}' is NULL")));
+        }
+        // SAFETY: a non-NULL argument must be a NUL-terminated string (documented in the header).
+        let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
+        Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        c_str(ptr, name).map(PathBuf::from)
+    }
 }
 
 /// A UTF-8 string from a C string argument.

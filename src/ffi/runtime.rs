@@ -8,7 +8,8 @@ use crate::model::Model;
 use crate::runtime::{Device, Runtime, RuntimeOptions};
 use crate::volume::Volume;
 
-/// Where to find ONNX Runtime and where to run. Zero-initialise it (`= {0}`) for the defaults.
+/// Where to find ONNX Runtime and where to run. Start from asfda_runtime_options_default()
+/// (zero-initialising it, `= {0}`, gives the same defaults).
 #[repr(C)]
 pub struct AsfdaRuntimeOptions {
     /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
@@ -23,18 +24,33 @@ pub struct AsfdaRuntimeOptions {
 /// An ONNX model loaded into an ONNX Runtime session. Thread-safe: runs are serialised.
 pub struct AsfdaModel(Model);
 
+/// The default runtime options: the library resolution order, CPU, threads chosen by ONNX Runtime.
+#[no_mangle]
+pub extern "C" fn asfda_runtime_options_default() -> AsfdaRuntimeOptions {
+    let d = RuntimeOptions::default();
+    AsfdaRuntimeOptions { library_path: std::ptr::null(), device: std::ptr::null(), threads: d.threads as u32 }
+}
+
 fn runtime_options(options: *const AsfdaRuntimeOptions) -> Result<RuntimeOptions> {
     // SAFETY: a non-NULL options pointer must point to an initialised struct (header contract).
-    let Some(o) = (unsafe { options.as_ref() }) else { return Ok(RuntimeOptions::default()) };
+    match unsafe { options.as_ref() } {
+        Some(o) => runtime_options_from(o, "options"),
+        None => Ok(RuntimeOptions::default()),
+    }
+}
+
+/// The Rust runtime options of a C struct; `name` prefixes the fields in error messages.
+pub(crate) fn runtime_options_from(o: &AsfdaRuntimeOptions, name: &str) -> Result<RuntimeOptions> {
     let library_path =
-        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, "options->library_path")?) };
-    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, "options->device")?.parse()? };
+        if o.library_path.is_null() { None } else { Some(c_path(o.library_path, &format!("{name}->library_path"))?) };
+    let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, &format!("{name}->device"))?.parse()? };
     Ok(RuntimeOptions { library_path, device, threads: o.threads as usize })
 }
 
 /// Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).
 /// Fails with ASFDA_STATUS_RUNTIME_UNAVAILABLE naming every place searched.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus {
     guard(|| {
         let path = if library_path.is_null() { None } else { Some(c_path(library_path, "library_path")?) };
@@ -47,6 +63,7 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 /// short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
 /// default resolution order if it is not loaded yet.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> AsfdaStatus {
     guard(|| {
         let runtime = Runtime::load(None)?;
@@ -57,6 +74,7 @@ pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out
 
 /// Loads an ONNX model with one image input. `options` may be NULL (CPU, default resolution).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_model_load(
     model_path: *const c_char,
     options: *const AsfdaRuntimeOptions,
@@ -80,6 +98,7 @@ pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
 /// Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
 /// `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_model_device(
     model: *const AsfdaModel,
     buf: *mut c_char,
@@ -92,6 +111,7 @@ pub extern "C" fn asfda_model_device(
 /// Runs the model on a whole volume (tensor [1, C, Z, Y, X]) and returns its first output as a
 /// new volume on the same grid. Free the result with asfda_volume_free.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_model_run_volume(
     model: *const AsfdaModel,
     input: *const super::volume::AsfdaVolume,

@@ -162,6 +162,7 @@ fn select_options(o: &AsfdaSelectOptions) -> Result<SelectOptions> {
 /// The method named `name` ("asfda", "random", "foreground_random", "entropy", "dkd", "coreset"),
 /// for hosts that read the method from a configuration file or command line.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_select_method_from_name(
     name: *const c_char,
     out_method: *mut AsfdaSelectMethod,
@@ -177,6 +178,7 @@ pub extern "C" fn asfda_select_method_from_name(
 
 /// The gap kind named `name` ("kl" or "anchor").
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_gap_kind_from_name(name: *const c_char, out_gap: *mut AsfdaGapKind) -> AsfdaStatus {
     guard(|| {
         check_out(out_gap, "out_gap")?;
@@ -194,6 +196,7 @@ pub extern "C" fn asfda_gap_kind_from_name(name: *const c_char, out_gap: *mut As
 /// duplicate or unknown ids (INVALID_ARGUMENT); embeddings of different sizes, NaN/Inf scores
 /// (INVALID_DATA). Free the result with asfda_selection_free.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_select(
     scores: *const *const AsfdaScore,
     count: usize,
@@ -247,6 +250,7 @@ pub extern "C" fn asfda_selection_count(selection: *const AsfdaSelection) -> usi
 
 /// Pick `i` (0 = picked first) with its score components.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_selection_pick(
     selection: *const AsfdaSelection,
     i: usize,
@@ -323,6 +327,7 @@ pub extern "C" fn asfda_selection_reliable_id(selection: *const AsfdaSelection, 
 /// The selection as JSON (versioned: method, options, picks with components, reliable ids), copied
 /// like asfda_score_to_json.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_selection_to_json(
     selection: *const AsfdaSelection,
     buf: *mut c_char,
@@ -330,6 +335,24 @@ pub extern "C" fn asfda_selection_to_json(
     out_needed: *mut usize,
 ) -> AsfdaStatus {
     guard(|| string_out(&non_null(selection, "selection")?.selection.to_json(), buf, capacity, out_needed))
+}
+
+/// Reads a selection from its JSON form (asfda_selection_to_json, or the CLI's `asfda select`
+/// output): the inverse of asfda_selection_to_json. ASFDA_STATUS_UNSUPPORTED for another
+/// format_version, ASFDA_STATUS_FORMAT for malformed or inconsistent JSON. Free the result with
+/// asfda_selection_free.
+#[no_mangle]
+#[must_use]
+pub extern "C" fn asfda_selection_from_json(
+    json: *const c_char,
+    out_selection: *mut *mut AsfdaSelection,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_selection, "out_selection")?;
+        let selection = Selection::from_json(c_str(json, "json")?)?;
+        write_out(out_selection, Box::into_raw(Box::new(AsfdaSelection::new(selection))));
+        Ok(())
+    })
 }
 
 #[cfg(test)]

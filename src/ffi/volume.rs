@@ -62,7 +62,8 @@ pub enum AsfdaNonFinite {
     ASFDA_NONFINITE_KEEP = 2,
 }
 
-/// Options for asfda_volume_load. Fill with asfda_read_options_default().
+/// Options for asfda_volume_load and asfda_volume_from_buffer. Fill with
+/// asfda_read_options_default().
 #[repr(C)]
 pub struct AsfdaReadOptions {
     /// Refuse files with more voxels (all channels) than this, before allocating. 0 = default.
@@ -71,15 +72,19 @@ pub struct AsfdaReadOptions {
     pub nonfinite: i32,
     /// Replacement for NaN/Inf voxels when nonfinite is ASFDA_NONFINITE_REPLACE.
     pub replace_value: f32,
+    /// Refuse volumes whose f32 voxels would take more bytes than this, before allocating.
+    /// 0 = default (4 GiB).
+    pub max_bytes: u64,
 }
 
-/// The default read options (voxel limit 2^31, NaN/Inf is an error).
+/// The default read options (voxel limit 2^31, 4 GiB of voxels, NaN/Inf is an error).
 #[no_mangle]
 pub extern "C" fn asfda_read_options_default() -> AsfdaReadOptions {
     AsfdaReadOptions {
         max_voxels: ReadOptions::default().max_voxels,
         nonfinite: AsfdaNonFinite::ASFDA_NONFINITE_ERROR as i32,
         replace_value: 0.0,
+        max_bytes: ReadOptions::default().max_bytes,
     }
 }
 
@@ -98,7 +103,8 @@ fn read_options(options: *const AsfdaReadOptions) -> Result<ReadOptions> {
         }
     };
     let max_voxels = if o.max_voxels == 0 { defaults.max_voxels } else { o.max_voxels };
-    Ok(ReadOptions { max_voxels, nonfinite, ..defaults })
+    let max_bytes = if o.max_bytes == 0 { defaults.max_bytes } else { o.max_bytes };
+    Ok(ReadOptions { max_voxels, max_bytes, nonfinite })
 }
 
 fn data_type(code: i32) -> Result<DataType> {
@@ -129,6 +135,7 @@ fn output_type(code: i32) -> Result<OutputType> {
 
 /// Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz). `options` may be NULL (defaults).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_load(
     path: *const c_char,
     options: *const AsfdaReadOptions,
@@ -146,7 +153,11 @@ pub extern "C" fn asfda_volume_load(
 /// Imports a caller's voxel buffer (x fastest, then y, z, channel; native byte order).
 /// `dims` holds 3 sizes; `spacing` (3 values, mm) may be NULL, otherwise it must agree with the
 /// affine; `affine` is 16 doubles, row-major, voxel index -> world mm in `convention`.
+/// `options` may be NULL (defaults): its max_voxels and max_bytes limits are checked before
+/// anything is allocated (ASFDA_STATUS_TOO_LARGE); its nonfinite policy does not apply (a
+/// buffer's values are kept as they are).
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_from_buffer(
     data: *const u8,
     data_len: usize,
@@ -156,10 +167,12 @@ pub extern "C" fn asfda_volume_from_buffer(
     spacing: *const f64,
     affine: *const f64,
     convention: i32,
+    options: *const AsfdaReadOptions,
     out_volume: *mut *mut AsfdaVolume,
 ) -> AsfdaStatus {
     guard(|| {
         check_out(out_volume, "out_volume")?;
+        let options = read_options(options)?;
         let dtype = data_type(dtype)?;
         let convention = self::convention(convention)?;
         let dims = *non_null(dims.cast::<[usize; 3]>(), "dims")?;
@@ -171,7 +184,8 @@ pub extern "C" fn asfda_volume_from_buffer(
         // SAFETY: the caller provides `data_len` readable bytes at `data` (header contract).
         let bytes = unsafe { std::slice::from_raw_parts(data, data_len) };
         let affine = std::array::from_fn(|r| std::array::from_fn(|c| affine_flat[r * 4 + c]));
-        let volume = Volume::from_buffer(bytes, dtype, dims, channels, spacing, affine, convention)?;
+        let volume =
+            Volume::from_buffer_with_options(bytes, dtype, dims, channels, spacing, affine, convention, &options)?;
         write_out(out_volume, into_handle(volume));
         Ok(())
     })
@@ -180,6 +194,7 @@ pub extern "C" fn asfda_volume_from_buffer(
 /// Writes a volume to `path` (.nii or .nii.gz) atomically: a temp file in the same folder, then
 /// a rename, so an existing file is never left half-written.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_save(volume: *const AsfdaVolume, path: *const c_char, output_type: i32) -> AsfdaStatus {
     guard(|| {
         let volume = &non_null(volume, "volume")?.0;
@@ -196,6 +211,7 @@ pub extern "C" fn asfda_volume_free(volume: *mut AsfdaVolume) {
 
 /// Spatial sizes (x, y, z) into `out_dims[3]` and the channel count into `*out_channels`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_dims(
     volume: *const AsfdaVolume,
     out_dims: *mut usize,
@@ -213,6 +229,7 @@ pub extern "C" fn asfda_volume_dims(
 
 /// Voxel spacing in mm (x, y, z) into `out_spacing[3]`.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_spacing(volume: *const AsfdaVolume, out_spacing: *mut f64) -> AsfdaStatus {
     guard(|| {
         check_out(out_spacing, "out_spacing")?;
@@ -224,6 +241,7 @@ pub extern "C" fn asfda_volume_spacing(volume: *const AsfdaVolume, out_spacing: 
 
 /// The voxel-to-world affine (16 doubles, row-major) in the requested convention.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_affine(
     volume: *const AsfdaVolume,
     convention: i32,
@@ -242,6 +260,7 @@ pub extern "C" fn asfda_volume_affine(
 /// A read-only pointer to the voxels (f32, x fastest, then y, z, channel) and their count.
 /// The pointer is valid until the volume is freed.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_data(
     volume: *const AsfdaVolume,
     out_data: *mut *const f32,
@@ -260,6 +279,7 @@ pub extern "C" fn asfda_volume_data(
 /// Reorients to the closest canonical RAS orientation (as nibabel's as_closest_canonical) and
 /// returns a new volume. Free it with asfda_volume_free.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_to_canonical(
     volume: *const AsfdaVolume,
     out_volume: *mut *mut AsfdaVolume,
@@ -277,6 +297,7 @@ pub extern "C" fn asfda_volume_to_canonical(
 /// same dims and affine. Returns ASFDA_STATUS_GEOMETRY_MISMATCH with both geometries in the
 /// message otherwise.
 #[no_mangle]
+#[must_use]
 pub extern "C" fn asfda_volume_check_same_grid(image: *const AsfdaVolume, label: *const AsfdaVolume) -> AsfdaStatus {
     guard(|| {
         let image = &non_null(image, "image")?.0;

@@ -81,15 +81,18 @@ class RuntimeOptions(C.Structure):
 
 
 class ReadOptions(C.Structure):
-    _fields_ = [("max_voxels", C.c_uint64), ("nonfinite", C.c_int32), ("replace_value", C.c_float)]
+    _fields_ = [
+        ("max_voxels", C.c_uint64),
+        ("nonfinite", C.c_int32),
+        ("replace_value", C.c_float),
+        ("max_bytes", C.c_uint64),
+    ]
 
 
 class EngineOptions(C.Structure):
     _fields_ = [
         ("bundle_path", C.c_char_p),
-        ("library_path", C.c_char_p),
-        ("device", C.c_char_p),
-        ("threads", C.c_uint32),
+        ("runtime", RuntimeOptions),
         ("tile_overlap", C.c_double),
         ("tiles_per_batch", C.c_uint32),
         ("mirror", C.c_bool),
@@ -169,7 +172,7 @@ class StepReport(C.Structure):
     ]
 
 
-def _declare(name, argtypes, restype=C.c_int):
+def _declare(name, argtypes, restype=C.c_int32):
     fn = getattr(lib, name)
     fn.argtypes, fn.restype = argtypes, restype
     return fn
@@ -188,7 +191,7 @@ read_options_default = _declare("asfda_read_options_default", [], ReadOptions)
 volume_load = _declare("asfda_volume_load", [C.c_char_p, C.POINTER(ReadOptions), C.POINTER(P)])
 volume_from_buffer = _declare(
     "asfda_volume_from_buffer",
-    [P, C.c_size_t, C.c_int32, SIZE_P, C.c_size_t, DOUBLE_P, DOUBLE_P, C.c_int32, C.POINTER(P)],
+    [P, C.c_size_t, C.c_int32, SIZE_P, C.c_size_t, DOUBLE_P, DOUBLE_P, C.c_int32, C.POINTER(ReadOptions), C.POINTER(P)],
 )
 volume_save = _declare("asfda_volume_save", [P, C.c_char_p, C.c_int32])
 volume_free = _declare("asfda_volume_free", [P], None)
@@ -205,18 +208,19 @@ model_device = _declare("asfda_model_device", [P] + STRING_OUT)
 model_run_volume = _declare("asfda_model_run_volume", [P, P, C.POINTER(P)])
 
 engine_options_default = _declare("asfda_engine_options_default", [], EngineOptions)
+runtime_options_default = _declare("asfda_runtime_options_default", [], RuntimeOptions)
 engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
 engine_free = _declare("asfda_engine_free", [P], None)
 engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
-score_volume = _declare("asfda_score_volume", [P, P, C.c_char_p, PROGRESS_FN, P, P, C.POINTER(P)])
+score_volume = _declare("asfda_score_volume", [P, C.c_char_p, P, P, PROGRESS_FN, P, C.POINTER(P)])
 segment_volume = _declare(
-    "asfda_segment_volume", [P, P, PROGRESS_FN, P, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
+    "asfda_segment_volume", [P, P, P, PROGRESS_FN, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
 )
-cancel_new = _declare("asfda_cancel_new", [C.POINTER(P)])
-cancel_free = _declare("asfda_cancel_free", [P], None)
-cancel_trigger = _declare("asfda_cancel_trigger", [P])
-cancel_reset = _declare("asfda_cancel_reset", [P])
-cancel_is_triggered = _declare("asfda_cancel_is_triggered", [P, C.POINTER(C.c_bool)])
+cancel_token_new = _declare("asfda_cancel_token_new", [C.POINTER(P)])
+cancel_token_free = _declare("asfda_cancel_token_free", [P], None)
+cancel_token_cancel = _declare("asfda_cancel_token_cancel", [P])
+cancel_token_reset = _declare("asfda_cancel_token_reset", [P])
+cancel_token_is_cancelled = _declare("asfda_cancel_token_is_cancelled", [P, C.POINTER(C.c_bool)])
 score_free = _declare("asfda_score_free", [P], None)
 score_values = _declare("asfda_score_values", [P, C.POINTER(ScoreValues)])
 score_embedding = _declare("asfda_score_embedding", [P, C.POINTER(C.c_float), C.c_size_t])
@@ -237,6 +241,7 @@ selection_pick = _declare("asfda_selection_pick", [P, C.c_size_t, C.POINTER(Pick
 selection_pick_id = _declare("asfda_selection_pick_id", [P, C.c_size_t], C.c_char_p)
 selection_reliable_count = _declare("asfda_selection_reliable_count", [P], C.c_size_t)
 selection_reliable_id = _declare("asfda_selection_reliable_id", [P, C.c_size_t], C.c_char_p)
+selection_from_json = _declare("asfda_selection_from_json", [C.c_char_p, C.POINTER(P)])
 selection_to_json = _declare("asfda_selection_to_json", [P] + STRING_OUT)
 
 finetune_options_default = _declare("asfda_finetune_options_default", [], FineTuneOptions)
@@ -254,9 +259,9 @@ finetuner_evaluate = _declare(
 finetuner_check_pseudo_labels = _declare(
     "asfda_finetuner_check_pseudo_labels", [P, DOUBLE_P, C.c_size_t, DOUBLE_P, C.POINTER(C.c_bool)]
 )
-finetuner_save = _declare("asfda_finetuner_save", [P, C.c_char_p])
+finetuner_save_checkpoint = _declare("asfda_finetuner_save_checkpoint", [P, C.c_char_p])
 finetuner_export_bundle = _declare("asfda_finetuner_export_bundle", [P, C.c_char_p])
-finetuner_apply = _declare("asfda_finetuner_apply", [P, P])
+finetuner_apply_to = _declare("asfda_finetuner_apply_to", [P, P])
 
 # ---- log callback (asfda.log) -----------------------------------------------------------------
 # Kept as one block: the declarations of include/asfda.h's log section (AsfdaLogLevel is a C

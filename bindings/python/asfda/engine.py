@@ -44,9 +44,9 @@ class EngineOptions:
     def _to_c(self, bundle: bytes) -> "_lib.EngineOptions":
         o = _lib.engine_options_default()
         o.bundle_path = bundle
-        o.library_path = None if self.library_path is None else _lib.fspath(self.library_path)
-        o.device = _lib.c_string(self.device, "device")
-        o.threads = self.threads
+        o.runtime.library_path = None if self.library_path is None else _lib.fspath(self.library_path)
+        o.runtime.device = _lib.c_string(self.device, "device")
+        o.runtime.threads = self.threads
         o.tile_overlap = self.tile_overlap
         o.tiles_per_batch = self.tiles_per_batch
         o.mirror = self.mirror
@@ -54,31 +54,30 @@ class EngineOptions:
         return o
 
 
-class Cancel:
-    """A cancellation token: ``trigger()`` from any thread stops a score or segment call that was
+class CancelToken:
+    """A cancel token: ``cancel()`` from any thread stops a score or segment call that was
     given it, even in the middle of a model run; the call raises :class:`CancelledError` and the
     engine stays usable. ``reset()`` makes it reusable (only while no call is using it)."""
 
     def __init__(self):
         out = _lib.P()
-        _lib.check(_lib.cancel_new(C.byref(out)))
+        _lib.check(_lib.cancel_token_new(C.byref(out)))
         self._h = out.value
 
     def __del__(self):
         h, self._h = getattr(self, "_h", None), None
         if h:
-            _lib.cancel_free(h)
+            _lib.cancel_token_free(h)
 
-    def trigger(self) -> None:
-        _lib.check(_lib.cancel_trigger(self._h))
+    def cancel(self) -> None:
+        _lib.check(_lib.cancel_token_cancel(self._h))
 
     def reset(self) -> None:
-        _lib.check(_lib.cancel_reset(self._h))
+        _lib.check(_lib.cancel_token_reset(self._h))
 
-    @property
-    def triggered(self) -> bool:
+    def is_cancelled(self) -> bool:
         flag = C.c_bool()
-        _lib.check(_lib.cancel_is_triggered(self._h, C.byref(flag)))
+        _lib.check(_lib.cancel_token_is_cancelled(self._h, C.byref(flag)))
         return flag.value
 
 
@@ -132,15 +131,16 @@ class Engine:
 
     def score(
         self,
+        id: Optional[str],
         volume,
-        id: Optional[str] = None,
+        cancel: Optional[CancelToken] = None,
         progress: Optional[ProgressFn] = None,
-        cancel: Optional[Cancel] = None,
     ) -> Score:
         """Scores one volume (an asfda.Volume or a NIfTI path) for how informative annotating it
-        would be. ``id`` names it in the score (default: the path's file name, required for a
-        Volume). ``progress(fraction)`` may return False to cancel (CancelledError); so does
-        ``cancel.trigger()`` from another thread, even during a model run."""
+        would be. ``id`` names it in the score; None takes the path's file name (a Volume needs an
+        id). ``progress(fraction)`` may return False to cancel (CancelledError); so does
+        ``cancel.cancel()`` from another thread, even during a model run. The argument order is
+        Rust's ``Engine::score(id, volume, cancel, progress)`` and C's ``asfda_score_volume``."""
         if id is None:
             if isinstance(volume, Volume):
                 raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
@@ -149,25 +149,25 @@ class Engine:
         p = Progress(progress)
         out = _lib.P()
         token = cancel._h if cancel is not None else None
-        status = _lib.score_volume(self._h, vol._h, _lib.c_string(id, "id"), p.c_fn, None, token, C.byref(out))
+        status = _lib.score_volume(self._h, _lib.c_string(id, "id"), vol._h, token, p.c_fn, None, C.byref(out))
         score = Score(out.value) if status == 0 else None  # owns the handle before finish() may raise
         p.finish(status)
         return score
 
     def segment(
-        self, volume, progress: Optional[ProgressFn] = None, cancel: Optional[Cancel] = None
+        self, volume, cancel: Optional[CancelToken] = None, progress: Optional[ProgressFn] = None
     ) -> Volume:
         """Segments one volume; returns the label map (class index per voxel, float32) on the
         volume's own grid. Save it with ``labels.save(path, "u8")``."""
-        return self.segment_maps(volume, progress=progress, cancel=cancel).labels
+        return self.segment_maps(volume, cancel=cancel, progress=progress).labels
 
     def segment_maps(
         self,
         volume,
         probabilities: bool = False,
         entropy: bool = False,
+        cancel: Optional[CancelToken] = None,
         progress: Optional[ProgressFn] = None,
-        cancel: Optional[Cancel] = None,
     ) -> Segmentation:
         """Like :meth:`segment`, plus the per-class probability map and/or the normalised
         entropy map on the volume's grid (each costs memory: a probability map has one float32
@@ -179,9 +179,9 @@ class Engine:
         status = _lib.segment_volume(
             self._h,
             vol._h,
+            token,
             p.c_fn,
             None,
-            token,
             C.byref(labels),
             C.byref(probs) if probabilities else None,
             C.byref(ent) if entropy else None,

@@ -10,8 +10,8 @@
     for _ in range(200):
         report = tuner.step()                           # one AdamW step
     dice = tuner.evaluate([(image, label), ...])        # per class, background first
-    tuner.save("run.safetensors")                       # resume with FineTuner.resume
-    tuner.apply(engine)                                 # engine now segments with the new weights
+    tuner.save_checkpoint("run.safetensors")                       # resume with FineTuner.resume
+    tuner.apply_to(engine)                                 # engine now segments with the new weights
     tuner.export_bundle("adapted_bundle")               # or a new bundle folder
 
 Long calls (step, add_unlabeled, evaluate, export) release the GIL. A fine-tuner is not
@@ -253,21 +253,21 @@ class FineTuner:
 
     # ---- results -------------------------------------------------------------------------
 
-    def save(self, path) -> None:
+    def save_checkpoint(self, path) -> None:
         """Saves the run (weights, optimizer state, step count, options) crash-safely (temp file
         renamed over ``path``)."""
-        self._call(_lib.finetuner_save, _lib.fspath(path))
+        self._call(_lib.finetuner_save_checkpoint, _lib.fspath(path))
 
     def export_bundle(self, dir) -> None:
         """Writes the adapted model bundle to the new folder ``dir`` (must not exist): usable as
         ``asfda.Engine(dir)`` and by any ONNX runtime (model.onnx with the weights baked in)."""
         self._call(_lib.finetuner_export_bundle, _lib.fspath(dir))
 
-    def apply(self, engine: Engine) -> None:
+    def apply_to(self, engine: Engine) -> None:
         """Switches ``engine`` (same bundle) to the fine-tuned weights, without reading the disk;
         calls already running on it finish with the weights they started with."""
         _check_engine(engine)
-        self._call(_lib.finetuner_apply, engine._h)
+        self._call(_lib.finetuner_apply_to, engine._h)
 
     def __repr__(self) -> str:
         return f"<asfda.FineTuner steps_done={self.steps_done}>"

@@ -10,8 +10,11 @@ from .volume import Volume
 class Model:
     """An ONNX model loaded into an ONNX Runtime session. Thread-safe: runs are serialised."""
 
-    def __init__(self, path, device: str = "cpu", threads: int = 0, ort_library=None):
-        opts = _lib.RuntimeOptions(None if ort_library is None else _lib.fspath(ort_library), device.encode(), threads)
+    def __init__(self, path, device: str = "cpu", threads: int = 0, library_path=None):
+        opts = _lib.runtime_options_default()
+        opts.library_path = None if library_path is None else _lib.fspath(library_path)
+        opts.device = _lib.c_string(device, "device")
+        opts.threads = threads
         out = _lib.P()
         _lib.check(_lib.model_load(_lib.fspath(path), C.byref(opts), C.byref(out)))
         self._h = C.c_void_p(out.value)

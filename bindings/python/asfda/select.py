@@ -27,7 +27,7 @@ METHODS = ("asfda", "random", "foreground_random", "entropy", "dkd", "coreset")
 #: The gap kinds, in the order of the C enum AsfdaGapKind.
 GAPS = ("kl", "anchor")
 
-#: The Selection JSON version these bindings read (the library writes it).
+#: The Selection JSON version the library writes and reads.
 SELECTION_FORMAT_VERSION = 1
 
 
@@ -152,37 +152,14 @@ class Selection:
 
     @classmethod
     def from_json(cls, text: str) -> "Selection":
-        """Reads JSON written by :meth:`to_json` (or the CLI). The C API has no reader for it, so
-        this parses in Python and checks the version and the structure: FormatError for malformed
-        or inconsistent JSON, UnsupportedError for another format_version."""
-        def bad(msg):
-            return errors.FormatError("ASFDA_STATUS_FORMAT", f"selection JSON {msg}")
-
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise bad(f"is malformed: {e}") from None
-        if not isinstance(d, dict) or "format_version" not in d:
-            raise bad("has no format_version")
-        if d["format_version"] != SELECTION_FORMAT_VERSION:
-            raise errors.UnsupportedError(
-                "ASFDA_STATUS_UNSUPPORTED",
-                f"selection JSON has format_version {d['format_version']!r}; these bindings read "
-                f"version {SELECTION_FORMAT_VERSION}")
-        try:
-            names = {f.name for f in fields(SelectOptions)}
-            options = SelectOptions(**{k: v for k, v in d["options"].items() if k in names})
-            picks = [Pick(**{k: p[k] for k in Pick._fields}) for p in d["picks"]]
-            reliable = [str(r) for r in d["reliable"]]
-        except (KeyError, TypeError, AttributeError) as e:
-            raise bad(f"is malformed: missing or wrong field {e}") from None
-        if d.get("method") != options.method:
-            raise bad(f"is inconsistent: method is {d.get('method')!r} but options.method is {options.method!r}")
-        if [p.order for p in picks] != list(range(len(picks))) or len({p.id for p in picks}) != len(picks):
-            raise bad("is inconsistent: picks must be in order 0, 1, ... with distinct ids")
-        if set(reliable) & {p.id for p in picks}:
-            raise bad("is inconsistent: a volume is both picked and reliable")
-        return cls(picks, reliable, options, text.strip(), d["format_version"])
+        """Reads JSON written by :meth:`to_json` (or the CLI) with the library's reader
+        (asfda_selection_from_json), which checks the version and the structure: FormatError for
+        malformed or inconsistent JSON, UnsupportedError for another format_version."""
+        if not isinstance(text, str):
+            raise TypeError(f"selection JSON must be a str, got {type(text).__name__}")
+        out = _lib.P()
+        _lib.check(_lib.selection_from_json(_lib.c_string(text, "selection JSON"), C.byref(out)))
+        return _from_handle(out.value)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Selection):
@@ -226,7 +203,12 @@ def select(scores: Iterable[Score], budget: int, method: str = "asfda", seed: in
     ids = (C.c_char_p * len(labeled))(*labeled)
     out = _lib.P()
     _lib.check(_lib.select(handles, len(scores), ids, len(labeled), C.byref(c_opts), C.byref(out)))
-    h = C.c_void_p(out.value)
+    return _from_handle(out.value)
+
+
+def _from_handle(handle) -> Selection:
+    """Reads a library selection handle out into a Selection and frees it."""
+    h = C.c_void_p(handle)
     try:
         picks = []
         for i in range(_lib.selection_count(h)):

@@ -74,14 +74,18 @@ class Volume:
     # ---- making volumes ------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path, max_voxels: int = 0, nonfinite: str = "error", replace_value: float = 0.0) -> "Volume":
+    def load(cls, path, max_voxels: int = 0, nonfinite: str = "error", replace_value: float = 0.0,
+             max_bytes: int = 0) -> "Volume":
         """Reads a NIfTI-1/2 file (.nii or .nii.gz). ``nonfinite``: "error" (default), "replace"
-        (with ``replace_value``) or "keep". ``max_voxels`` 0 keeps the library default (2^31)."""
+        (with ``replace_value``) or "keep". ``max_voxels`` and ``max_bytes`` (of the float32
+        voxels) 0 keep the library defaults (2^31 voxels, 4 GiB)."""
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {sorted(_NONFINITE)}, got {nonfinite!r}")
         opts = _lib.read_options_default()
         if max_voxels:
             opts.max_voxels = max_voxels
+        if max_bytes:
+            opts.max_bytes = max_bytes
         opts.nonfinite = _NONFINITE[nonfinite]
         opts.replace_value = replace_value
         out = _lib.P()
@@ -91,10 +95,13 @@ class Volume:
     read_nifti = load
 
     @classmethod
-    def from_array(cls, array, affine, convention=RAS, spacing=None) -> "Volume":
+    def from_array(cls, array, affine, convention=RAS, spacing=None, max_voxels: int = 0,
+                   max_bytes: int = 0) -> "Volume":
         """From an array indexed [x, y, z] or [x, y, z, channel] and a 4x4 voxel-to-world affine
         in ``convention`` (RAS or LPS). Copies (see the module docs for when numpy copies too).
-        ``spacing`` (mm) is optional; when given it must agree with the affine."""
+        ``spacing`` (mm) is optional; when given it must agree with the affine. ``max_voxels``
+        and ``max_bytes`` (of the float32 copy) 0 keep the library defaults (TooLargeError
+        beyond, before anything is allocated)."""
         a = np.asarray(array)
         if not a.dtype.isnative:  # e.g. big-endian NIfTI data: asfda takes native byte order
             a = a.astype(a.dtype.newbyteorder("="))
@@ -112,9 +119,14 @@ class Volume:
         dims = (C.c_size_t * 3)(*a.shape[:3])
         c_aff = (C.c_double * 16)(*aff.reshape(16))
         sp = None if spacing is None else (C.c_double * 3)(*spacing)
+        opts = _lib.read_options_default()
+        if max_voxels:
+            opts.max_voxels = max_voxels
+        if max_bytes:
+            opts.max_bytes = max_bytes
         out = _lib.P()
         _lib.check(_lib.volume_from_buffer(buf.ctypes.data, buf.nbytes, _DTYPES[a.dtype], dims, channels, sp,
-                                           c_aff, _convention(convention), C.byref(out)))
+                                           c_aff, _convention(convention), C.byref(opts), C.byref(out)))
         return cls(out.value)
 
     from_numpy = from_array

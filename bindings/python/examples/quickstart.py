@@ -8,7 +8,7 @@ engine = asfda.Engine("models/demo_brain_unet", tile_overlap=0.25)
 
 ids = ["pd_pool_000", "pd_pool_001", "pd_pool_002"]
 images = {i: asfda.Volume.load(f"{pool}{i}_image.nii.gz") for i in ids}
-scores = [engine.score(images[i], i) for i in ids]
+scores = [engine.score(i, images[i]) for i in ids]
 for s in scores:
     print(f"{s.id}  knowledge gap {s.gap_kl:.3f}  ASD {s.asd:.3f}")
 
@@ -24,4 +24,4 @@ for _ in range(4):
 
 dice = tuner.evaluate([(images[pick.id], label)])
 print(f"Dice on the annotated volume: gm {dice[2]:.3f}, wm {dice[3]:.3f}")
-tuner.apply(engine)  # the engine now segments with the adapted weights
+tuner.apply_to(engine)  # the engine now segments with the adapted weights

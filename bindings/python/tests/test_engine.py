@@ -30,7 +30,7 @@ def t1():
 @pytest.fixture(scope="module")
 def t1_scored(engine, t1):
     fractions = []
-    score = engine.score(t1, "t1_test_000", progress=fractions.append)
+    score = engine.score("t1_test_000", t1, progress=fractions.append)
     return score, fractions
 
 
@@ -125,7 +125,7 @@ def test_bad_score_json_raises_format_and_unsupported(t1_scored):
 
 def test_target_site_scores_a_larger_knowledge_gap(engine, t1_scored):
     s_src, _ = t1_scored
-    s_pd = engine.score(image("pd", "pool", 0))  # a path: id is its file name
+    s_pd = engine.score(None, image("pd", "pool", 0))  # a path: id is its file name
     assert s_pd.id == "pd_pool_000_image.nii.gz"
     assert s_pd.gap_kl > s_src.gap_kl and s_pd.gap_anchor > s_src.gap_anchor
 
@@ -167,7 +167,7 @@ def test_returning_false_cancels(small_engine, small):
         return len(calls) < 2
 
     with pytest.raises(asfda.CancelledError) as err:
-        small_engine.score(small, "x", progress=stop_at_second)
+        small_engine.score("x", small, progress=stop_at_second)
     assert err.value.status == "ASFDA_STATUS_CANCELLED"
     assert len(calls) == 2  # not called again after cancelling
     with pytest.raises(asfda.CancelledError):
@@ -185,7 +185,7 @@ def test_exception_in_callback_cancels_and_is_reraised(small_engine, small):
         raise Stop("from the callback")
 
     with pytest.raises(Stop, match="from the callback") as err:
-        small_engine.score(small, "x", progress=boom)
+        small_engine.score("x", small, progress=boom)
     assert len(calls) == 1
     assert isinstance(err.value.__context__, asfda.CancelledError)
     with pytest.raises(Stop):
@@ -204,28 +204,28 @@ def test_ctrl_c_during_a_call_cancels_it(small_engine, small):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        small_engine.score(small, "x", progress=interrupt_once)
+        small_engine.score("x", small, progress=interrupt_once)
     assert len(calls) == 1
 
 
 def test_engine_is_usable_after_cancelling(small_engine, small):
     with pytest.raises(asfda.CancelledError):
-        small_engine.score(small, "x", progress=lambda f: False)
+        small_engine.score("x", small, progress=lambda f: False)
     fractions = []
-    s = small_engine.score(small, "x", progress=fractions.append)
+    s = small_engine.score("x", small, progress=fractions.append)
     assert fractions[-1] == 1.0 and len(fractions) == 3  # 3 tiles, one per run
     assert s.voxels == int(np.prod(small.dims))
     # The same volume scored without a callback gives the same score (callbacks change nothing).
-    assert small_engine.score(small, "x") == s
+    assert small_engine.score("x", small) == s
 
 
 def test_one_engine_from_several_threads(small_engine, small):
-    serial = small_engine.score(small, "x")
+    serial = small_engine.score("x", small)
     results, errors = [None, None], []
 
     def work(i):
         try:
-            results[i] = small_engine.score(small, "x")
+            results[i] = small_engine.score("x", small)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -274,7 +274,7 @@ def _count_between_reports(call) -> list[int]:
 
 
 def test_long_calls_release_the_gil(small_engine, small):
-    moved = _count_between_reports(lambda cb: small_engine.score(small, "x", progress=cb))
+    moved = _count_between_reports(lambda cb: small_engine.score("x", small, progress=cb))
     assert sum(moved) > 0, moved
 
 
@@ -283,35 +283,35 @@ def test_gil_check_detects_a_call_holding_the_gil(small_engine, small):
     # above must see no progress at all, or it would not be testing anything.
     pylib = C.PyDLL(str(_lib.path))
     fn = pylib.asfda_score_volume
-    fn.argtypes, fn.restype = _lib.score_volume.argtypes, C.c_int
+    fn.argtypes, fn.restype = _lib.score_volume.argtypes, C.c_int32
 
     def call(cb):
         c_cb = _lib.PROGRESS_FN(lambda _u, f: (cb(f), True)[1])
         out = _lib.P()
-        assert fn(small_engine._h, small._h, b"x", c_cb, None, None, C.byref(out)) == 0
+        assert fn(small_engine._h, b"x", small._h, None, c_cb, None, C.byref(out)) == 0
         asfda.Score(out.value)  # frees it
 
     assert _count_between_reports(call) == [0, 0]
 
 
 def test_cancel_token_from_another_thread_stops_the_call(small_engine, small):
-    cancel = asfda.Cancel()
-    assert not cancel.triggered
+    cancel = asfda.CancelToken()
+    assert not cancel.is_cancelled()
     reports = []
 
     def progress(fraction):
         reports.append(fraction)
-        if len(reports) == 1:  # trigger from another thread while the next tile runs
-            threading.Thread(target=cancel.trigger).start()
+        if len(reports) == 1:  # cancel from another thread while the next tile runs
+            threading.Thread(target=cancel.cancel).start()
             time.sleep(0.05)
         return True
 
     with pytest.raises(asfda.CancelledError):
-        small_engine.score(small, "x", progress=progress, cancel=cancel)
-    assert cancel.triggered and reports[-1] < 1.0
+        small_engine.score("x", small, progress=progress, cancel=cancel)
+    assert cancel.is_cancelled() and reports[-1] < 1.0
     cancel.reset()
-    assert not cancel.triggered
-    assert small_engine.score(small, "x", cancel=cancel).id == "x"  # usable again, token reused
+    assert not cancel.is_cancelled()
+    assert small_engine.score("x", small, cancel=cancel).id == "x"  # usable again, token reused
 
 
 def test_segment_maps_are_consistent(small_engine, small):
@@ -344,18 +344,18 @@ def test_engine_errors_carry_their_status(engine, t1, tmp_path):
         asfda.Engine(tmp_path / "no_such_bundle")
     two_channels = asfda.Volume.from_array(np.zeros((70, 70, 70, 2), np.float32), t1.affine)
     with pytest.raises(asfda.InvalidArgumentError) as err:
-        engine.score(two_channels, "x")
+        engine.score("x", two_channels)
     assert isinstance(err.value, ValueError) and "channel" in err.value.message
     nan = t1.array()
     nan[40, 50, 40] = np.nan  # buffers may hold NaN; scoring refuses them
     with pytest.raises(asfda.InvalidDataError):
-        engine.score(asfda.Volume.from_array(nan, t1.affine), "nan")
+        engine.score("nan", asfda.Volume.from_array(nan, t1.affine))
     with pytest.raises(asfda.TooLargeError, match="memory limit"):
         asfda.Engine(BUNDLE, memory_limit_bytes=1024).segment(t1)
     with pytest.raises(ValueError, match="NUL"):  # would be cut short silently in C
-        engine.score(t1, "a\0b")
+        engine.score("a\0b", t1)
     with pytest.raises(TypeError, match="id is required"):
-        engine.score(t1)
+        engine.score(None, t1)
     with pytest.raises(TypeError, match="Volume.from_array"):
         engine.segment(np.zeros((8, 8, 8), np.float32))
 

@@ -109,7 +109,7 @@ def test_resume_continues_exactly_and_evaluate_apply_export(engine, pd0, tmp_pat
     kept = a.add_unlabeled("b-pseudo", unlabeled)
     assert 0.0 < kept <= 1.0
     a.step(), a.step()
-    a.save(tmp_path / "run.safetensors")
+    a.save_checkpoint(tmp_path / "run.safetensors")
     expected = a.step()
 
     b = asfda.FineTuner.resume(engine, tmp_path / "run.safetensors")
@@ -123,7 +123,7 @@ def test_resume_continues_exactly_and_evaluate_apply_export(engine, pd0, tmp_pat
     assert dice_b.shape == (b.classes,) == (4,) and dice_b.dtype == np.float64
     assert np.all((dice_b >= 0) & (dice_b <= 1))
     adapted = asfda.Engine(BUNDLE, threads=2)
-    b.apply(adapted)
+    b.apply_to(adapted)
     pred = adapted.segment(pd0[0]).array()
     truth = pd0[1].array()
     np.testing.assert_allclose(dice_b, [dice(pred, truth, (c,))[0] for c in range(4)], atol=1e-3)
@@ -194,7 +194,7 @@ def test_bad_inputs_raise_the_right_exceptions(engine, pd0, tmp_path):
 
     with pytest.raises(asfda.IoError):
         asfda.FineTuner.resume(engine, tmp_path / "missing.safetensors")
-    tuner.save(tmp_path / "good.safetensors")
+    tuner.save_checkpoint(tmp_path / "good.safetensors")
     data = (tmp_path / "good.safetensors").read_bytes()
     (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(asfda.FormatError):

@@ -126,7 +126,7 @@ def test_json_round_trip_and_options_as_keywords():
     with pytest.raises(asfda.FormatError, match="malformed"):
         asfda.Selection.from_json(sel.to_json()[:-5])
     twice = {**d, "picks": [d["picks"][0], {**d["picks"][0], "order": 1}]}
-    with pytest.raises(asfda.FormatError, match="distinct ids"):
+    with pytest.raises(asfda.FormatError, match="picked twice"):
         asfda.Selection.from_json(json.dumps(twice))
 
 

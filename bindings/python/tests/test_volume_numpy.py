@@ -3,6 +3,7 @@ docs say, round trips for every supported dtype and layout, NIfTI read/write aga
 and argument errors with their exception classes."""
 import ctypes as C
 import gc
+import os
 
 import nibabel as nib
 import numpy as np
@@ -143,3 +144,20 @@ def test_file_errors(tmp_path):
         asfda.Volume.load(junk)
     with pytest.raises(asfda.TooLargeError):
         asfda.Volume.load(image("t1", "test", 0), max_voxels=1000)
+
+
+def test_size_limits_refuse_a_buffer_before_allocating():
+    a = np.zeros((4, 3, 2), np.float32)
+    with pytest.raises(asfda.TooLargeError, match="max_bytes"):
+        asfda.Volume.from_array(a, np.eye(4), max_bytes=a.nbytes - 1)
+    with pytest.raises(asfda.TooLargeError, match="max_voxels"):
+        asfda.Volume.from_array(a, np.eye(4), max_voxels=a.size - 1)
+    assert asfda.Volume.from_array(a, np.eye(4), max_bytes=a.nbytes).dims == (4, 3, 2)
+
+
+def test_a_file_name_that_is_not_utf8_saves_and_loads(tmp_path):
+    # Paths are bytes on Unix: a Latin-1 name from an old archive must work.
+    path = os.fsencode(tmp_path) + b"/caf\xe9.nii.gz"
+    v = asfda.Volume.from_array(np.arange(24, dtype=np.float32).reshape(4, 3, 2), np.eye(4))
+    v.save(path)
+    assert np.array_equal(asfda.Volume.load(path).array(), v.array())

@@ -162,7 +162,7 @@ class ScoringCore:
             def each(f, i=i, name=name):
                 return None if progress is None else progress((i + f) / len(items), name)
 
-            scores.append(self.engine.score(volume, name, progress=each))
+            scores.append(self.engine.score(name, volume, progress=each))
         return scores
 
     def score_and_rank(self, items, progress=None, budget: Optional[int] = None, **rank_options) -> list:
