@@ -69,8 +69,8 @@ int main(void) {
     must(asfda_set_log_callback(on_log, &seen, ASFDA_LOG_INFO), "set_log_callback(INFO)");
     AsfdaEngineOptions eo = asfda_engine_options_default();
     eo.bundle_path = bundle;
-    eo.device = "auto";
-    eo.threads = 1;
+    eo.runtime.device = "auto";
+    eo.runtime.threads = 1;
     AsfdaEngine *engine = NULL;
     must(asfda_engine_new(&eo, &engine), "engine_new");
     char device[32];
