@@ -54,8 +54,8 @@ pub(super) fn validate(a: &Affine) -> Result<()> {
         )));
     }
     let normalized_det = linear_part(a).determinant() / spacing.iter().product::<f64>();
-    // Written so that a NaN (inf / inf) counts as singular.
-    if !(normalized_det.abs() >= MIN_NORMALIZED_DET) {
+    // A NaN (inf / inf) counts as singular too.
+    if normalized_det.is_nan() || normalized_det.abs() < MIN_NORMALIZED_DET {
         return Err(Error::invalid_data(format!("the affine {a:?} is singular (its voxel axes are coplanar)")));
     }
     Ok(())
