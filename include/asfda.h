@@ -296,7 +296,7 @@ typedef struct AsfdaRuntimeOptions {
    */
   const char *library_path;
   /**
-   * "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
+   * "cpu" (default when NULL), "auto", "cuda" or "cuda:N".
    */
   const char *device;
   /**
@@ -638,7 +638,7 @@ AsfdaStatus asfda_engine_new(const struct AsfdaEngineOptions *options,
 void asfda_engine_free(struct AsfdaEngine *engine);
 
 /**
- * The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
+ * The device inference runs on ("cpu" or "cuda:N"), copied like asfda_runtime_info_json.
  */
 ASFDA_MUST_USE
 AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
@@ -698,7 +698,7 @@ AsfdaStatus asfda_score_volume(const struct AsfdaEngine *engine,
  * - `out_probabilities` (may be NULL = not computed): the per-class softmax probabilities, one
  *   channel per class (channel c = class c); they sum to 1 per voxel. On a resampled grid they
  *   are interpolated, so their argmax may differ from the (nearest-neighbour) labels at borders.
- *   Asking for them holds a [classes] x volume float map: check the memory limit.
+ *   Asking for them holds a float map of (classes x volume voxels): check the memory limit.
  * - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
  *   one channel.
  *
@@ -832,7 +832,7 @@ AsfdaStatus asfda_finetuner_steps_done(const struct AsfdaFineTuner *tuner,
 
 /**
  * Dice per class (index 0 = background) of the current weights on `count` annotated volumes
- * (images[i] with labels[i], same grid), averaged over volumes; a class absent from both
+ * (each image with its label volume, on the same grid), averaged over volumes; a class absent from both
  * prediction and label scores 1. `dice_per_class` must hold `classes` doubles, `classes` being
  * asfda_finetuner_classes.
  */
@@ -941,7 +941,7 @@ AsfdaStatus asfda_model_load(const char *model_path,
 void asfda_model_free(struct AsfdaModel *model);
 
 /**
- * Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
+ * Copies the device the model actually runs on ("cpu" or "cuda:N"; `auto` resolved) into
  * `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
  */
 ASFDA_MUST_USE

@@ -69,7 +69,7 @@ fn temporary_path(path: &Path) -> Result<PathBuf> {
     Ok(path.with_file_name(tmp))
 }
 
-/// Removes the temporary files of `path` (see [`temporary_path`]) whose writing process no
+/// Removes the temporary files of `path` (`.<name>.asfda-<pid>-<n>.tmp`) whose writing process no
 /// longer exists: a writer killed between creating its temporary file and renaming it leaves it
 /// behind, and without this every interrupted save of a checkpoint would keep its bytes on disk
 /// for good. Temporaries of live processes (another writer right now) are kept. Best effort:

@@ -114,7 +114,7 @@ pub extern "C" fn asfda_engine_free(engine: *mut AsfdaEngine) {
     free_handle(engine);
 }
 
-/// The device inference runs on ("cpu" or "cuda:<id>"), copied like asfda_runtime_info_json.
+/// The device inference runs on ("cpu" or "cuda:N"), copied like asfda_runtime_info_json.
 #[no_mangle]
 #[must_use]
 pub extern "C" fn asfda_engine_device(
@@ -234,7 +234,7 @@ pub extern "C" fn asfda_score_volume(
 /// - `out_probabilities` (may be NULL = not computed): the per-class softmax probabilities, one
 ///   channel per class (channel c = class c); they sum to 1 per voxel. On a resampled grid they
 ///   are interpolated, so their argmax may differ from the (nearest-neighbour) labels at borders.
-///   Asking for them holds a [classes] x volume float map: check the memory limit.
+///   Asking for them holds a float map of (classes x volume voxels): check the memory limit.
 /// - `out_entropy` (may be NULL = not computed): the normalised predictive entropy in [0, 1],
 ///   one channel.
 ///

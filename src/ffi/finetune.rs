@@ -275,7 +275,7 @@ pub extern "C" fn asfda_finetuner_steps_done(tuner: *const AsfdaFineTuner, out_s
 }
 
 /// Dice per class (index 0 = background) of the current weights on `count` annotated volumes
-/// (images[i] with labels[i], same grid), averaged over volumes; a class absent from both
+/// (each image with its label volume, on the same grid), averaged over volumes; a class absent from both
 /// prediction and label scores 1. `dice_per_class` must hold `classes` doubles, `classes` being
 /// asfda_finetuner_classes.
 #[no_mangle]

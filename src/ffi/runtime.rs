@@ -15,7 +15,7 @@ pub struct AsfdaRuntimeOptions {
     /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
     /// ORT_DYLIB_PATH, next to the asfda library, the project cache).
     pub library_path: *const c_char,
-    /// "cpu" (default when NULL), "auto", "cuda" or "cuda:<id>".
+    /// "cpu" (default when NULL), "auto", "cuda" or "cuda:N".
     pub device: *const c_char,
     /// Intra-op CPU threads; 0 lets ONNX Runtime choose.
     pub threads: u32,
@@ -95,7 +95,7 @@ pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
     free_handle(model);
 }
 
-/// Copies the device the model actually runs on ("cpu" or "cuda:<id>"; `auto` resolved) into
+/// Copies the device the model actually runs on ("cpu" or "cuda:N"; `auto` resolved) into
 /// `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
 #[no_mangle]
 #[must_use]

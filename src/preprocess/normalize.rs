@@ -16,7 +16,7 @@ pub(super) fn normalize(x: &mut [f32], normalization: &Normalization) {
 
 /// The per-voxel map a channel's normalisation amounts to once its statistics are known, so it
 /// can be applied to voxels read elsewhere (tiles read from the caller's volume) with the same
-/// arithmetic as [`normalize`].
+/// arithmetic as the normalisation `prepare` applies.
 #[derive(Clone, Copy, Debug)]
 pub enum ChannelNorm {
     /// `((clamp(v) as f64 - mean) * inv) as f32`, clamp in f32 (percentile) or none (z-score).
