@@ -379,6 +379,7 @@ fn find_ort_in(dir: &Path) -> Option<PathBuf> {
 /// The folder holding the binary this code lives in (the asfda cdylib, or an executable that
 /// links asfda statically).
 fn own_directory() -> Option<PathBuf> {
+    // SAFETY: Dl_info is plain C data (pointers and integers); all zeroes is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     let addr = own_directory as *const c_void;
     // SAFETY: dladdr only reads the address and fills `info`; dli_fname points into the loader's tables.
@@ -386,6 +387,7 @@ fn own_directory() -> Option<PathBuf> {
     if !ok || info.dli_fname.is_null() {
         return None;
     }
+    // SAFETY: dladdr succeeded and dli_fname is non-NULL: a NUL-terminated path in the loader's tables.
     let file = unsafe { CStr::from_ptr(info.dli_fname) }.to_str().ok()?;
     std::fs::canonicalize(file).ok()?.parent().map(Path::to_path_buf)
 }
@@ -425,10 +427,12 @@ fn library_version(path: &Path) -> Result<String> {
 
 fn dl_error() -> String {
     // SAFETY: dlerror returns NULL or a thread-local C string.
+    // SAFETY: dlerror takes no arguments and returns NULL or a NUL-terminated message.
     let msg: *const c_char = unsafe { libc::dlerror() };
     if msg.is_null() {
         "unknown dlopen error".into()
     } else {
+        // SAFETY: non-NULL, NUL-terminated, valid until the next dlerror call on this thread.
         unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
     }
 }

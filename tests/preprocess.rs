@@ -573,9 +573,8 @@ fn percentile_clips_to_the_volumes_percentiles_then_zscores() {
     assert_eq!(low, got[values.iter().position(|v| *v == 9.0).unwrap()]);
     assert!(low < at_10);
 
-    let e = spec(1, [1, 1, 1], 1, [1.0; 3], Normalization::Percentile { lower: 0.5, upper: 150.0 })
-        .validate()
-        .unwrap_err();
+    let e =
+        spec(1, [1, 1, 1], 1, [1.0; 3], Normalization::Percentile { lower: 0.5, upper: 150.0 }).validate().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.message().contains("input.normalization.upper"), "{e}");
 }

@@ -3,12 +3,12 @@
 
 use std::ffi::{c_char, c_void};
 
+use super::runtime::{asfda_runtime_options_default, runtime_options_from, AsfdaRuntimeOptions};
 use super::volume::{into_handle, AsfdaVolume};
 use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
 use crate::cancel::CancelToken;
 use crate::engine::{Engine, EngineOptions, SegmentOutputs};
 use crate::error::{Error, Result};
-use super::runtime::{asfda_runtime_options_default, runtime_options_from, AsfdaRuntimeOptions};
 use crate::score::Score;
 use crate::window::WindowOptions;
 
@@ -83,12 +83,7 @@ fn engine_options(o: &AsfdaEngineOptions) -> Result<EngineOptions> {
         mirror: o.mirror,
         ..Default::default()
     };
-    Ok(EngineOptions {
-        runtime,
-        window,
-        memory_limit_bytes: o.memory_limit_bytes,
-        ..Default::default()
-    })
+    Ok(EngineOptions { runtime, window, memory_limit_bytes: o.memory_limit_bytes, ..Default::default() })
 }
 
 /// Loads and validates a model bundle and creates its inference session.

@@ -62,6 +62,7 @@ struct Target {
 // SAFETY: asfda_set_log_callback documents that the callback and its user data are used from any
 // thread that calls asfda; the host accepts that by installing them.
 unsafe impl Send for Target {}
+// SAFETY: as for Send: the host promised the callback may run on any thread, concurrently.
 unsafe impl Sync for Target {}
 
 impl Target {
@@ -120,6 +121,7 @@ mod tests {
 
     extern "C" fn record(user_data: *mut c_void, level: AsfdaLogLevel, message: *const c_char) {
         assert_eq!(user_data as usize, 42);
+        // SAFETY: the library passes a NUL-terminated message valid for the call.
         let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
         SEEN.lock().unwrap().push((level, text));
     }

@@ -257,6 +257,7 @@ mod tests {
     use super::*;
 
     fn last_error() -> String {
+        // SAFETY: asfda_last_error_message returns a NUL-terminated thread-local string.
         unsafe { CStr::from_ptr(asfda_last_error_message()) }.to_string_lossy().into_owned()
     }
 
@@ -280,6 +281,7 @@ mod tests {
     fn copy_to_buffer_truncates_and_reports_needed_size() {
         let mut buf = [0x7f as c_char; 4];
         assert_eq!(copy_to_buffer("hello", buf.as_mut_ptr(), buf.len()), 6);
+        // SAFETY: copy_to_buffer NUL-terminated buf.
         assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(), "hel");
         assert_eq!(copy_to_buffer("hello", std::ptr::null_mut(), 0), 6);
     }
@@ -287,9 +289,11 @@ mod tests {
     #[test]
     fn status_names_cover_every_code_and_reject_others() {
         for code in 0..=12 {
+            // SAFETY: asfda_status_name returns a static NUL-terminated string.
             let name = unsafe { CStr::from_ptr(asfda_status_name(code)) }.to_str().unwrap();
             assert!(name.starts_with("ASFDA_STATUS_"), "{code}: {name}");
         }
+        // SAFETY: as above.
         let name = unsafe { CStr::from_ptr(asfda_status_name(99)) }.to_str().unwrap();
         assert_eq!(name, "unknown status");
     }

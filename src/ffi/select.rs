@@ -396,8 +396,10 @@ mod tests {
         let handle = AsfdaSelection::new(sel.clone());
         assert_eq!(asfda_selection_count(&handle), 1);
         let id = asfda_selection_pick_id(&handle, 0);
+        // SAFETY: a non-NULL pick id is NUL-terminated and lives as long as the handle.
         assert_eq!(unsafe { CStr::from_ptr(id) }.to_str().unwrap(), sel.picks[0].id);
         assert!(asfda_selection_pick_id(&handle, 1).is_null());
+        // SAFETY: the last-error message is a NUL-terminated thread-local string.
         let msg = unsafe { CStr::from_ptr(super::super::asfda_last_error_message()) }.to_str().unwrap();
         assert!(msg.contains("pick index 1 is out of range"), "{msg}");
         assert!(asfda_selection_reliable_id(std::ptr::null(), 0).is_null());
