@@ -11,7 +11,7 @@ ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv venv-torch build data model demo test test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
+.PHONY: all ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
 
 all: build
 
@@ -63,8 +63,16 @@ demo: ort build data
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks
 ## against nibabel and onnxruntime, and the C/C++ tests under ctest.
 test: ort venv venv-torch data
+	$(MAKE) lint
 	cargo build
 	$(MAKE) test-rust test-python test-tools test-c
+
+## What CI enforces before any test: formatting, clippy on every target with warnings as
+## errors, and rustdoc without warnings (lints: Cargo.toml's [lints] table).
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 
 test-rust:
 	cargo test
