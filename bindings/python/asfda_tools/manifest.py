@@ -8,7 +8,9 @@ manifests to both readers so the two cannot drift.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -277,6 +279,21 @@ def named_files(m):
     add("training", "checkpoint")
     add("source_knowledge", "file")
     return out
+
+
+def sha256_file(path):
+    """The SHA-256 of the file at ``path`` as 64 lowercase hex digits (read in a stream)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(bundle_dir, m):
+    """The manifest's ``sha256`` field for the bundle at ``bundle_dir``: the digest of every file
+    ``m`` names (the library verifies each at load)."""
+    return {name: sha256_file(Path(bundle_dir) / name) for _, name in named_files(m)}
 
 
 def _training(c, t, classes):
