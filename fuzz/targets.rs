@@ -36,3 +36,27 @@ pub fn selection_json(data: &[u8]) {
         assert_eq!(again.to_json(), selection.to_json());
     }
 }
+
+/// A bundle manifest as JSON, through the reader and validator (`Manifest::from_json`, which
+/// runs `problems()`). What is accepted must have no problems, name only plain relative files,
+/// and write and read back to the same manifest.
+pub fn manifest(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(m) = asfda::bundle::Manifest::from_json(text) {
+        assert!(m.problems().is_empty());
+        for (_, name) in m.files() {
+            assert!(!name.is_empty() && !name.starts_with('/') && !name.split('/').any(|s| s == ".."), "{name}");
+        }
+        let written = serde_json::to_string(&m).expect("an accepted manifest writes");
+        let again = asfda::bundle::Manifest::from_json(&written).expect("a written manifest reads back");
+        assert_eq!(again, m);
+    }
+}
+
+/// An ONNX model's protobuf bytes, through the walker that reads the graph's input and output
+/// names at bundle load. Any bytes: an error or names, never a panic.
+pub fn onnx_proto(data: &[u8]) {
+    if let Ok((inputs, outputs)) = asfda::bundle::onnx_graph_io(data) {
+        assert!(inputs.len() + outputs.len() <= data.len(), "more names than bytes");
+    }
+}

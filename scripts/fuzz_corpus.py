@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Seed corpus for the fuzz targets (fuzz/corpus/<target>/), made from small real inputs so that
 nothing large is committed: the NIfTI test files nibabel ships, score JSON in the library's own
-format, and selections that `asfda select` writes from those scores.
+format, selections that `asfda select` writes from those scores, the demo and golden bundle
+manifests (and their golden variants), and small ONNX models (the tiny test model, the demo
+bundle's graphs cut to 100 KB).
 
 usage: scripts/fuzz_corpus.py [--cli target/debug/asfda] [--out fuzz/corpus]
 """
@@ -85,17 +87,66 @@ def json_seeds(out_scores, out_selections, cli):
     return len(scores), 12
 
 
+def manifest_seeds(out):
+    """The demo bundle's manifest, the golden manifest and every golden variant (valid or not)."""
+    n = 0
+    for src in ["models/demo_brain_unet/manifest.json", "tests/data/golden_manifest.json"]:
+        shutil.copy(os.path.join(ROOT, src), os.path.join(out, src.replace("/", "_")))
+        n += 1
+    with open(os.path.join(ROOT, "tests", "data", "golden_manifest.json")) as f:
+        golden = json.load(f)
+    with open(os.path.join(ROOT, "tests", "data", "golden_manifest_cases.json")) as f:
+        cases = json.load(f)
+    for kind in ["valid", "invalid"]:
+        for i, case in enumerate(cases[kind]):
+            m = json.loads(json.dumps(golden))
+            for path, value in case.get("set", {}).items():
+                parent, key = _parent(m, path)
+                parent[key] = value
+            for path in case.get("remove", []):
+                parent, key = _parent(m, path)
+                del parent[key]
+            with open(os.path.join(out, f"golden_{kind}_{i:02d}.json"), "w") as f:
+                f.write(json.dumps(m))
+            n += 1
+    return n
+
+
+def _parent(m, path):
+    *head, key = path.split(".")
+    for seg in head:
+        m = m[int(seg)] if isinstance(m, list) else m[seg]
+    return m, (int(key) if isinstance(m, list) else key)
+
+
+def onnx_seeds(out, limit=100 << 10):
+    """The tiny test model whole, and the demo bundle's graphs cut to ``limit`` bytes (the graph's
+    inputs and outputs come after the initializers, so cut files exercise truncation)."""
+    n = 0
+    for src in ["models/tiny_conv3d/tiny_conv3d.onnx", "models/demo_brain_unet/model.onnx",
+                "models/demo_brain_unet/train_step.onnx"]:
+        with open(os.path.join(ROOT, src), "rb") as f:
+            data = f.read(limit)
+        with open(os.path.join(out, src.replace("/", "_")), "wb") as f:
+            f.write(data)
+        n += 1
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=os.path.join(ROOT, "target", "debug", "asfda"))
     ap.add_argument("--out", default=os.path.join(ROOT, "fuzz", "corpus"))
     args = ap.parse_args()
-    dirs = {t: os.path.join(args.out, t) for t in ["nifti", "score_json", "selection_json"]}
+    dirs = {t: os.path.join(args.out, t) for t in ["nifti", "score_json", "selection_json", "manifest", "onnx_proto"]}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
+    n_manifest = manifest_seeds(dirs["manifest"])
+    n_onnx = onnx_seeds(dirs["onnx_proto"])
     n_nifti = nifti_seeds(dirs["nifti"])
     n_scores, n_selections = json_seeds(dirs["score_json"], dirs["selection_json"], args.cli)
-    print(f"seeds: nifti {n_nifti}, score_json {n_scores}, selection_json {n_selections} -> {args.out}",
+    print(f"seeds: nifti {n_nifti}, score_json {n_scores}, selection_json {n_selections}, "
+          f"manifest {n_manifest}, onnx_proto {n_onnx} -> {args.out}",
           file=sys.stderr)
 
 

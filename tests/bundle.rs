@@ -201,3 +201,120 @@ fn inconsistent_bundles_are_reported_by_name() {
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.message().contains("checkpoint.safetensors"), "{err}");
 }
+
+/// The first problem line of a load error is about `field` (not about ONNX or a file's content).
+fn assert_names(err: &asfda::Error, field: &str) {
+    assert!(err.message().contains(&format!("{field}:")), "'{field}' not named in: {err}");
+    assert!(!err.message().contains("ONNX"), "the path was opened: {err}");
+}
+
+#[test]
+fn file_names_outside_the_bundle_are_refused_before_opening() {
+    let (_t, dir) = tampered(|m| m["inference"]["file"] = "/etc/passwd".into());
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert_names(&err, "inference.file");
+    assert!(err.message().contains("plain relative path"), "{err}");
+
+    let (_t, dir) = tampered(|m| m["training"]["train_step"] = "../train_step.onnx".into());
+    // The file exists there: only the name is refused.
+    std::fs::copy(dir.join("train_step.onnx"), dir.parent().unwrap().join("train_step.onnx")).unwrap();
+    let err = load_error(&dir);
+    assert_names(&err, "training.train_step");
+
+    let (_t, dir) = tampered(|m| m["source_knowledge"]["file"] = "".into());
+    assert_names(&load_error(&dir), "source_knowledge.file");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_pointing_outside_the_bundle_is_refused() {
+    let (_t, dir) = tampered(|_| {});
+    let outside = dir.parent().unwrap().join("elsewhere.onnx");
+    std::fs::rename(dir.join("model.onnx"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("model.onnx")).unwrap();
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(err.message().contains("inference.file") && err.message().contains("outside the bundle"), "{err}");
+
+    // A symlink that stays inside is fine.
+    let (_t, dir) = tampered(|_| {});
+    std::fs::create_dir(dir.join("graphs")).unwrap();
+    std::fs::rename(dir.join("model.onnx"), dir.join("graphs/model.onnx")).unwrap();
+    std::os::unix::fs::symlink("graphs/model.onnx", dir.join("model.onnx")).unwrap();
+    Bundle::load(&dir, &options()).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_flipped_byte_is_refused_naming_the_file() {
+    let (_t, dir) = tampered(|_| {});
+    let path = dir.join("model.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert!(
+        err.message().contains("model.onnx") && err.message().contains("SHA-256") && err.message().contains("corrupt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn digests_are_checked_and_optional() {
+    // An older bundle without digests loads (with a warning).
+    let (_t, dir) = tampered(|m| {
+        m.as_object_mut().unwrap().remove("sha256");
+    });
+    Bundle::load(&dir, &options()).unwrap_or_else(|e| panic!("{e}"));
+
+    let (_t, dir) = tampered(|m| m["sha256"]["model.onnx"] = "ABC".into());
+    assert_names(&load_error(&dir), "sha256.model.onnx");
+    let (_t, dir) = tampered(|m| m["sha256"]["other.bin"] = "0".repeat(64).into());
+    assert_names(&load_error(&dir), "sha256.other.bin");
+}
+
+#[test]
+fn absurd_numbers_are_refused_naming_the_field() {
+    let (_t, dir) = tampered(|m| m["input"]["spacing_mm"] = serde_json::json!([1.0, 1e300, 1.0]));
+    let err = load_error(&dir);
+    assert_eq!(err.kind(), ErrorKind::InvalidData);
+    assert_names(&err, "input.spacing_mm");
+    let (_t, dir) = tampered(|m| m["training"]["optimizer"]["lr"] = (-1e-3).into());
+    assert_names(&load_error(&dir), "training.optimizer.lr");
+    let (_t, dir) = tampered(|m| m["input"]["patch_size"] = serde_json::json!([32, 32, 4096]));
+    assert_names(&load_error(&dir), "input.patch_size");
+    let (_t, dir) = tampered(|m| m["source_knowledge"]["k"] = 1_000_000.into());
+    assert_names(&load_error(&dir), "source_knowledge.k");
+}
+
+#[test]
+fn an_adapted_bundle_records_its_new_digests_and_loads() {
+    let bundle = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adapted");
+    let checkpoint = std::fs::read(bundle.path("checkpoint.safetensors")).unwrap();
+    let note = serde_json::json!({"what": "test"});
+    // The model and checkpoint as they are: the recomputed digests equal the source's.
+    let inference = |b: &[u8]| Ok(b.to_vec());
+    let adaptation = asfda::bundle::Adaptation { checkpoint: &checkpoint, inference: &inference, note: &note };
+    bundle.write_adapted(&out, &adaptation).unwrap();
+    let adapted = Bundle::load(&out, &options()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(adapted.manifest().sha256, bundle.manifest().sha256);
+
+    // A bundle written from an older (digest-less) source gets digests, other content kept.
+    let (_t, dir) = tampered(|m| {
+        m.as_object_mut().unwrap().remove("sha256");
+        m["x_extra"] = "kept".into();
+    });
+    let old = Bundle::load(&dir, &options()).unwrap();
+    let out = tmp.path().join("adapted2");
+    let adaptation = asfda::bundle::Adaptation { checkpoint: &checkpoint, inference: &inference, note: &note };
+    old.write_adapted(&out, &adaptation).unwrap();
+    let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value["x_extra"], "kept");
+    assert_eq!(value["sha256"].as_object().unwrap().len(), 4);
+    Bundle::load(&out, &options()).unwrap_or_else(|e| panic!("{e}"));
+}

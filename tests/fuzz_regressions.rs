@@ -45,3 +45,27 @@ fn selection_json_regressions_stay_fixed() {
     replay("selection_json", targets::selection_json);
     EDGES.iter().for_each(|e| targets::selection_json(e));
 }
+
+#[test]
+fn manifest_regressions_stay_fixed() {
+    replay("manifest", targets::manifest);
+    EDGES.iter().for_each(|e| targets::manifest(e));
+    // The shipped and golden manifests go through the same body (accepted, written, read back).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for seed in ["models/demo_brain_unet/manifest.json", "tests/data/golden_manifest.json"] {
+        let text = std::fs::read(root.join(seed)).unwrap();
+        assert!(asfda::bundle::Manifest::from_json(std::str::from_utf8(&text).unwrap()).is_ok(), "{seed}");
+        targets::manifest(&text);
+    }
+}
+
+#[test]
+fn onnx_proto_regressions_stay_fixed() {
+    replay("onnx_proto", targets::onnx_proto);
+    EDGES.iter().for_each(|e| targets::onnx_proto(e));
+    let model = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny_conv3d/tiny_conv3d.onnx")).unwrap();
+    assert!(asfda::bundle::onnx_graph_io(&model).is_ok());
+    for n in [1, 2, 7, model.len() / 2, model.len() - 1] {
+        targets::onnx_proto(&model[..n]);
+    }
+}

@@ -7,6 +7,8 @@
 //! "input.orientation: unknown variant \`LPS\`, expected \`RAS\`" or
 //! "training.optimizer.lr: missing (required)".
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -37,6 +39,12 @@ pub struct Manifest {
     /// lacks the terms that need them).
     #[serde(default, deserialize_with = "at::source_knowledge")]
     pub source_knowledge: Option<SourceKnowledgeSpec>,
+    /// SHA-256 of every file the manifest names (key: the file name exactly as the manifest
+    /// writes it, value: 64 lowercase hex digits); [`super::Bundle::load`] verifies each file
+    /// against it. When present it must list every named file and nothing else. Absent in bundles
+    /// written before it existed: those load unverified, with a warning (`log::warn!`).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "at::sha256")]
+    pub sha256: Option<BTreeMap<String, String>>,
 }
 
 /// What the model expects of an image (`input`). Read from a manifest it has passed
@@ -324,6 +332,20 @@ macro_rules! spelling {
 spelling!(InputOrientation, Layout, LossKind, OptimizerKind, ZscoreMask);
 
 impl Manifest {
+    /// Every file the manifest names, with the field that names it (`inference.file`,
+    /// `training.train_step`, `training.checkpoint`, `source_knowledge.file`), in that order.
+    pub fn files(&self) -> Vec<(&'static str, &str)> {
+        let mut files = vec![("inference.file", self.inference.file.as_str())];
+        if let Some(t) = &self.training {
+            files.push(("training.train_step", t.train_step.as_str()));
+            files.push(("training.checkpoint", t.checkpoint.as_str()));
+        }
+        if let Some(s) = &self.source_knowledge {
+            files.push(("source_knowledge.file", s.file.as_str()));
+        }
+        files
+    }
+
     /// Parses and checks a manifest's text (types, then [`Manifest::problems`]): `Format` for
     /// text that is not a manifest, `InvalidData` for values out of range; both name the field.
     pub fn from_json(text: &str) -> Result<Manifest> {
@@ -377,7 +399,7 @@ mod at {
     fields!(input => "input", inference => "inference", training => "training",
         source_knowledge => "source_knowledge", orientation => "orientation", normalization => "normalization",
         layout => "layout", loss => "loss", optimizer => "optimizer", io => "io", parameters => "parameters", loss_kind => "kind",
-        optimizer_kind => "kind", tensors => "tensors");
+        optimizer_kind => "kind", tensors => "tensors", sha256 => "sha256");
 
     #[cfg(test)]
     mod tests {

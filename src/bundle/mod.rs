@@ -64,6 +64,10 @@ impl Bundle {
         let bundle = Bundle { dir: dir.to_path_buf(), manifest };
         let mut problems = bundle.manifest.problems();
         if problems.is_empty() {
+            // Paths are plain and relative (problems); nothing is opened before each is known
+            // to stay inside the folder, nor read before its digest is verified.
+            bundle.check_containment()?;
+            bundle.check_digests()?;
             problems.extend(bundle.check_files(options)?);
         }
         if problems.is_empty() {
@@ -85,7 +89,7 @@ impl Bundle {
         &self.dir
     }
 
-    /// A file of the bundle by its manifest name.
+        /// A file of the bundle by its manifest name.
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
@@ -111,6 +115,13 @@ impl Bundle {
             anchors: file.f32(&spec.tensors.anchors)?,
         }))
     }
+}
+
+/// The input and output names of an ONNX model's graph, read from its protobuf bytes (the
+/// walker [`Bundle::load`] uses). Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn onnx_graph_io(bytes: &[u8]) -> std::result::Result<(Vec<String>, Vec<String>), String> {
+    crate::onnx_proto::graph_io(bytes).map_err(|e| e.to_string())
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {

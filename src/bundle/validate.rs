@@ -8,7 +8,7 @@
 //! two in step.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Component, Path};
 
 use super::manifest::{InputSpec, Manifest, Normalization, TrainingSpec};
 use super::{Bundle, FORMAT_VERSION};
@@ -16,6 +16,30 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::onnx_proto;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::tensors::TensorFile;
+use crate::volume::PLAUSIBLE_SPACING_MM;
+
+/// Upper bounds of manifest numbers that size allocations (a hostile manifest must not make
+/// them absurd); `asfda_tools/manifest.py` has the same.
+const MAX_PATCH: usize = 1024;
+const MAX_CHANNELS: usize = 1024;
+const MAX_FEATURE_CHANNELS: usize = 65536;
+const MAX_ANCHORS: usize = 65536;
+const MAX_CLASSES: usize = 65536;
+
+/// Whether `name` is a plain relative path: not empty, only normal components (no root, no
+/// prefix, no `.` or `..`).
+fn plain_relative(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains('\\')
+        && !name.contains('\0')
+        && Path::new(name).components().all(|c| matches!(c, Component::Normal(_)))
+        && !name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+}
+
+/// Whether `v` is a SHA-256 written as 64 lowercase hex digits.
+fn sha256_hex(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 fn finite_positive(v: f64) -> bool {
     v.is_finite() && v > 0.0
@@ -41,8 +65,21 @@ impl InputSpec {
                 self.patch_size, self.size_divisible_by
             ));
         }
+        if self.channels > MAX_CHANNELS {
+            p.push(format!("input.channels: must be at most {MAX_CHANNELS}, got {}", self.channels));
+        }
+        if self.patch_size.iter().any(|&s| s > MAX_PATCH) {
+            p.push(format!("input.patch_size: {:?} must each be at most {MAX_PATCH}", self.patch_size));
+        }
         if !self.spacing_mm.iter().all(|&s| finite_positive(s)) {
             p.push(format!("input.spacing_mm: {:?} must be finite and positive", self.spacing_mm));
+        } else if !self.spacing_mm.iter().all(|s| PLAUSIBLE_SPACING_MM.contains(s)) {
+            p.push(format!(
+                "input.spacing_mm: {:?} is implausible (each must be in {}..={} mm)",
+                self.spacing_mm,
+                PLAUSIBLE_SPACING_MM.start(),
+                PLAUSIBLE_SPACING_MM.end()
+            ));
         }
         // `orientation` is an enum: any value it can hold is supported.
         match self.normalization {
@@ -100,6 +137,9 @@ impl Manifest {
         if self.name.is_empty() {
             p.push("name: must not be empty".into());
         }
+        if self.classes.len() > MAX_CLASSES {
+            p.push(format!("classes: must be at most {MAX_CLASSES}, got {}", self.classes.len()));
+        }
         if self.classes.len() < 2 {
             p.push(format!("classes: need background and at least one class, got {:?}", self.classes));
         }
@@ -115,6 +155,12 @@ impl Manifest {
         p.extend(self.input.problems());
         if self.inference.feature_channels == 0 {
             p.push("inference.feature_channels: must be at least 1, got 0".into());
+        }
+        if self.inference.feature_channels > MAX_FEATURE_CHANNELS {
+            p.push(format!(
+                "inference.feature_channels: must be at most {MAX_FEATURE_CHANNELS}, got {}",
+                self.inference.feature_channels
+            ));
         }
         // `inference.layout`, `training.loss.kind` and `training.optimizer.kind` are enums: any
         // value they can hold is supported.
@@ -143,12 +189,81 @@ impl Manifest {
             if s.k == 0 {
                 p.push("source_knowledge.k: must be at least 1, got 0".into());
             }
+            if s.k > MAX_ANCHORS {
+                p.push(format!("source_knowledge.k: must be at most {MAX_ANCHORS}, got {}", s.k));
+            }
+        }
+        let files = self.files();
+        for (field, name) in &files {
+            if !plain_relative(name) {
+                p.push(format!(
+                    "{field}: '{name}' must be a plain relative path inside the bundle folder (not empty, not absolute, no '..')"
+                ));
+            }
+        }
+        if let Some(digests) = &self.sha256 {
+            for (field, name) in &files {
+                if !digests.contains_key(*name) {
+                    p.push(format!("sha256: has no digest of '{name}' ({field})"));
+                }
+            }
+            for (name, digest) in digests {
+                if !files.iter().any(|(_, f)| f == name) {
+                    p.push(format!("sha256.{name}: '{name}' is not a file the manifest names"));
+                } else if !sha256_hex(digest) {
+                    p.push(format!("sha256.{name}: '{digest}' is not a SHA-256 (64 lowercase hex digits)"));
+                }
+            }
         }
         p
     }
 }
 
 impl Bundle {
+    /// Before any named file is opened: each (symlinks resolved) must lie inside the bundle
+    /// folder (`InvalidData` naming the file otherwise). Assumes [`Manifest::problems`] passed
+    /// (plain relative names).
+    pub(super) fn check_containment(&self) -> Result<()> {
+        let dir = self.dir.canonicalize().map_err(|e| Error::io(&self.dir, "resolve the bundle folder", &e))?;
+        for (field, name) in self.manifest.files() {
+            let path = self.path(name);
+            let real = path.canonicalize().map_err(|e| Error::io(&path, "find the bundle file", &e))?;
+            if !real.starts_with(&dir) {
+                return Err(Error::invalid_data(format!(
+                    "{field}: '{name}' resolves to '{}', outside the bundle folder '{}' (a symlink?); refused",
+                    real.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies every named file against the manifest's `sha256` (a streaming hash):
+    /// `InvalidData` naming the file on a mismatch. A manifest without digests (written before
+    /// they existed) is accepted with a warning.
+    pub(super) fn check_digests(&self) -> Result<()> {
+        let Some(digests) = &self.manifest.sha256 else {
+            log::warn!(
+                "model bundle '{}': manifest.json has no sha256 digests (an older bundle); its files are not verified",
+                self.dir.display()
+            );
+            return Ok(());
+        };
+        for (field, name) in self.manifest.files() {
+            let path = self.path(name);
+            let actual = sha256_file(&path)?;
+            let expected = digests.get(name).map(String::as_str).unwrap_or_default();
+            if actual != expected {
+                return Err(Error::invalid_data(format!(
+                    "bundle file '{}' ({field}) is corrupt or changed: its SHA-256 is {actual}, the manifest records {expected}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the files against the manifest: graph I/O names, checkpoint and statistics tensors.
     pub(super) fn check_files(&self, options: &RuntimeOptions) -> Result<Vec<String>> {
         let m = &self.manifest;
@@ -209,6 +324,33 @@ impl Bundle {
         }
         Ok(p)
     }
+}
+
+/// The SHA-256 of the file at `path`, as 64 lowercase hex digits, read in a stream.
+pub(super) fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", &e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, "read", &e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// The SHA-256 of `bytes`, as 64 lowercase hex digits.
+pub(super) fn sha256_bytes(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sorted<'a>(it: impl Iterator<Item = &'a &'a str>) -> Vec<&'a str> {

@@ -1,11 +1,13 @@
 //! Writing an adapted bundle: a copy of a loaded bundle whose state is replaced by a fine-tuning
 //! run's ([`Bundle::write_adapted`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::validate::sha256_bytes;
 use super::{Bundle, ADAPTATION_FILE, MANIFEST_FILE};
 use crate::atomic_file;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// What an adapted bundle replaces of its source bundle ([`Bundle::write_adapted`]).
 pub struct Adaptation<'a> {
@@ -21,7 +23,8 @@ pub struct Adaptation<'a> {
 
 impl Bundle {
     /// Writes an adapted copy of this bundle to the new folder `dir`: the manifest, train-step
-    /// graph and source knowledge copied byte for byte, the checkpoint replaced by
+    /// graph and source knowledge copied byte for byte, the manifest with the
+    /// `sha256` digests of the written files (other content kept), the checkpoint replaced by
     /// `adaptation.checkpoint`, the inference model by `adaptation.inference` of the source one,
     /// plus [`ADAPTATION_FILE`] (`adaptation.note`, pretty-printed JSON). Built in
     /// `<dir>.partial` and renamed into place, so `dir` is either complete or absent; each file
@@ -56,16 +59,35 @@ impl Bundle {
     fn write_adapted_files(&self, out: &Path, adaptation: &Adaptation<'_>) -> Result<()> {
         let training = self.training()?;
         let read = |p: PathBuf| std::fs::read(&p).map_err(|e| Error::io(&p, "read", &e));
-        let mut copies = vec![MANIFEST_FILE.to_string(), training.train_step.clone()];
+        let mut digests = BTreeMap::new();
+        let mut write = |name: &str, bytes: &[u8]| -> Result<()> {
+            atomic_file::write_synced(&out.join(name), bytes)?;
+            digests.insert(name.to_string(), sha256_bytes(bytes));
+            Ok(())
+        };
+        let mut copies = vec![training.train_step.clone()];
         if let Some(k) = &self.manifest.source_knowledge {
             copies.push(k.file.clone());
         }
         for file in copies {
-            atomic_file::write_synced(&out.join(&file), &read(self.path(&file))?)?;
+            write(&file, &read(self.path(&file))?)?;
         }
-        atomic_file::write_synced(&out.join(&training.checkpoint), adaptation.checkpoint)?;
+        write(&training.checkpoint, adaptation.checkpoint)?;
         let model = (adaptation.inference)(&read(self.inference_path())?)?;
-        atomic_file::write_synced(&out.join(&self.manifest.inference.file), &model)?;
+        write(&self.manifest.inference.file, &model)?;
+        // The source manifest as JSON (unknown content kept), with the digests of the files
+        // written here.
+        let source = self.path(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&source).map_err(|e| Error::io(&source, "read", &e))?;
+        let mut manifest: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::new(ErrorKind::Format, format!("'{}': {e}", source.display())))?;
+        let object = manifest
+            .as_object_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Format, format!("'{}' is not a JSON object", source.display())))?;
+        object.insert("sha256".into(), serde_json::to_value(&digests).map_err(|e| Error::internal(e.to_string()))?);
+        let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::internal(e.to_string()))?;
+        text.push('\n');
+        atomic_file::write_synced(&out.join(MANIFEST_FILE), text.as_bytes())?;
         let text = serde_json::to_string_pretty(adaptation.note).map_err(|e| Error::internal(e.to_string()))?;
         atomic_file::write_synced(&out.join(ADAPTATION_FILE), text.as_bytes())?;
         atomic_file::sync_dir(out)

@@ -19,7 +19,7 @@ import torch
 from safetensors.numpy import save
 
 from .manifest import (FORMAT_VERSION, MANIFEST_FILE, NORMALIZATION_KEYS,  # noqa: F401
-                       input_problems, validate_manifest)
+                       file_digests, input_problems, validate_manifest)
 from .trainstep import TrainStepConfig, dice_ce, export_train_step, parameter_names, save_onnx
 
 SOURCE_TENSORS = {"mean": "feature_mean", "var": "feature_var", "anchors": "anchors"}
@@ -160,6 +160,10 @@ def rewrite_train_step(model, bundle_dir, weight_grad="conv"):
         tmp.unlink()
         raise ValueError("the regenerated train step's inputs/outputs differ from the manifest's")
     tmp.replace(target)
+    # The manifest records the new graph's digest (the library verifies it at load).
+    manifest["sha256"] = file_digests(out, manifest)
+    validate_manifest(manifest)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return inputs, outputs
 
 
@@ -250,6 +254,9 @@ def export_bundle(model, out_dir, *, classes, foreground_classes, patch_size, sp
         },
         "source_knowledge": knowledge,
     }
+    # Paths are checked before anything is hashed; the digests of every named file then go in.
+    validate_manifest(manifest)
+    manifest["sha256"] = file_digests(out, manifest)
     validate_manifest(manifest)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -8,7 +8,9 @@ manifests to both readers so the two cannot drift.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -19,6 +21,14 @@ LOSS_KINDS = ("dice_ce",)
 OPTIMIZER_KINDS = ("adamw",)
 ZSCORE_MASKS = ("nonzero", "all")
 # Keys each normalisation kind needs besides "kind" ("mask" of zscore is optional).
+# Upper bounds of numbers that size allocations (src/bundle/validate.rs has the same).
+MAX_PATCH = 1024
+MAX_CHANNELS = 1024
+MAX_FEATURE_CHANNELS = 65536
+MAX_ANCHORS = 65536
+MAX_CLASSES = 65536
+# The plausible voxel spacing in mm (crate::volume::PLAUSIBLE_SPACING_MM).
+PLAUSIBLE_SPACING_MM = (1e-3, 1e3)
 NORMALIZATION_KEYS = {"zscore": set(), "ct_window": {"lower", "upper", "mean", "std"},
                       "percentile": {"lower", "upper"}}
 
@@ -29,6 +39,18 @@ class ManifestError(ValueError):
     def __init__(self, problems):
         super().__init__("; ".join(problems))
         self.problems = list(problems)
+
+
+def is_plain_relative(name):
+    """Whether a bundle file name is a plain relative path inside the bundle folder: not empty,
+    no leading ``/``, no ``.``/``..``/empty segments, no backslash or NUL (the library's rule)."""
+    return (isinstance(name, str) and name != "" and "\\" not in name and "\0" not in name
+            and all(seg not in ("", ".", "..") for seg in name.split("/")))
+
+
+def is_sha256_hex(v):
+    """Whether ``v`` is a SHA-256 written as 64 lowercase hex digits."""
+    return isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v)
 
 
 def _is_int(v):
@@ -133,8 +155,15 @@ def _input(c, spec, path):
         c.bad(f"{path}.size_divisible_by", "must be at least 1, got 0")
     if patch is not None and div is not None and any(s == 0 or s % max(div, 1) for s in patch):
         c.bad(f"{path}.patch_size", f"{patch} is not a positive multiple of size_divisible_by {div}")
+    if channels is not None and channels > MAX_CHANNELS:
+        c.bad(f"{path}.channels", f"must be at most {MAX_CHANNELS}, got {channels}")
+    if patch is not None and any(s > MAX_PATCH for s in patch):
+        c.bad(f"{path}.patch_size", f"{patch} must each be at most {MAX_PATCH}")
+    lo, hi = PLAUSIBLE_SPACING_MM
     if spacing is not None and not all(math.isfinite(s) and s > 0 for s in spacing):
         c.bad(f"{path}.spacing_mm", f"{spacing} must be finite and positive")
+    elif spacing is not None and not all(lo <= s <= hi for s in spacing):
+        c.bad(f"{path}.spacing_mm", f"{spacing} is implausible (each must be in {lo}..={hi} mm)")
     if norm is not None:
         _normalization(c, norm, f"{path}.normalization")
 
@@ -181,8 +210,11 @@ def manifest_problems(m):
     if inf is not None:
         for k in ("file", "input", "logits", "features"):
             c.field(inf, "inference", k, c.string)
-        if c.field(inf, "inference", "feature_channels", c.uint) == 0:
+        fc = c.field(inf, "inference", "feature_channels", c.uint)
+        if fc == 0:
             c.bad("inference.feature_channels", "must be at least 1, got 0")
+        if fc is not None and fc > MAX_FEATURE_CHANNELS:
+            c.bad("inference.feature_channels", f"must be at most {MAX_FEATURE_CHANNELS}, got {fc}")
         c.field(inf, "inference", "layout", c.enum(LAYOUTS))
     training = c.field(m, "", "training", c.obj, optional=True)
     if training is not None:
@@ -195,8 +227,11 @@ def manifest_problems(m):
         if tensors is not None:
             for k in ("mean", "var", "anchors"):
                 c.field(tensors, f"{p}.tensors", k, c.string)
-        if c.field(knowledge, p, "k", c.uint) == 0:
+        k = c.field(knowledge, p, "k", c.uint)
+        if k == 0:
             c.bad(f"{p}.k", "must be at least 1, got 0")
+        if k is not None and k > MAX_ANCHORS:
+            c.bad(f"{p}.k", f"must be at most {MAX_ANCHORS}, got {k}")
         for k in ("tiles", "volumes"):
             c.field(knowledge, p, k, c.uint, optional=True)
 
@@ -204,11 +239,61 @@ def manifest_problems(m):
         c.bad("format_version", f"{version} is not supported (this asfda reads {FORMAT_VERSION})")
     if name == "":
         c.bad("name", "must not be empty")
+    files = named_files(m)
+    for field, name in files:
+        if isinstance(name, str) and not is_plain_relative(name):
+            c.bad(field, f"{name!r} must be a plain relative path inside the bundle folder "
+                         "(not empty, not absolute, no '..')")
+    digests = c.field(m, "", "sha256", c.obj, optional=True)
+    if digests is not None:
+        names = {name for _, name in files}
+        for field, name in files:
+            if isinstance(name, str) and name not in digests:
+                c.bad("sha256", f"has no digest of {name!r} ({field})")
+        for name, digest in digests.items():
+            if name not in names:
+                c.bad(f"sha256.{name}", f"{name!r} is not a file the manifest names")
+            elif not is_sha256_hex(digest):
+                c.bad(f"sha256.{name}", f"{digest!r} is not a SHA-256 (64 lowercase hex digits)")
+    if classes is not None and len(classes) > MAX_CLASSES:
+        c.bad("classes", f"must be at most {MAX_CLASSES}, got {len(classes)}")
     if classes is not None and len(classes) < 2:
         c.bad("classes", f"need background and at least one class, got {classes}")
     if fg is not None and classes is not None and (not fg or any(i == 0 or i >= len(classes) for i in fg)):
         c.bad("foreground_classes", f"{fg} must be class indices in 1..{len(classes)}")
     return c.problems
+
+
+def named_files(m):
+    """Every file the manifest ``m`` names, as (field, name), in the library's order
+    (``inference.file``, ``training.train_step``, ``training.checkpoint``,
+    ``source_knowledge.file``); names that are not strings are left out."""
+    out = []
+
+    def add(section, key):
+        obj = m.get(section) if isinstance(m, dict) else None
+        if isinstance(obj, dict) and isinstance(obj.get(key), str):
+            out.append((f"{section}.{key}", obj[key]))
+    add("inference", "file")
+    add("training", "train_step")
+    add("training", "checkpoint")
+    add("source_knowledge", "file")
+    return out
+
+
+def sha256_file(path):
+    """The SHA-256 of the file at ``path`` as 64 lowercase hex digits (read in a stream)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(bundle_dir, m):
+    """The manifest's ``sha256`` field for the bundle at ``bundle_dir``: the digest of every file
+    ``m`` names (the library verifies each at load)."""
+    return {name: sha256_file(Path(bundle_dir) / name) for _, name in named_files(m)}
 
 
 def _training(c, t, classes):

@@ -10,7 +10,7 @@ import torch
 from safetensors.numpy import load_file
 
 from asfda_tools.export import export_bundle, kmeans, load_checkpoint_params
-from asfda_tools.manifest import validate_manifest
+from asfda_tools.manifest import named_files, sha256_file, validate_manifest
 from asfda_tools.unet import UNet3D
 
 FROZEN = ["encoder.0.0.conv.weight"]  # a frozen parameter, as when fine-tuning only deep layers
@@ -50,6 +50,15 @@ def test_files_and_manifest(bundle):
               "reference.json", "reference_batch.safetensors"]:
         assert (out / f).is_file(), f
     assert manifest["training"]["frozen"] == FROZEN
+
+
+def test_manifest_records_the_sha256_of_every_file(bundle):
+    """The library verifies each named file against these digests at load."""
+    out, manifest = bundle
+    names = [name for _, name in named_files(manifest)]
+    assert sorted(manifest["sha256"]) == sorted(names)
+    for name in names:
+        assert manifest["sha256"][name] == sha256_file(out / name)
 
 
 def _shape(v):
