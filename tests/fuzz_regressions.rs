@@ -63,7 +63,8 @@ fn manifest_regressions_stay_fixed() {
 fn onnx_proto_regressions_stay_fixed() {
     replay("onnx_proto", targets::onnx_proto);
     EDGES.iter().for_each(|e| targets::onnx_proto(e));
-    let model = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny_conv3d/tiny_conv3d.onnx")).unwrap();
+    let model =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny_conv3d/tiny_conv3d.onnx")).unwrap();
     assert!(asfda::bundle::onnx_graph_io(&model).is_ok());
     for n in [1, 2, 7, model.len() / 2, model.len() - 1] {
         targets::onnx_proto(&model[..n]);

@@ -89,7 +89,7 @@ impl Bundle {
         &self.dir
     }
 
-        /// A file of the bundle by its manifest name.
+    /// A file of the bundle by its manifest name.
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }

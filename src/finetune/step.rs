@@ -1,6 +1,6 @@
 //! The train-step graph driver: runs a bundle's standard-op train-step graph (DiceCE forward +
 //! backward + AdamW) in an ordinary ONNX Runtime session, feeding each step's updated parameters
-//! and moments back as the next step's inputs. See shared/design/fine-tuning.md for why training
+//! and moments back as the next step's inputs. See docs/fine-tuning.md for why training
 //! is a graph. Batches, schedules and data live one level up ([`super::FineTuner`]).
 
 use std::borrow::Cow;

@@ -2,7 +2,7 @@
 
 ORT builds from a registry have no training API, so one whole optimiser step (forward, backward,
 AdamW) is traced into a plain inference graph that any ORT session runs (see
-shared/design/fine-tuning.md). Pipeline: ``torch.func.grad_and_value`` -> ``make_fx`` (symbolic,
+docs/fine-tuning.md). Pipeline: ``torch.func.grad_and_value`` -> ``make_fx`` (symbolic,
 with ``aten.convolution_backward``, which the ONNX exporter lacks, decomposed into ordinary
 convolutions, or with ``weight_grad="gemm"`` its weight gradients into Slice + MatMul; see
 docs/bench-train-step.md) -> ``torch.export`` with dynamic batch and spatial sizes -> ``torch.onnx.export``
