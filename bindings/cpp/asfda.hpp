@@ -619,10 +619,11 @@ private:
 };
 
 /// Picks `options.budget` volumes to annotate among the scores whose id is not in `labeled_ids`,
-/// and the reliable set of the rest. `scores` holds every volume of the site, labeled ones
-/// included (their embeddings count for diversity); the caller keeps ownership.
-inline Selection select(const std::vector<const Score *> &scores, const SelectOptions &options,
-                        const std::vector<std::string> &labeled_ids = {}) {
+/// and the reliable set of the rest: (scores, labeled, options), the order of Rust's `select`
+/// and C's `asfda_select`. `scores` holds every volume of the site, labeled ones included (their
+/// embeddings count for diversity); the caller keeps ownership.
+inline Selection select(const std::vector<const Score *> &scores, const std::vector<std::string> &labeled_ids,
+                        const SelectOptions &options) {
     std::vector<const AsfdaScore *> handles;
     handles.reserve(scores.size());
     for (const Score *s : scores) handles.push_back(s ? s->get() : nullptr);
@@ -635,17 +636,23 @@ inline Selection select(const std::vector<const Score *> &scores, const SelectOp
                                &out));
     return Selection(out);
 }
-inline Selection select(const std::vector<Score> &scores, const SelectOptions &options,
-                        const std::vector<std::string> &labeled_ids = {}) {
+inline Selection select(const std::vector<Score> &scores, const std::vector<std::string> &labeled_ids,
+                        const SelectOptions &options) {
     std::vector<const Score *> ptrs;
     ptrs.reserve(scores.size());
     for (const Score &s : scores) ptrs.push_back(&s);
-    return select(ptrs, options, labeled_ids);
+    return select(ptrs, labeled_ids, options);
 }
-/// The default ASFDA selection with `budget` picks.
-inline Selection select(const std::vector<Score> &scores, std::size_t budget,
-                        const std::vector<std::string> &labeled_ids = {}) {
-    return select(scores, SelectOptions(budget), labeled_ids);
+/// Nothing labeled yet.
+inline Selection select(const std::vector<const Score *> &scores, const SelectOptions &options) {
+    return select(scores, {}, options);
+}
+inline Selection select(const std::vector<Score> &scores, const SelectOptions &options) {
+    return select(scores, {}, options);
+}
+/// The default ASFDA selection with `budget` picks, nothing labeled yet.
+inline Selection select(const std::vector<Score> &scores, std::size_t budget) {
+    return select(scores, {}, SelectOptions(budget));
 }
 
 /// Fine-tuning settings; defaults from asfda_finetune_options_default().

@@ -397,15 +397,15 @@ void test_select() {
     for (const asfda::Score &s : pool) ptrs.push_back(&s);
     asfda::SelectOptions entropy(1);
     entropy.method = asfda::SelectMethod::Entropy;
-    const asfda::Selection round2 = asfda::select(ptrs, entropy, {"a", "lab"});
+    const asfda::Selection round2 = asfda::select(ptrs, {"a", "lab"}, entropy);
     EXPECT(round2.size() == 1 && round2.pick(0).id == "b");  // highest ASD among the rest
 
     // Error paths: status and a message naming the problem.
     EXPECT_ERROR(asfda::select(pool, 0), ASFDA_STATUS_INVALID_ARGUMENT, "budget");
     EXPECT_ERROR(asfda::select(pool, 6), ASFDA_STATUS_INVALID_ARGUMENT, "budget");
     EXPECT_ERROR(asfda::select(std::vector<asfda::Score>{}, 1), ASFDA_STATUS_INVALID_ARGUMENT, "");
-    EXPECT_ERROR(asfda::select(pool, 1, {"nobody"}), ASFDA_STATUS_INVALID_ARGUMENT, "nobody");
-    EXPECT_ERROR(asfda::select(pool, 1, {"a", "a"}), ASFDA_STATUS_INVALID_ARGUMENT, "a");
+    EXPECT_ERROR(asfda::select(pool, {"nobody"}, asfda::SelectOptions(1)), ASFDA_STATUS_INVALID_ARGUMENT, "nobody");
+    EXPECT_ERROR(asfda::select(pool, {"a", "a"}, asfda::SelectOptions(1)), ASFDA_STATUS_INVALID_ARGUMENT, "a");
     asfda::SelectOptions bad(1);
     bad.method = static_cast<asfda::SelectMethod>(77);
     EXPECT_ERROR(asfda::select(pool, bad), ASFDA_STATUS_INVALID_ARGUMENT, "method");
