@@ -95,6 +95,11 @@ impl Score {
         if self.embedding.is_empty() {
             return Err("embedding is empty".into());
         }
+        // A JSON number beyond f32's range reads as infinity, which would then be written as
+        // null (found by fuzzing): refuse it here, naming the entry.
+        if let Some(i) = self.embedding.iter().position(|v| !v.is_finite()) {
+            return Err(format!("embedding[{i}] is not a finite f32 ({})", self.embedding[i]));
+        }
         Ok(())
     }
 }
@@ -115,5 +120,16 @@ mod tests {
                 serde_json::from_value(serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap()).unwrap();
             assert_eq!(back, x);
         }
+    }
+
+    #[test]
+    fn an_embedding_beyond_f32_range_is_refused_naming_the_entry() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/regressions/score_json/embedding-beyond-f32-c87bf657"
+        ))
+        .unwrap();
+        let err = super::Score::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("embedding[2] is not a finite f32"), "{err}");
     }
 }
