@@ -5,8 +5,13 @@
 //! synthetic target-site volumes, so the model runs one tile each. Subjects are synthetic
 //! derivatives of real anatomy; site shifts are simulated.
 
+use std::ffi::{OsStr, OsString};
+use std::io::BufRead;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use asfda::score::{Score, ScoreOptions, SCORE_FORMAT_VERSION};
 use asfda::select::Selection;
@@ -15,11 +20,12 @@ use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions, Volume};
 mod common;
 use common::data_dir;
 
-fn asfda(args: &[&str]) -> Output {
+fn asfda<S: AsRef<OsStr>>(args: &[S]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_asfda")).args(args).output().expect("asfda runs");
+    let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
     eprintln!(
         "$ asfda {}\n-- stdout\n{}-- stderr\n{}",
-        args.join(" "),
+        shown.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -428,4 +434,232 @@ fn demo_runs_the_whole_loop_and_writes_the_report() {
     let out = asfda(&["demo", "--data", s(&dir.path().join("nothing")), "--out", s(&out_dir)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("make data"));
+}
+
+/// `dir`/`name` where `name` is raw bytes (a Linux file name need not be UTF-8).
+fn raw(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(OsStr::from_bytes(name))
+}
+
+#[test]
+fn every_command_takes_file_names_that_are_not_utf8() {
+    let top = tempfile::tempdir().unwrap();
+    // A folder and files named in Latin-1, as an old PACS export may write them.
+    let dir = raw(top.path(), b"caf\xe9");
+    std::fs::create_dir(&dir).unwrap();
+    let size = [48, 56, 48];
+    let image = crop_to("pool", "pd_pool_000_image.nii.gz", size, &raw(&dir, b"t\xfcr_image.nii.gz"));
+    let label = crop_to("pool_labels", "pd_pool_000_label.nii.gz", size, &raw(&dir, b"t\xfcr_label.nii.gz"));
+    let other = crop_to("pool", "pd_pool_001_image.nii.gz", size, &raw(&dir, b"\xff.nii.gz"));
+    assert!(image.to_str().is_none(), "the test names must not be UTF-8");
+
+    let scores = raw(&dir, b"scores\xe9.jsonl");
+    let out = asfda(&[
+        OsStr::new("score"),
+        "--threads".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        scores.as_ref(),
+        image.as_ref(),
+        other.as_ref(),
+    ]);
+    assert!(out.status.success());
+    let ids: Vec<String> =
+        std::fs::read_to_string(&scores).unwrap().lines().map(|l| Score::from_json(l).unwrap().id).collect();
+    // Ids are text (they go into JSON): the undecodable bytes become U+FFFD.
+    assert_eq!(ids, ["t\u{fffd}r_image", "\u{fffd}"]);
+    let out = asfda(&[
+        OsStr::new("score"),
+        "--threads".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        raw(&dir, b"all.jsonl").as_ref(),
+        "--folder".as_ref(),
+        dir.as_ref(),
+    ]);
+    // --folder finds the three NIfTI files by their names' bytes (image, label, other).
+    assert!(out.status.success() && stdout(&out).contains("wrote 3 score(s)"), "{}", stdout(&out));
+
+    let selection = raw(&dir, b"sel\xe9.json");
+    let out = asfda(&[
+        OsStr::new("select"),
+        "--scores".as_ref(),
+        scores.as_ref(),
+        "--budget".as_ref(),
+        "1".as_ref(),
+        "--out".as_ref(),
+        selection.as_ref(),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(Selection::from_json(std::fs::read_to_string(&selection).unwrap().trim()).unwrap().picks.len(), 1);
+
+    let labels = raw(&dir, b"seg\xe9.nii.gz");
+    let out = asfda(&[
+        OsStr::new("segment"),
+        "--threads".as_ref(),
+        "1".as_ref(),
+        image.as_ref(),
+        "--out".as_ref(),
+        labels.as_ref(),
+    ]);
+    assert!(out.status.success());
+    assert!(read_nifti(&labels, &ReadOptions::default())
+        .unwrap()
+        .same_grid(&read_nifti(&image, &ReadOptions::default()).unwrap()));
+
+    let mut pair = image.clone().into_os_string();
+    pair.push("=");
+    pair.push(&label);
+    let checkpoint = raw(&dir, b"ck\xe9.safetensors");
+    let export = raw(&dir, b"adapted\xe9");
+    let args: [&OsStr; 14] = [
+        "finetune".as_ref(),
+        "--steps".as_ref(),
+        "1".as_ref(),
+        "--patch".as_ref(),
+        "32".as_ref(),
+        "--threads".as_ref(),
+        "1".as_ref(),
+        "--labeled".as_ref(),
+        &pair,
+        "--unlabeled".as_ref(),
+        other.as_ref(),
+        "--checkpoint".as_ref(),
+        checkpoint.as_ref(),
+        "--export".as_ref(),
+    ];
+    let mut args = args.to_vec();
+    args.push(export.as_ref());
+    let out = asfda(&args);
+    assert!(out.status.success());
+    assert!(checkpoint.is_file() && export.join("manifest.json").is_file());
+    let out = asfda(&[
+        OsStr::new("finetune"),
+        "--steps".as_ref(),
+        "1".as_ref(),
+        "--resume".as_ref(),
+        checkpoint.as_ref(),
+        "--labeled".as_ref(),
+        &pair,
+    ]);
+    assert!(out.status.success() && stderr(&out).contains("nothing to do"), "{}", stderr(&out));
+    // A missing file with such a name is reported by name (lossily shown), not as a decoding error.
+    let mut missing = OsString::from_vec(b"nope\xff.nii.gz=".to_vec());
+    missing.push(&label);
+    let out = asfda(&[OsStr::new("finetune"), "--steps".as_ref(), "1".as_ref(), "--labeled".as_ref(), &missing]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--labeled image 'nope\u{fffd}.nii.gz' does not exist"), "{}", stderr(&out));
+}
+
+/// The crash-safe writer's temporary files of `name` in `dir` (`.<name>.asfda-<pid>-<n>.tmp`).
+fn temporaries_of(dir: &Path, name: &str) -> Vec<String> {
+    let prefix = format!(".{name}.asfda-");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+        .collect()
+}
+
+/// `asfda finetune` killed (SIGKILL) while it saves a checkpoint every step: the checkpoint is
+/// always a whole one (the next run resumes from it, at the step last reported saved or the one
+/// being saved), and the temporary file a killed save leaves is removed by the next save.
+#[test]
+fn finetune_killed_while_saving_resumes_and_leaves_no_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let size = [48, 56, 48];
+    let image = crop_to("pool", "pd_pool_000_image.nii.gz", size, &p("case0.nii.gz"));
+    let label = crop_to("pool_labels", "pd_pool_000_label.nii.gz", size, &p("case0_label.nii.gz"));
+    let labeled = format!("{}={}", s(&image), s(&label));
+    let checkpoint = p("run.safetensors");
+    const KILLS: usize = 6;
+    let (mut during_save, mut interrupted, mut last_saved) = (0, 0, 0u64);
+    for kill in 0..KILLS {
+        let flag = if kill == 0 { "--checkpoint" } else { "--resume" };
+        let log = std::fs::File::create(p(&format!("stderr{kill}.txt"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_asfda"))
+            .args(["finetune", "--steps", "100000", "--save-every", "1", "--patch", "32", "--threads", "1"])
+            .args(["--json", "--labeled", &labeled, flag, s(&checkpoint)])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // Step lines: (step, saved) as the run reports them, read while the parent watches.
+        let steps: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+        let reader = {
+            let (steps, stdout) = (steps.clone(), child.stdout.take().unwrap());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    steps.lock().unwrap().push((v["step"].as_u64().unwrap(), !v["checkpoint"].is_null()));
+                }
+            })
+        };
+        // Once the run has saved a step, kill it the moment a save is under way (its temporary
+        // file appears); give up waiting for that after a while and kill it anyway.
+        let started = Instant::now();
+        while steps.lock().unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "run {kill} reported no step: {}",
+                std::fs::read_to_string(p(&format!("stderr{kill}.txt"))).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let watching = Instant::now();
+        loop {
+            if !temporaries_of(dir.path(), "run.safetensors").is_empty() {
+                during_save += 1;
+                break;
+            }
+            if watching.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let steps = steps.lock().unwrap().clone();
+        let first = steps[0].0;
+        // The run started from the checkpoint the previous kill left: it must be the step last
+        // reported saved, or the next (killed after its save, before its line was printed).
+        if kill > 0 {
+            assert!(
+                first - 1 == last_saved || first - 1 == last_saved + 1,
+                "run {kill} resumed at step {} after step {last_saved} was saved",
+                first - 1
+            );
+        }
+        assert!(steps.iter().all(|&(_, saved)| saved), "every step is saved: {steps:?}");
+        last_saved = steps.last().unwrap().0;
+        let left = temporaries_of(dir.path(), "run.safetensors");
+        assert!(left.len() <= 1, "kill {kill}: temporaries pile up: {left:?}");
+        interrupted += left.len();
+    }
+    // The next run saves over the dead writers' temporary files and finishes cleanly.
+    let out = asfda(&[
+        "finetune",
+        "--steps",
+        &(last_saved + 3).to_string(),
+        "--patch",
+        "32",
+        "--threads",
+        "1",
+        "--json",
+        "--labeled",
+        &labeled,
+        "--resume",
+        s(&checkpoint),
+    ]);
+    assert!(out.status.success());
+    let resumed_at = step_numbers(&out)[0] - 1;
+    assert!(
+        resumed_at == last_saved || resumed_at == last_saved + 1,
+        "resumed at {resumed_at}, last saved {last_saved}"
+    );
+    assert_eq!(temporaries_of(dir.path(), "run.safetensors"), Vec::<String>::new(), "a save after the kills cleans up");
+    assert!(during_save > 0, "no kill landed while a save was under way: the test did not test saves");
+    eprintln!("{KILLS} kills, {during_save} while a temporary file was seen, {interrupted} left one behind");
 }

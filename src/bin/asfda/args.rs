@@ -4,7 +4,9 @@
 //! command's own usage. Parse errors are reworded by [`usage_error`] into the CLI's own messages
 //! (`asfda: error: ...`, exit status 1), which scripts and tests rely on.
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -137,6 +139,18 @@ pub fn bundle(flag: Option<&Path>) -> PathBuf {
 /// A comma-separated list (empty items dropped).
 pub fn list(value: Option<&str>) -> Vec<String> {
     value.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default()
+}
+
+/// A comma-separated list of paths (empty items dropped). Split on bytes, not text: a Linux file
+/// name need not be UTF-8, and every name the OS allows must work.
+pub fn path_list(value: Option<&OsStr>) -> Vec<PathBuf> {
+    let Some(value) = value else { return Vec::new() };
+    value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|s| !s.is_empty()).map(path_of).collect()
+}
+
+/// `bytes` as a path: on Linux a file name is any bytes.
+pub fn path_of(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(bytes))
 }
 
 /// Files shipped in the source tree (the demo's defaults).

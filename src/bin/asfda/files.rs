@@ -26,13 +26,12 @@ pub fn is_nifti(path: &Path) -> bool {
 
 /// The images named on the command line, or every `.nii`/`.nii.gz` in `folder` (sorted); each with
 /// its id. Giving both, neither, an empty folder or two files with one id is an error.
-pub fn inputs(positional: &[String], folder: Option<&str>) -> Result<Vec<(PathBuf, String)>> {
+pub fn inputs(positional: &[PathBuf], folder: Option<&Path>) -> Result<Vec<(PathBuf, String)>> {
     let paths: Vec<PathBuf> = match (positional.is_empty(), folder) {
         (false, Some(_)) => return Err(Error::invalid_argument("give either images or --folder, not both")),
         (true, None) => return Err(Error::invalid_argument("no images given (name NIfTI files, or --folder DIR)")),
-        (false, None) => positional.iter().map(PathBuf::from).collect(),
+        (false, None) => positional.to_vec(),
         (true, Some(dir)) => {
-            let dir = Path::new(dir);
             let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, "read folder", &e))?;
             let mut paths: Vec<PathBuf> =
                 entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_nifti(p)).collect();

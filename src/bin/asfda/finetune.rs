@@ -2,6 +2,8 @@
 //! pseudo-labelled reliable ones), with checkpoints, resume and bundle export. The training loop
 //! ([`train`]) is shared with `asfda demo`.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,7 +13,7 @@ use asfda::select::Selection;
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::{Error, Result};
 
-use crate::args::{list, number, positive, whole, EngineFlags, HELP_TEMPLATE};
+use crate::args::{number, path_list, path_of, positive, whole, EngineFlags, HELP_TEMPLATE};
 use crate::files::{check_output, volume_id};
 use crate::progress::{Progress, StepBar};
 
@@ -28,7 +30,7 @@ use crate::progress::{Progress, StepBar};
 pub struct FinetuneArgs {
     /// Annotated volumes as image=label file pairs (ids: image file names)
     #[arg(long, value_name = "IMG=LABEL[,...]", help_heading = "Data")]
-    pub labeled: Option<String>,
+    pub labeled: Option<OsString>,
     /// Selection JSON of `asfda select --out`: its picks are the annotated volumes, their images in
     /// --pool and their labels in --labels (found by id: ID, ID with _image -> _label, or ID_label;
     /// .nii.gz or .nii)
@@ -42,7 +44,7 @@ pub struct FinetuneArgs {
     pub labels: Option<PathBuf>,
     /// Volumes to pseudo-label (the reliable set)
     #[arg(long, value_name = "IMG[,...]", help_heading = "Data")]
-    pub unlabeled: Option<String>,
+    pub unlabeled: Option<OsString>,
     /// With --selection: pseudo-label its reliable volumes (from --pool)
     #[arg(long, help_heading = "Data")]
     pub reliable: bool,
@@ -139,12 +141,21 @@ pub fn read_selection(path: &Path) -> Result<Selection> {
     Selection::from_json(text.trim()).map_err(|e| e.context(path.display()))
 }
 
-fn existing(path: &str, what: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(path);
-    if !p.is_file() {
-        return Err(Error::invalid_argument(format!("{what} '{path}' does not exist or is not a file")));
+fn existing(path: PathBuf, what: &str) -> Result<PathBuf> {
+    if !path.is_file() {
+        return Err(Error::invalid_argument(format!("{what} '{}' does not exist or is not a file", path.display())));
     }
-    Ok(p)
+    Ok(path)
+}
+
+/// An `IMAGE=LABEL` item of --labeled, split at its first '=' (as bytes: paths need not be UTF-8).
+fn image_label(pair: &Path) -> Result<(PathBuf, PathBuf)> {
+    let bytes = pair.as_os_str().as_bytes();
+    let at = bytes
+        .iter()
+        .position(|&b| b == b'=')
+        .ok_or_else(|| Error::invalid_argument(format!("--labeled item '{}' is not IMAGE=LABEL", pair.display())))?;
+    Ok((path_of(&bytes[..at]), path_of(&bytes[at + 1..])))
 }
 
 /// The data named by the flags, every file checked to exist (before any model work).
@@ -162,10 +173,8 @@ fn data(args: &FinetuneArgs) -> Result<Data> {
             ))
         }
         (Some(_), None) => {
-            for pair in list(args.labeled.as_deref()) {
-                let (image, label) = pair
-                    .split_once('=')
-                    .ok_or_else(|| Error::invalid_argument(format!("--labeled item '{pair}' is not IMAGE=LABEL")))?;
+            for pair in path_list(args.labeled.as_deref()) {
+                let (image, label) = image_label(&pair)?;
                 let image = existing(image, "--labeled image")?;
                 data.labeled.push((volume_id(&image), image, existing(label, "--labeled label")?));
             }
@@ -189,8 +198,8 @@ fn data(args: &FinetuneArgs) -> Result<Data> {
             }
         }
     }
-    for image in list(args.unlabeled.as_deref()) {
-        let image = existing(&image, "--unlabeled image")?;
+    for image in path_list(args.unlabeled.as_deref()) {
+        let image = existing(image, "--unlabeled image")?;
         data.unlabeled.push((volume_id(&image), image));
     }
     if data.labeled.is_empty() {

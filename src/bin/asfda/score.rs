@@ -26,13 +26,13 @@ use asfda::atomic_file;
 pub struct ScoreArgs {
     /// The volumes to score (or --folder)
     #[arg(value_name = "IMAGE")]
-    pub images: Vec<String>,
+    pub images: Vec<PathBuf>,
     /// The JSON-lines output
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Score every .nii/.nii.gz in DIR instead of the named images
     #[arg(long, value_name = "DIR")]
-    pub folder: Option<String>,
+    pub folder: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineFlags,
     /// Print the summary as JSON on stdout

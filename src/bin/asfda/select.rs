@@ -1,13 +1,14 @@
 //! `asfda select`: picks the volumes to annotate from merged score files.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::PathBuf;
 
 use asfda::score::Score;
 use asfda::select::{select, GapKind, Method, SelectOptions, Selection};
 use asfda::{Error, Result};
 
-use crate::args::{library, list, number, whole, HELP_TEMPLATE};
+use crate::args::{library, list, number, path_list, whole, HELP_TEMPLATE};
 use asfda::atomic_file;
 
 /// Pick the volumes to annotate from score files, under a budget
@@ -23,7 +24,7 @@ use asfda::atomic_file;
 pub struct SelectArgs {
     /// Comma-separated JSON-lines files written by `asfda score`
     #[arg(long, value_name = "FILES")]
-    pub scores: String,
+    pub scores: OsString,
     /// Volumes to pick, 1..pool size
     #[arg(long, value_name = "B", value_parser = whole::<usize>)]
     pub budget: usize,
@@ -55,17 +56,16 @@ pub struct SelectArgs {
 
 /// Reads JSON-lines score files; a duplicate id (within or across files) is an error naming both
 /// places.
-pub fn read_scores(files: &[String]) -> Result<Vec<Score>> {
+pub fn read_scores(files: &[PathBuf]) -> Result<Vec<Score>> {
     let mut scores = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
-    for file in files {
-        let path = Path::new(file);
+    for path in files {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read score file", &e))?;
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let place = format!("{file}:{}", n + 1);
+            let place = format!("{}:{}", path.display(), n + 1);
             let score = Score::from_json(line).map_err(|e| e.context(&place))?;
             if let Some(first) = seen.insert(score.id.clone(), place.clone()) {
                 return Err(Error::invalid_argument(format!(
@@ -77,13 +77,14 @@ pub fn read_scores(files: &[String]) -> Result<Vec<Score>> {
         }
     }
     if scores.is_empty() {
-        return Err(Error::invalid_argument(format!("no scores in {}", files.join(", "))));
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        return Err(Error::invalid_argument(format!("no scores in {}", names.join(", "))));
     }
     Ok(scores)
 }
 
 pub fn run(args: &SelectArgs) -> Result<()> {
-    let scores = read_scores(&list(Some(&args.scores)))?;
+    let scores = read_scores(&path_list(Some(&args.scores)))?;
     let defaults = SelectOptions::default();
     let options = SelectOptions {
         method: args.method.unwrap_or(defaults.method),

@@ -33,13 +33,13 @@ pub use render::{write_report, DiceRow, DiceTable, Report, ReportVolume};
 pub struct ReportArgs {
     /// The images (or --folder)
     #[arg(value_name = "IMAGE")]
-    pub images: Vec<String>,
+    pub images: Vec<PathBuf>,
     /// Selection JSON written by `asfda select --out`
     #[arg(long, value_name = "FILE")]
     pub selection: PathBuf,
     /// Where the images are (or name them)
     #[arg(long, value_name = "DIR")]
-    pub folder: Option<String>,
+    pub folder: Option<PathBuf>,
     /// Output folder (created)
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
