@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
+from asfda_tools.manifest import edited_manifest  # noqa: E402  (needs the path above)
 
 
 def nibabel_data():
@@ -99,24 +101,10 @@ def manifest_seeds(out):
         cases = json.load(f)
     for kind in ["valid", "invalid"]:
         for i, case in enumerate(cases[kind]):
-            m = json.loads(json.dumps(golden))
-            for path, value in case.get("set", {}).items():
-                parent, key = _parent(m, path)
-                parent[key] = value
-            for path in case.get("remove", []):
-                parent, key = _parent(m, path)
-                del parent[key]
             with open(os.path.join(out, f"golden_{kind}_{i:02d}.json"), "w") as f:
-                f.write(json.dumps(m))
+                f.write(json.dumps(edited_manifest(golden, case)))
             n += 1
     return n
-
-
-def _parent(m, path):
-    *head, key = path.split(".")
-    for seg in head:
-        m = m[int(seg)] if isinstance(m, list) else m[seg]
-    return m, (int(key) if isinstance(m, list) else key)
 
 
 def onnx_seeds(out, limit=100 << 10):

@@ -8,6 +8,7 @@ manifests to both readers so the two cannot drift.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from pathlib import Path
@@ -353,3 +354,24 @@ def validate_manifest(m):
     if problems:
         raise ManifestError(problems)
     return m
+
+
+def edited_manifest(manifest, case):
+    """A copy of ``manifest`` with a case of ``tests/data/golden_manifest_cases.json`` applied:
+    ``set`` and ``remove`` name fields by dotted paths (list items by index: ``outputs.0.name``).
+    The golden-manifest test and the fuzz seed script build their variants with it."""
+    m = copy.deepcopy(manifest)
+    for path, value in case.get("set", {}).items():
+        parent, key = _parent(m, path)
+        parent[key] = value
+    for path in case.get("remove", []):
+        parent, key = _parent(m, path)
+        del parent[key]
+    return m
+
+
+def _parent(m, path):
+    *head, key = path.split(".")
+    for seg in head:
+        m = m[int(seg)] if isinstance(m, list) else m[seg]
+    return m, (int(key) if isinstance(m, list) else key)

@@ -2,13 +2,12 @@
 (golden_manifest_cases.json) must be accepted or refused by the generator's check
 (asfda_tools.manifest) exactly as by the library's reader (tests/golden_manifest.rs reads the
 same files), with the same field named, so the two schemas cannot drift. Torch-free."""
-import copy
 import json
 from pathlib import Path
 
 import pytest
 
-from asfda_tools.manifest import (ManifestError, file_digests, is_plain_relative, manifest_problems,
+from asfda_tools.manifest import (ManifestError, edited_manifest, file_digests, is_plain_relative, manifest_problems,
                                   sha256_file, validate_manifest)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -17,22 +16,8 @@ GOLDEN = json.loads((DATA / "golden_manifest.json").read_text())
 CASES = json.loads((DATA / "golden_manifest_cases.json").read_text())
 
 
-def _parent(m, path):
-    *head, key = path.split(".")
-    for seg in head:
-        m = m[int(seg)] if isinstance(m, list) else m[seg]
-    return m, (int(key) if isinstance(m, list) else key)
-
-
 def edited(case):
-    m = copy.deepcopy(GOLDEN)
-    for path, value in case.get("set", {}).items():
-        parent, key = _parent(m, path)
-        parent[key] = value
-    for path in case.get("remove", []):
-        parent, key = _parent(m, path)
-        del parent[key]
-    return m
+    return edited_manifest(GOLDEN, case)
 
 
 def names_field(problems, field):
@@ -74,7 +59,7 @@ def test_other_names_are_refused(name):
 
 def test_file_digests_are_the_sha256_of_each_named_file(tmp_path):
     import hashlib
-    m = copy.deepcopy(GOLDEN)
+    m = edited({})
     for _, name in [("f", "model.onnx"), ("f", "train_step.onnx"), ("f", "checkpoint.safetensors"),
                     ("f", "source_knowledge.safetensors")]:
         (tmp_path / name).write_bytes(name.encode() * 1000)
