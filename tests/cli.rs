@@ -663,3 +663,90 @@ fn finetune_killed_while_saving_resumes_and_leaves_no_temporaries() {
     assert!(during_save > 0, "no kill landed while a save was under way: the test did not test saves");
     eprintln!("{KILLS} kills, {during_save} while a temporary file was seen, {interrupted} left one behind");
 }
+
+#[test]
+fn score_appends_as_it_goes_and_a_rerun_skips_what_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = small_volumes(dir.path(), 3);
+    let scores = dir.path().join("scores.jsonl");
+    let ids = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path).unwrap().lines().map(|l| Score::from_json(l).unwrap().id).collect()
+    };
+    let out = asfda(&["score", "--threads", "1", "--out", s(&scores), s(&images[0]), s(&images[1])]);
+    assert!(out.status.success());
+    assert_eq!(ids(&scores), ["case0", "case1"]);
+    // A run killed while appending leaves half a line: the next run drops it, skips the ids
+    // already there, and scores only the rest.
+    let mut text = std::fs::read_to_string(&scores).unwrap();
+    let whole = text.clone();
+    text.push_str(&whole[..whole.len() / 3]);
+    std::fs::write(&scores, &text).unwrap();
+    let out =
+        asfda(&["score", "--threads", "1", "--json", "--out", s(&scores), s(&images[0]), s(&images[1]), s(&images[2])]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("2 of 3 volume(s) already scored") && err.contains("cut short"), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["skipped"], serde_json::json!(["case0", "case1"]));
+    assert_eq!(summary["scores"].as_array().unwrap().len(), 1);
+    assert_eq!(ids(&scores), ["case0", "case1", "case2"]);
+    assert!(std::fs::read_to_string(&scores).unwrap().starts_with(&whole), "earlier lines are kept as they were");
+    // Everything already scored: nothing runs (not even the model loads).
+    let out = asfda(&["score", "--out", s(&scores), "--bundle", s(&dir.path().join("no-bundle")), s(&images[2])]);
+    assert!(out.status.success() && stdout(&out).contains("wrote 0 score(s)"), "{}", stderr(&out));
+    // A file that is not a score file is refused by line, and left as it was.
+    let other = dir.path().join("notes.txt");
+    std::fs::write(&other, "first line\nsecond line\n").unwrap();
+    let out = asfda(&["score", "--out", s(&other), s(&images[0])]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("notes.txt' line 1"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "first line\nsecond line\n");
+}
+
+#[test]
+fn wrong_kinds_of_input_and_output_are_named_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let image = crop_to("pool", "pd_pool_000_image.nii.gz", [48, 56, 48], &p("case0.nii.gz"));
+    let fails = |args: &[&str], needles: &[&str]| {
+        let out = asfda(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        for needle in needles {
+            assert!(stderr(&out).contains(needle), "{args:?}: '{needle}' not in {}", stderr(&out));
+        }
+    };
+    // Outputs the writer cannot write are refused before the model runs.
+    fails(&["segment", s(&image), "--out", s(&p("labels.png"))], &["--out", "labels.png", "must end in .nii.gz"]);
+    fails(&["segment", s(&image), "--out", s(&p("l.nii.gz")), "--entropy", s(&p("h.nrrd"))], &["--entropy", "h.nrrd"]);
+    assert!(!p("l.nii.gz").exists());
+    // Files of other formats are named, with the fix.
+    let mut dicom = vec![0u8; 128];
+    dicom.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
+    std::fs::write(p("slice.dcm"), &dicom).unwrap();
+    fails(&["segment", s(&p("slice.dcm")), "--out", s(&p("l.nii.gz"))], &["slice.dcm", "DICOM file", "dcm2niix"]);
+    std::fs::write(p("vol.nrrd"), b"NRRD0004\n# Complete NRRD file format specification\ntype: short\n").unwrap();
+    fails(&["score", "--out", s(&p("sc.jsonl")), s(&p("vol.nrrd"))], &["vol.nrrd", "NRRD file", ".nii.gz"]);
+    // A single slice saved as NIfTI is refused as 2D, not "segmented".
+    let v = read_nifti(&image, &ReadOptions::default()).unwrap();
+    let slice = Volume::new(v.data()[..48 * 56].to_vec(), [48, 56, 1], 1, v.affine()).unwrap();
+    write_nifti(&slice, &p("slice.nii.gz"), OutputType::F32).unwrap();
+    fails(&["segment", s(&p("slice.nii.gz")), "--out", s(&p("l.nii.gz"))], &["48x56x1", "single slice"]);
+    // NaN voxels: refused by default naming the flag; --nonfinite 0 puts zeros in their place.
+    let mut data = v.data().to_vec();
+    data[..100].fill(f32::NAN);
+    write_nifti(&Volume::new(data, v.dims(), 1, v.affine()).unwrap(), &p("nan.nii.gz"), OutputType::F32).unwrap();
+    fails(
+        &["segment", s(&p("nan.nii.gz")), "--out", s(&p("l.nii.gz"))],
+        &["100 voxel value(s) are NaN", "--nonfinite"],
+    );
+    let out =
+        asfda(&["segment", "--threads", "1", "--nonfinite", "0", s(&p("nan.nii.gz")), "--out", s(&p("l.nii.gz"))]);
+    assert!(out.status.success());
+    fails(
+        &["segment", "--nonfinite", "nan", s(&image), "--out", s(&p("l.nii.gz"))],
+        &["--nonfinite", "error, keep or a finite number"],
+    );
+    // --version says which asfda this is.
+    let out = asfda(&["--version"]);
+    assert!(out.status.success() && stdout(&out).trim() == format!("asfda {}", env!("CARGO_PKG_VERSION")));
+}

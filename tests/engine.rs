@@ -457,3 +457,22 @@ fn implausible_voxel_spacing_is_refused_naming_it() {
         assert!(e.message().contains("1e-30") && e.message().contains("implausible"), "{e}");
     }
 }
+
+#[test]
+fn a_single_slice_is_refused_as_2d() {
+    // A 2D image saved as NIfTI (one slice): resampled to the model's grid it would be a smear
+    // segmented as whatever the model guesses, so the engine refuses it by name.
+    let engine = engine();
+    let mut affine = [[0.0; 4]; 4];
+    (0..4).for_each(|d| affine[d][d] = 1.0);
+    let slice = Volume::new(vec![100.0; 64 * 64], [64, 64, 1], 1, affine).unwrap();
+    let cancel = CancelToken::new().unwrap();
+    let errors = [
+        engine.score("slice", &slice, &cancel, &mut |_| true).unwrap_err(),
+        engine.segment(&slice, SegmentOutputs::default(), &cancel, &mut |_| true).err().unwrap(),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+        assert!(e.message().contains("64x64x1") && e.message().contains("single slice"), "{e}");
+    }
+}

@@ -9,6 +9,7 @@ mod datatype;
 mod header;
 pub mod nifti_io;
 pub mod orientation;
+mod other_formats;
 
 pub use datatype::DataType;
 pub use nifti_io::{
@@ -204,6 +205,20 @@ impl Volume {
              (check the file's pixdim/affine or the spacing passed with the buffer)",
             PLAUSIBLE_SPACING_MM.start(),
             PLAUSIBLE_SPACING_MM.end()
+        )))
+    }
+
+    /// `InvalidData` unless the volume has at least two voxels along every axis: a single slice (a
+    /// 2D image saved as NIfTI) would otherwise be resampled into a slab and "segmented" as
+    /// whatever class the model guesses for a smear.
+    pub fn check_3d(&self) -> Result<()> {
+        let d = self.dims;
+        if d.iter().all(|&n| n >= 2) {
+            return Ok(());
+        }
+        Err(Error::invalid_data(format!(
+            "the volume is {}x{}x{} voxels: a single slice (2D image) cannot be scored, segmented or used              for fine-tuning; asfda's model works on 3D volumes",
+            d[0], d[1], d[2]
         )))
     }
 

@@ -206,7 +206,17 @@ fn read_header<R: Read>(source: &mut Source<R>) -> Result<Header> {
     if got < 4 {
         return Err(Error::format(format!("not a NIfTI file: only {got} bytes long")));
     }
-    let encoding = Encoding::detect(first4)?;
+    let encoding = match Encoding::detect(first4) {
+        Ok(encoding) => encoding,
+        Err(not_nifti) => {
+            // Say what the file is, if it is something people often mistake for a volume.
+            let mut head = [0u8; 132];
+            head[..4].copy_from_slice(&first4);
+            let got = 4 + source.read_up_to(&mut head[4..], "header").unwrap_or(0);
+            let what = super::other_formats::describe(&head[..got]);
+            return Err(what.map_or(not_nifti, |what| Error::format(format!("not a NIfTI file: {what}"))));
+        }
+    };
     let mut bytes = vec![0u8; encoding.header_size()];
     bytes[..4].copy_from_slice(&first4);
     let got = 4 + source.read_up_to(&mut bytes[4..], "header")?;
@@ -279,8 +289,9 @@ fn apply_nonfinite_policy(volume: &mut Volume, policy: NonFinitePolicy) -> Resul
             0 => {}
             n => {
                 return Err(Error::invalid_data(format!(
-                    "{n} voxel value(s) are NaN or infinite; read with NonFinitePolicy::Replace(value) \
-                     (or Keep) to accept them"
+                    "{n} voxel value(s) are NaN or infinite; to accept them, read with the non-finite \
+                     policy Replace(value) or Keep (C: AsfdaReadOptions.nonfinite; Python: nonfinite=; \
+                     CLI: --nonfinite VALUE|keep)"
                 )))
             }
         },

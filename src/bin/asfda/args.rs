@@ -14,6 +14,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind as ClapKind};
 
 use asfda::engine::EngineOptions;
 use asfda::runtime::{Device, RuntimeOptions};
+use asfda::volume::{NonFinitePolicy, ReadOptions};
 use asfda::window::WindowOptions;
 use asfda::{Error, Result};
 
@@ -51,6 +52,20 @@ pub fn number(s: &str) -> std::result::Result<f64, Expected> {
 /// The sliding-window overlap (its range is checked by the engine).
 pub fn overlap(s: &str) -> std::result::Result<f64, Expected> {
     s.parse().map_err(|_| Expected("a number in [0, 1)"))
+}
+
+/// `--nonfinite`: error | keep | a finite value to put in place of NaN/infinite voxels.
+pub fn nonfinite(s: &str) -> std::result::Result<NonFinitePolicy, Expected> {
+    match s {
+        "error" => Ok(NonFinitePolicy::Error),
+        "keep" => Ok(NonFinitePolicy::Keep),
+        v => v
+            .parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(NonFinitePolicy::Replace)
+            .ok_or(Expected("error, keep or a finite number")),
+    }
 }
 
 /// A value the library parses (device, selection method, gap kind): its error message as is.
@@ -100,6 +115,9 @@ pub struct EngineFlags {
     /// Mirroring test-time augmentation
     #[arg(long)]
     pub mirror: bool,
+    /// NaN/infinite voxels in an image: error (default) | keep | a value to put in their place
+    #[arg(long, value_name = "P", value_parser = nonfinite)]
+    pub nonfinite: Option<NonFinitePolicy>,
 }
 
 impl EngineFlags {
@@ -111,6 +129,12 @@ impl EngineFlags {
     /// `--bundle`, or the demo bundle shipped in the source tree.
     pub fn bundle(&self) -> PathBuf {
         bundle(self.bundle.as_deref())
+    }
+
+    /// How images are read: the library's limits, with `--nonfinite`.
+    pub fn read_options(&self) -> ReadOptions {
+        let defaults = ReadOptions::default();
+        ReadOptions { nonfinite: self.nonfinite.unwrap_or(defaults.nonfinite), ..defaults }
     }
 }
 

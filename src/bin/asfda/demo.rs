@@ -216,7 +216,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     )?;
     phase(3, &format!("loading {} annotated + {} pseudo-labelled volumes", data.labeled.len(), data.unlabeled.len()));
     let t = Instant::now();
-    add_data(&mut tuner, &data)?;
+    add_data(&mut tuner, &data, &ReadOptions::default())?;
     let t_load = t.elapsed().as_secs_f64();
 
     // Held-out test volumes and the unadapted model's Dice.

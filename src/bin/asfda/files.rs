@@ -56,6 +56,18 @@ pub fn inputs(positional: &[PathBuf], folder: Option<&Path>) -> Result<Vec<(Path
     Ok(paths.iter().map(|p| (p.clone(), volume_id(p))).collect())
 }
 
+/// Fails early (before any inference) unless `path` names a NIfTI file (.nii or .nii.gz), the
+/// only format the volume writer writes.
+pub fn check_nifti_name(path: &Path, flag: &str) -> Result<()> {
+    if is_nifti(path) {
+        return Ok(());
+    }
+    Err(Error::invalid_argument(format!(
+        "--{flag} '{}' must end in .nii.gz or .nii (asfda writes NIfTI volumes)",
+        path.display()
+    )))
+}
+
 /// Fails early (before minutes of inference) when `path`'s folder does not exist.
 pub fn check_output(path: &Path, flag: &str) -> Result<()> {
     match path.parent() {

@@ -210,13 +210,13 @@ fn data(args: &FinetuneArgs) -> Result<Data> {
 
 /// Reads the volumes and adds them to `tuner` (pseudo-labelling the unannotated ones), with
 /// progress; returns the fraction of voxels kept by each pseudo-label map.
-pub fn add_data(tuner: &mut FineTuner, data: &Data) -> Result<Vec<(String, f64)>> {
+pub fn add_data(tuner: &mut FineTuner, data: &Data, images: &ReadOptions) -> Result<Vec<(String, f64)>> {
     let total = data.labeled.len() + data.unlabeled.len();
     let mut progress = Progress::new(total, "loading");
     for (i, (id, image, label)) in data.labeled.iter().enumerate() {
         progress.start(i, &format!("{id} (annotated)"));
-        let read = |p: &Path| read_nifti(p, &ReadOptions::default());
-        let (image_v, label_v): (Volume, Volume) = (read(image)?, read(label)?);
+        let (image_v, label_v): (Volume, Volume) =
+            (read_nifti(image, images)?, read_nifti(label, &ReadOptions::default())?);
         tuner.add_labeled(id, &image_v, &label_v).map_err(|e| {
             e.context(format!("annotated volume '{id}' ({} with label {})", image.display(), label.display()))
         })?;
@@ -225,7 +225,7 @@ pub fn add_data(tuner: &mut FineTuner, data: &Data) -> Result<Vec<(String, f64)>
     let mut kept = Vec::new();
     for (i, (id, image)) in data.unlabeled.iter().enumerate() {
         progress.start(data.labeled.len() + i, &format!("{id} (pseudo-labelling)"));
-        let volume = read_nifti(image, &ReadOptions::default())?;
+        let volume = read_nifti(image, images)?;
         let fraction = tuner.add_unlabeled(id, &volume).map_err(|e| e.context(image.display()))?;
         progress.finish_item(&format!("{:.0}% of voxels reliable", fraction * 100.0));
         kept.push((id.clone(), fraction));
@@ -382,7 +382,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     if let Some(r) = &resume {
         eprintln!("resuming {} at step {start} of {steps}", r.display());
     }
-    add_data(&mut tuner, &data)?;
+    add_data(&mut tuner, &data, &args.engine.read_options())?;
     let reports = train(&mut tuner, steps, checkpoint.as_deref(), save_every, args.json)?;
     if reports.is_empty() {
         eprintln!("the run is already at step {start} of {steps}: nothing to do");

@@ -166,6 +166,8 @@ fn info(flags: &Info) -> Result<()> {
 }
 
 fn run_model(flags: &RunModel) -> Result<()> {
+    files::check_output(&flags.output, "output")?;
+    files::check_nifti_name(&flags.output, "output")?;
     let model = Model::load(&flags.model, &flags.runtime.options())?;
     let input = read_nifti(&flags.input, &ReadOptions::default())?;
     let output = model.run_volume(&input)?;

@@ -3,10 +3,11 @@
 use asfda::cancel::CancelToken;
 use asfda::engine::Engine;
 use asfda::score::Score;
-use asfda::volume::{read_nifti, ReadOptions};
+use asfda::volume::read_nifti;
 use asfda::{Error, Result};
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
 use crate::files::{check_output, inputs};
@@ -15,9 +16,11 @@ use asfda::atomic_file;
 
 /// Score volumes for how informative annotating them would be -> JSON lines
 ///
-/// Scores every volume (knowledge gap, ASD, confidence, embedding) and writes one JSON score per
-/// line to SCORES.jsonl (written when all are done; ids are file names without .nii/.nii.gz).
-/// A volume that fails is reported and skipped; the exit status is then 1.
+/// Scores every volume (knowledge gap, ASD, confidence, embedding) and appends one JSON score per
+/// line to SCORES.jsonl as each volume finishes (ids are file names without .nii/.nii.gz), so an
+/// interrupted run keeps its work: run it again and the ids already in the file are skipped
+/// (delete the file to score them again). A volume that fails is reported and skipped; the exit
+/// status is then 1.
 #[derive(clap::Args, Debug)]
 #[command(
     override_usage = "asfda score [--bundle DIR] --out SCORES.jsonl (IMAGE... | --folder DIR) [options]",
@@ -44,58 +47,47 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let out = &args.out;
     check_output(out, "out")?;
     let volumes = inputs(&args.images, args.folder.as_deref())?;
-    let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
-    let cancel = CancelToken::new()?;
-    let mut progress = Progress::new(volumes.len(), "scoring");
+    let (mut log, earlier) = ScoreLog::open(out)?;
+    let (done, todo): (Vec<_>, Vec<_>) = volumes.iter().partition(|(_, id)| earlier.iter().any(|s| &s.id == id));
+    if !done.is_empty() {
+        eprintln!(
+            "asfda: {} of {} volume(s) already scored in '{}': skipped (delete the file to score them again)",
+            done.len(),
+            volumes.len(),
+            out.display()
+        );
+    }
     let mut scores: Vec<Score> = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();
-    for (index, (path, id)) in volumes.iter().enumerate() {
-        progress.start(index, id);
-        let result = read_nifti(path, &ReadOptions::default()).and_then(|volume| {
-            engine.score(id, &volume, &cancel, &mut |f| {
-                progress.update(f);
-                true
-            })
-        });
-        match result {
-            Ok(score) => {
-                progress.finish_item("done");
-                scores.push(score);
-            }
-            Err(e) => {
-                progress.finish_item(&format!("FAILED: {e}"));
-                eprintln!("asfda: error: {}: {e}", path.display());
-                failures.push((path.display().to_string(), e.to_string()));
+    if !todo.is_empty() {
+        let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
+        let read_options = args.engine.read_options();
+        let cancel = CancelToken::new()?;
+        let mut progress = Progress::new(todo.len(), "scoring");
+        for (index, (path, id)) in todo.iter().enumerate() {
+            progress.start(index, id);
+            let result = read_nifti(path, &read_options).and_then(|volume| {
+                engine.score(id, &volume, &cancel, &mut |f| {
+                    progress.update(f);
+                    true
+                })
+            });
+            match result {
+                Ok(score) => {
+                    log.append(&score)?;
+                    progress.finish_item("done");
+                    scores.push(score);
+                }
+                Err(e) => {
+                    progress.finish_item(&format!("FAILED: {e}"));
+                    eprintln!("asfda: error: {}: {e}", path.display());
+                    failures.push((path.display().to_string(), e.to_string()));
+                }
             }
         }
     }
-    let lines: String = scores.iter().map(|s| s.to_json() + "\n").collect();
-    atomic_file::write(out, lines.as_bytes())?;
-
-    if args.json {
-        let summary = serde_json::json!({
-            "out": out.display().to_string(),
-            "scores": scores.iter().map(|s| serde_json::json!({
-                "id": s.id, "gap_kl": s.gap_kl, "gap_anchor": s.gap_anchor, "asd": s.asd,
-                "confidence": s.confidence, "foreground_fraction": s.foreground_fraction,
-            })).collect::<Vec<_>>(),
-            "failed": failures.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
-        });
-        println!("{summary}");
-    } else {
-        let w = scores.iter().map(|s| s.id.len()).max().unwrap_or(2).max(2);
-        println!(
-            "{:<w$} {:>10} {:>10} {:>8} {:>10} {:>10}",
-            "id", "gap_kl", "gap_anchor", "asd", "confidence", "foreground"
-        );
-        for s in &scores {
-            println!(
-                "{:<w$} {:>10.4} {:>10.4} {:>8.4} {:>10.4} {:>10.4}",
-                s.id, s.gap_kl, s.gap_anchor, s.asd, s.confidence, s.foreground_fraction
-            );
-        }
-        println!("wrote {} score(s) to {}", scores.len(), out.display());
-    }
+    let skipped: Vec<&str> = done.iter().map(|(_, id)| id.as_str()).collect();
+    print_summary(args, &scores, &skipped, &failures);
     if failures.is_empty() {
         Ok(())
     } else {
@@ -103,8 +95,97 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
             "{} of {} volume(s) could not be scored (see above); the other {} are in '{}'",
             failures.len(),
             volumes.len(),
-            scores.len(),
+            volumes.len() - failures.len(),
             out.display()
         )))
+    }
+}
+
+/// The table (or `--json` summary) of the volumes scored in this run.
+fn print_summary(args: &ScoreArgs, scores: &[Score], skipped: &[&str], failures: &[(String, String)]) {
+    let out = &args.out;
+    if args.json {
+        let summary = serde_json::json!({
+            "out": out.display().to_string(),
+            "scores": scores.iter().map(|s| serde_json::json!({
+                "id": s.id, "gap_kl": s.gap_kl, "gap_anchor": s.gap_anchor, "asd": s.asd,
+                "confidence": s.confidence, "foreground_fraction": s.foreground_fraction,
+            })).collect::<Vec<_>>(),
+            "skipped": skipped,
+            "failed": failures.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+        });
+        println!("{summary}");
+        return;
+    }
+    let w = scores.iter().map(|s| s.id.len()).max().unwrap_or(2).max(2);
+    println!(
+        "{:<w$} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "id", "gap_kl", "gap_anchor", "asd", "confidence", "foreground"
+    );
+    for s in scores {
+        println!(
+            "{:<w$} {:>10.4} {:>10.4} {:>8.4} {:>10.4} {:>10.4}",
+            s.id, s.gap_kl, s.gap_anchor, s.asd, s.confidence, s.foreground_fraction
+        );
+    }
+    let already = if skipped.is_empty() { String::new() } else { format!(" ({} were there already)", skipped.len()) };
+    println!("wrote {} score(s) to {}{already}", scores.len(), out.display());
+}
+
+/// A JSON-lines score file that grows by one line as each volume is scored, so a run that is
+/// interrupted (or killed) keeps what it finished, and the next run skips it.
+struct ScoreLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl ScoreLog {
+    /// Opens `path` for appending (created if missing); returns the scores already in it. A last
+    /// line cut short by a killed run is dropped (the file is rewritten without it); any other
+    /// line that is not a score is an error naming it, and the file is left alone.
+    fn open(path: &Path) -> Result<(ScoreLog, Vec<Score>)> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io(path, "read score file", &e)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let mut scores = Vec::new();
+        let mut torn = false;
+        for (n, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match Score::from_json(line) {
+                Ok(score) => scores.push(score),
+                Err(_) if n + 1 == lines.len() && !text.ends_with('\n') => torn = true,
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "--out '{}' line {} (the file is not one `asfda score` writes; give another --out)",
+                        path.display(),
+                        n + 1
+                    )))
+                }
+            }
+        }
+        if torn || (!text.is_empty() && !text.ends_with('\n')) {
+            if torn {
+                eprintln!("asfda: the last line of '{}' was cut short (an interrupted run): dropped", path.display());
+            }
+            let whole: String = scores.iter().map(|s| s.to_json() + "\n").collect();
+            atomic_file::write(path, whole.as_bytes())?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| Error::io(path, "open score file", &e))?;
+        Ok((ScoreLog { file, path: path.to_path_buf() }, scores))
+    }
+
+    /// Appends `score` as one line and syncs it, so it survives the process being killed.
+    fn append(&mut self, score: &Score) -> Result<()> {
+        let line = score.to_json() + "\n";
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, &format!("append the score of '{}' to", score.id), &e))
     }
 }

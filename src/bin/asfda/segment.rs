@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
-use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions};
+use asfda::volume::{read_nifti, write_nifti, OutputType};
 use asfda::{Error, Result};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
-use crate::files::{check_output, volume_id};
+use crate::files::{check_nifti_name, check_output, volume_id};
 use crate::progress::Progress;
 
 /// Segment a volume: labels (and entropy/probabilities) on the input's grid
@@ -51,9 +51,10 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     {
         if let Some(path) = path {
             check_output(path, flag)?;
+            check_nifti_name(path, flag)?;
         }
     }
-    let image = read_nifti(&image_path, &ReadOptions::default())?;
+    let image = read_nifti(&image_path, &args.engine.read_options())?;
     let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let classes = engine.bundle().manifest().classes.clone();
     let outputs = SegmentOutputs { probabilities: probabilities_path.is_some(), entropy: entropy_path.is_some() };
