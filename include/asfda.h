@@ -338,6 +338,45 @@ typedef struct AsfdaEngineOptions {
 } AsfdaEngineOptions;
 
 /**
+ * A coded concept as DICOM writes one (CodingSchemeDesignator, CodeValue, CodeMeaning), e.g.
+ * "SCT", "389080008", "White Matter". NUL-terminated UTF-8.
+ */
+typedef struct AsfdaCodedConcept {
+  const char *scheme;
+  const char *value;
+  const char *meaning;
+} AsfdaCodedConcept;
+
+/**
+ * One output class of the engine's model, from the bundle's manifest. The strings belong to the
+ * engine and stay valid until asfda_engine_free().
+ */
+typedef struct AsfdaClassInfo {
+  /**
+   * The class name (index 0 is background).
+   */
+  const char *name;
+  /**
+   * Whether `color` holds the manifest's display colour (else the host chooses one).
+   */
+  bool has_color;
+  /**
+   * Display colour, sRGB 0-255.
+   */
+  uint8_t color[3];
+  /**
+   * Whether `category` and `kind` hold the class's coded meaning (DICOM SEG's segmented
+   * property category and type); their strings are NULL otherwise.
+   */
+  bool has_code;
+  struct AsfdaCodedConcept category;
+  /**
+   * The manifest's `code.type`.
+   */
+  struct AsfdaCodedConcept kind;
+} AsfdaClassInfo;
+
+/**
  * Progress callback: `fraction` in [0, 1]; return false to cancel (the call then returns
  * ASFDA_STATUS_CANCELLED and the engine stays usable). Called on the calling thread after
  * every batch of tiles, so it stops a call between batches; to stop a model run in flight,
@@ -645,6 +684,23 @@ AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
                                 char *buf,
                                 size_t capacity,
                                 size_t *out_needed);
+
+/**
+ * How many output classes the engine's model has (background included).
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_engine_class_count(const struct AsfdaEngine *engine,
+                                     size_t *out_count);
+
+/**
+ * Class `index` (0 = background) of the engine's model: name, display colour and coded meaning,
+ * as the bundle's manifest gives them. An index past the last class is
+ * ASFDA_STATUS_INVALID_ARGUMENT.
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_engine_class_info(const struct AsfdaEngine *engine,
+                                    size_t index,
+                                    struct AsfdaClassInfo *out_info);
 
 /**
  * Creates a cancel token (not cancelled); free it with asfda_cancel_token_free().

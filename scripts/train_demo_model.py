@@ -35,7 +35,16 @@ from asfda_tools.export import export_bundle  # noqa: E402
 from asfda_tools.trainstep import dice_ce  # noqa: E402
 from asfda_tools.unet import UNet3D  # noqa: E402
 
-CLASSES = ["background", "csf_other", "gm", "wm"]
+# Names, display colours (FreeSurfer's LUT) and SNOMED CT codes (what DICOM SEG writes).
+_SCT = lambda value, meaning: {"scheme": "SCT", "value": value, "meaning": meaning}  # noqa: E731
+_ANATOMY = _SCT("91723000", "Anatomical Structure")
+CLASSES = [
+    "background",
+    {"name": "csf_other", "color": [120, 18, 134],
+     "code": {"category": _SCT("91720002", "Body Substance"), "type": _SCT("65216001", "Cerebrospinal Fluid")}},
+    {"name": "gm", "color": [205, 62, 78], "code": {"category": _ANATOMY, "type": _SCT("389081007", "Gray Matter")}},
+    {"name": "wm", "color": [245, 245, 245], "code": {"category": _ANATOMY, "type": _SCT("389080008", "White Matter")}},
+]
 FOREGROUND = [1, 2, 3]
 PATCH = (64, 64, 64)
 SPACING = 2.0

@@ -55,7 +55,15 @@ fn reference() -> Reference {
 fn demo_bundle_is_valid_and_describes_itself() {
     let bundle = load();
     let m = bundle.manifest();
-    assert_eq!(m.classes, ["background", "csf_other", "gm", "wm"]);
+    let names: Vec<&str> = m.classes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["background", "csf_other", "gm", "wm"]);
+    // Every foreground class says what it is (colour, SNOMED CT codes), as DICOM SEG needs.
+    for &c in &m.foreground_classes {
+        let code = m.classes[c].code.as_ref().unwrap_or_else(|| panic!("class {c} has no code"));
+        assert_eq!((code.category.scheme.as_str(), code.kind.scheme.as_str()), ("SCT", "SCT"));
+        assert!(m.classes[c].color.is_some());
+    }
+    assert_eq!(m.classes[3].code.as_ref().unwrap().kind.meaning, "White Matter");
     assert_eq!(m.foreground_classes, [1, 2, 3]);
     assert!(m.input.patch_size.iter().all(|&s| s >= 64 && s % m.input.size_divisible_by == 0));
     let training = bundle.training().unwrap();

@@ -121,6 +121,11 @@ fn score_select_segment_and_report_on_real_volumes() {
     assert!(out.status.success());
     let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(summary["classes"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["classes"][3]["class"], "wm");
+    // The colour table beside the labels names each label value, for 3D Slicer.
+    let table = std::fs::read_to_string(dir.path().join("labels.ctbl")).unwrap();
+    assert!(table.contains("\n0 background 0 0 0 0\n") && table.contains("\n3 wm 245 245 245 255\n"), "{table}");
+    assert_eq!(summary["color_table"], s(&dir.path().join("labels.ctbl")));
     let image = read_nifti(&images[0], &ReadOptions::default()).unwrap();
     let labels = read_nifti(&labels_path, &ReadOptions::default()).unwrap();
     assert!(labels.same_grid(&image), "labels must overlay the input");

@@ -433,6 +433,24 @@ struct Segmentation {
 };
 
 /// A loaded model bundle. Thread-safe: score and segment from several threads at once.
+/// A code as DICOM writes one: scheme ("SCT"), value ("389080008"), meaning ("White Matter").
+struct CodedConcept {
+    std::string scheme, value, meaning;
+};
+
+/// What a class is: DICOM SEG's segmented property category and type (`kind`: the manifest's
+/// `code.type`).
+struct ClassCode {
+    CodedConcept category, kind;
+};
+
+/// One output class of the model, from the bundle's manifest (see AsfdaClassInfo).
+struct ClassInfo {
+    std::string name;
+    std::optional<std::array<std::uint8_t, 3>> color;  // sRGB 0-255
+    std::optional<ClassCode> code;
+};
+
 class Engine : public detail::Owned<AsfdaEngine, asfda_engine_free> {
 public:
     explicit Engine(AsfdaEngine *adopt) noexcept : Owned(adopt) {}
@@ -442,6 +460,23 @@ public:
     std::string device() const {
         return detail::read_string(
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_engine_device(get(), b, c, n); });
+    }
+    /// The model's output classes (index 0 is background), in the order of label values.
+    std::vector<ClassInfo> classes() const {
+        std::size_t n = 0;
+        detail::check(asfda_engine_class_count(get(), &n));
+        std::vector<ClassInfo> out;
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            AsfdaClassInfo c;
+            detail::check(asfda_engine_class_info(get(), i, &c));
+            ClassInfo info{c.name, std::nullopt, std::nullopt};
+            if (c.has_color) info.color = std::array<std::uint8_t, 3>{c.color[0], c.color[1], c.color[2]};
+            auto concept_of = [](const AsfdaCodedConcept &k) { return CodedConcept{k.scheme, k.value, k.meaning}; };
+            if (c.has_code) info.code = ClassCode{concept_of(c.category), concept_of(c.kind)};
+            out.push_back(std::move(info));
+        }
+        return out;
     }
     /// Scores `volume`; `id` names it in the score (file name, series UID). `cancel` may be null.
     /// Argument order of Rust's Engine::score and asfda_score_volume: id, volume, cancel, progress.

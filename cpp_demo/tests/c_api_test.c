@@ -386,6 +386,17 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     size_t needed = 0;
     CHECK(asfda_engine_device(engine, device, sizeof device, &needed) == ASFDA_STATUS_OK);
     CHECK(strcmp(device, "cpu") == 0 || strncmp(device, "cuda:", 5) == 0);
+    /* The classes as the demo manifest describes them: names, colours, SNOMED CT codes. */
+    size_t classes = 0;
+    CHECK(asfda_engine_class_count(engine, &classes) == ASFDA_STATUS_OK && classes == 4);
+    AsfdaClassInfo background, wm;
+    CHECK(asfda_engine_class_info(engine, 0, &background) == ASFDA_STATUS_OK);
+    CHECK(strcmp(background.name, "background") == 0 && !background.has_color && !background.has_code);
+    CHECK(background.category.scheme == NULL && background.kind.meaning == NULL);
+    CHECK(asfda_engine_class_info(engine, 3, &wm) == ASFDA_STATUS_OK);
+    CHECK(strcmp(wm.name, "wm") == 0 && wm.has_color && wm.color[0] == 245 && wm.has_code);
+    CHECK(strcmp(wm.kind.scheme, "SCT") == 0 && strcmp(wm.kind.value, "389080008") == 0);
+    CHECK(strcmp(wm.kind.meaning, "White Matter") == 0 && strcmp(wm.category.value, "91723000") == 0);
 
     AsfdaVolume *vol = NULL;
     CHECK(asfda_volume_load(image, NULL, &vol) == ASFDA_STATUS_OK);

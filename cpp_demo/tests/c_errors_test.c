@@ -114,6 +114,16 @@ static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     EXPECT(asfda_engine_device(engine, buf, sizeof buf, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_needed");
     CHECK(needed == 77 && strcmp(buf, "untouched") == 0);
 
+    size_t count = 77;
+    AsfdaClassInfo info;
+    memset(&info, 0xab, sizeof info);
+    EXPECT(asfda_engine_class_count(NULL, &count), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
+    EXPECT(asfda_engine_class_count(engine, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_count");
+    EXPECT(asfda_engine_class_info(engine, 4, &info), ASFDA_STATUS_INVALID_ARGUMENT, "index 4 is out of range");
+    EXPECT(asfda_engine_class_info(engine, 0, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "out_info");
+    EXPECT(asfda_engine_class_info(NULL, 0, &info), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
+    CHECK(count == 77 && info.color[0] == 0xab); /* nothing written on failure */
+
     AsfdaVolume *sentinel = (AsfdaVolume *)&failures, *labels = sentinel;
     EXPECT(asfda_segment_volume(NULL, vol, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
     EXPECT(asfda_segment_volume(engine, NULL, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'volume'");

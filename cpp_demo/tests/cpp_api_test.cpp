@@ -228,6 +228,10 @@ void test_engine(const std::string &image, const std::string &bundle) {
     opts.runtime.device = "cpu";
     const asfda::Engine engine(opts);
     EXPECT(engine.device() == "cpu");
+    const std::vector<asfda::ClassInfo> classes = engine.classes();
+    EXPECT(classes.size() == 4 && classes[0].name == "background" && !classes[0].color && !classes[0].code);
+    EXPECT(classes[2].name == "gm" && classes[2].color && (*classes[2].color)[0] == 205);
+    EXPECT(classes[2].code && classes[2].code->kind.value == "389081007" && classes[2].code->kind.meaning == "Gray Matter");
 
     const asfda::Volume vol = asfda::Volume::load(image);
     int calls = 0;

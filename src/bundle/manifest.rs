@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::classes::ClassInfo;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The whole manifest (`manifest.json`), the single source of a model's facts.
@@ -21,8 +22,11 @@ pub struct Manifest {
     /// The model's name; fine-tuning checkpoints record it, and only a bundle of the same name
     /// can resume them.
     pub name: String,
-    /// Class names, in the order of the model's output channels; index 0 is background. At least 2.
-    pub classes: Vec<String>,
+    /// The classes, in the order of the model's output channels; index 0 is background. At least
+    /// 2; names unique. Each entry is a name, or an object with a display colour and a coded
+    /// concept ([`ClassInfo`]).
+    #[serde(deserialize_with = "at::classes")]
+    pub classes: Vec<ClassInfo>,
     /// The classes foreground Dice averages over (evaluation, the pseudo-label check) and whose
     /// voxels foreground-centred patches are drawn around: indices in `1..classes.len()`, at least one.
     pub foreground_classes: Vec<usize>,
@@ -400,6 +404,19 @@ mod at {
         source_knowledge => "source_knowledge", orientation => "orientation", normalization => "normalization",
         layout => "layout", loss => "loss", optimizer => "optimizer", io => "io", parameters => "parameters", loss_kind => "kind",
         optimizer_kind => "kind", tensors => "tensors", sha256 => "sha256");
+
+    /// The `classes` array, each entry's error under its index (`classes.2: ...`).
+    pub(super) fn classes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::ClassInfo>, D::Error> {
+        let items =
+            Vec::<serde_json::Value>::deserialize(d).map_err(|e| D::Error::custom(join("classes", &e.to_string())))?;
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                serde_json::from_value(v).map_err(|e| D::Error::custom(join(&format!("classes.{i}"), &e.to_string())))
+            })
+            .collect()
+    }
 
     #[cfg(test)]
     mod tests {

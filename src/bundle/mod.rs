@@ -19,10 +19,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::RuntimeOptions;
 use crate::tensors::TensorFile;
 
+mod classes;
 pub mod manifest;
 mod validate;
 mod write;
 
+pub use classes::{ClassCode, ClassInfo, CodedConcept};
 pub use manifest::{
     InferenceSpec, InputOrientation, InputSpec, Layout, LossKind, LossSpec, Manifest, Normalization, OptimizerKind,
     OptimizerSpec, ParameterSpec, SourceKnowledgeSpec, SourceTensorNames, TrainIo, TrainingSpec, ZscoreMask,

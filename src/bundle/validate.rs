@@ -141,7 +141,14 @@ impl Manifest {
             p.push(format!("classes: must be at most {MAX_CLASSES}, got {}", self.classes.len()));
         }
         if self.classes.len() < 2 {
-            p.push(format!("classes: need background and at least one class, got {:?}", self.classes));
+            let names: Vec<&str> = self.classes.iter().map(|c| c.name.as_str()).collect();
+            p.push(format!("classes: need background and at least one class, got {names:?}"));
+        }
+        for (i, class) in self.classes.iter().enumerate() {
+            p.extend(class.problems(&format!("classes.{i}")));
+            if self.classes[..i].iter().any(|c| c.name == class.name) {
+                p.push(format!("classes.{i}.name: '{}' is the name of an earlier class too", class.name));
+            }
         }
         if self.foreground_classes.is_empty()
             || self.foreground_classes.iter().any(|&c| c == 0 || c >= self.classes.len())

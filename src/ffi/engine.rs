@@ -1,11 +1,12 @@
 //! C ABI for engines (a loaded bundle) and scores: `asfda_engine_new`, `asfda_score_volume`,
 //! `asfda_segment_volume`, score accessors and JSON.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, CString};
 
 use super::runtime::{asfda_runtime_options_default, runtime_options_from, AsfdaRuntimeOptions};
 use super::volume::{into_handle, AsfdaVolume};
 use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
+use crate::bundle::{ClassInfo, CodedConcept};
 use crate::cancel::CancelToken;
 use crate::engine::{Engine, EngineOptions, SegmentOutputs};
 use crate::error::{Error, Result};
@@ -14,7 +15,57 @@ use crate::window::WindowOptions;
 
 /// A loaded model bundle ready to segment and score. Thread-safe: one engine may score volumes
 /// from several threads at once (model runs are serialised; results equal serial ones).
-pub struct AsfdaEngine(pub(crate) Engine);
+pub struct AsfdaEngine(pub(crate) Engine, ClassStrings);
+
+/// A coded concept as DICOM writes one (CodingSchemeDesignator, CodeValue, CodeMeaning), e.g.
+/// "SCT", "389080008", "White Matter". NUL-terminated UTF-8.
+#[repr(C)]
+pub struct AsfdaCodedConcept {
+    pub scheme: *const c_char,
+    pub value: *const c_char,
+    pub meaning: *const c_char,
+}
+
+/// One output class of the engine's model, from the bundle's manifest. The strings belong to the
+/// engine and stay valid until asfda_engine_free().
+#[repr(C)]
+pub struct AsfdaClassInfo {
+    /// The class name (index 0 is background).
+    pub name: *const c_char,
+    /// Whether `color` holds the manifest's display colour (else the host chooses one).
+    pub has_color: bool,
+    /// Display colour, sRGB 0-255.
+    pub color: [u8; 3],
+    /// Whether `category` and `kind` hold the class's coded meaning (DICOM SEG's segmented
+    /// property category and type); their strings are NULL otherwise.
+    pub has_code: bool,
+    pub category: AsfdaCodedConcept,
+    /// The manifest's `code.type`.
+    pub kind: AsfdaCodedConcept,
+}
+
+/// NUL-terminated copies of the manifest's class strings, made once per engine so that
+/// AsfdaClassInfo can point into them.
+pub(crate) struct ClassStrings(Vec<(CString, Option<[[CString; 3]; 2]>)>);
+
+impl ClassStrings {
+    fn new(classes: &[ClassInfo]) -> Result<ClassStrings> {
+        // The manifest check refuses control characters, so a NUL here is a bug, not input.
+        let c = |s: &str| CString::new(s).map_err(|_| Error::internal(format!("class string {s:?} holds a NUL")));
+        let concept = |k: &CodedConcept| Ok::<_, Error>([c(&k.scheme)?, c(&k.value)?, c(&k.meaning)?]);
+        let entries = classes
+            .iter()
+            .map(|class| {
+                let code = match &class.code {
+                    Some(code) => Some([concept(&code.category)?, concept(&code.kind)?]),
+                    None => None,
+                };
+                Ok((c(&class.name)?, code))
+            })
+            .collect::<Result<_>>()?;
+        Ok(ClassStrings(entries))
+    }
+}
 
 /// The scores of one volume (see method.md). Immutable.
 pub struct AsfdaScore(pub(crate) Score);
@@ -98,7 +149,8 @@ pub extern "C" fn asfda_engine_new(
         let o = non_null(options, "options")?;
         let bundle = c_path(o.bundle_path, "options->bundle_path")?;
         let engine = Engine::new(&bundle, engine_options(o)?)?;
-        write_out(out_engine, Box::into_raw(Box::new(AsfdaEngine(engine))));
+        let classes = ClassStrings::new(&engine.bundle().manifest().classes)?;
+        write_out(out_engine, Box::into_raw(Box::new(AsfdaEngine(engine, classes))));
         Ok(())
     })
 }
@@ -119,6 +171,55 @@ pub extern "C" fn asfda_engine_device(
     out_needed: *mut usize,
 ) -> AsfdaStatus {
     guard(|| string_out(&non_null(engine, "engine")?.0.device().to_string(), buf, capacity, out_needed))
+}
+
+/// How many output classes the engine's model has (background included).
+#[no_mangle]
+#[must_use]
+pub extern "C" fn asfda_engine_class_count(engine: *const AsfdaEngine, out_count: *mut usize) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_count, "out_count")?;
+        write_out(out_count, non_null(engine, "engine")?.1 .0.len());
+        Ok(())
+    })
+}
+
+/// Class `index` (0 = background) of the engine's model: name, display colour and coded meaning,
+/// as the bundle's manifest gives them. An index past the last class is
+/// ASFDA_STATUS_INVALID_ARGUMENT.
+#[no_mangle]
+#[must_use]
+pub extern "C" fn asfda_engine_class_info(
+    engine: *const AsfdaEngine,
+    index: usize,
+    out_info: *mut AsfdaClassInfo,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_info, "out_info")?;
+        let engine = non_null(engine, "engine")?;
+        let classes = &engine.0.bundle().manifest().classes;
+        let (Some(class), Some((name, code))) = (classes.get(index), engine.1 .0.get(index)) else {
+            return Err(Error::invalid_argument(format!(
+                "class index {index} is out of range: the model has {} classes",
+                classes.len()
+            )));
+        };
+        let concept = |k: Option<&[CString; 3]>| AsfdaCodedConcept {
+            scheme: k.map_or(std::ptr::null(), |k| k[0].as_ptr()),
+            value: k.map_or(std::ptr::null(), |k| k[1].as_ptr()),
+            meaning: k.map_or(std::ptr::null(), |k| k[2].as_ptr()),
+        };
+        let info = AsfdaClassInfo {
+            name: name.as_ptr(),
+            has_color: class.color.is_some(),
+            color: class.color.unwrap_or_default(),
+            has_code: code.is_some(),
+            category: concept(code.as_ref().map(|c| &c[0])),
+            kind: concept(code.as_ref().map(|c| &c[1])),
+        };
+        write_out(out_info, info);
+        Ok(())
+    })
 }
 
 /// Adapts a C callback to the engine's progress closure.

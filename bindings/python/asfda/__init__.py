@@ -29,7 +29,7 @@ from .runtime import library_path, load_runtime, runtime_info, version
 from .volume import LPS, RAS, Volume
 from .model import Model
 from .score import Score, load_scores, merge_scores, save_scores
-from .engine import CancelToken, Engine, EngineOptions, Segmentation
+from .engine import CancelToken, ClassCode, ClassInfo, CodedConcept, Engine, EngineOptions, Segmentation
 from .select import Pick, Selection, SelectOptions, select
 from .finetune import FineTuneOptions, FineTuner, PseudoLabelCheck, StepReport
 from .log import LogLevel, set_log_callback
@@ -44,7 +44,7 @@ __all__ = [
     "Error", "AsfdaError", "InvalidArgumentError", "IoError", "FormatError", "UnsupportedError",
     "InvalidDataError", "GeometryMismatchError", "TooLargeError", "RuntimeUnavailableError",
     "DeviceUnavailableError", "ModelError", "CancelledError", "InternalError", "LibraryNotFoundError",
-    "Volume", "RAS", "LPS", "Model", "Engine", "EngineOptions", "CancelToken", "Segmentation", "Score", "save_scores", "load_scores",
+    "Volume", "RAS", "LPS", "Model", "Engine", "EngineOptions", "ClassInfo", "ClassCode", "CodedConcept", "CancelToken", "Segmentation", "Score", "save_scores", "load_scores",
     "merge_scores", "select", "Selection", "SelectOptions", "Pick", "FineTuner", "FineTuneOptions",
     "StepReport", "runtime_info", "load_runtime", "version", "library_path",
     "LogLevel", "set_log_callback",

@@ -100,6 +100,21 @@ class EngineOptions(C.Structure):
     ]
 
 
+class CodedConcept(C.Structure):
+    _fields_ = [("scheme", C.c_char_p), ("value", C.c_char_p), ("meaning", C.c_char_p)]
+
+
+class ClassInfo(C.Structure):
+    _fields_ = [
+        ("name", C.c_char_p),
+        ("has_color", C.c_bool),
+        ("color", C.c_uint8 * 3),
+        ("has_code", C.c_bool),
+        ("category", CodedConcept),
+        ("kind", CodedConcept),
+    ]
+
+
 class ScoreValues(C.Structure):
     _fields_ = [
         ("gap_kl", C.c_double),
@@ -212,6 +227,8 @@ runtime_options_default = _declare("asfda_runtime_options_default", [], RuntimeO
 engine_new = _declare("asfda_engine_new", [C.POINTER(EngineOptions), C.POINTER(P)])
 engine_free = _declare("asfda_engine_free", [P], None)
 engine_device = _declare("asfda_engine_device", [P] + STRING_OUT)
+engine_class_count = _declare("asfda_engine_class_count", [P, SIZE_P])
+engine_class_info = _declare("asfda_engine_class_info", [P, C.c_size_t, C.POINTER(ClassInfo)])
 score_volume = _declare("asfda_score_volume", [P, C.c_char_p, P, P, PROGRESS_FN, P, C.POINTER(P)])
 segment_volume = _declare(
     "asfda_segment_volume", [P, P, P, PROGRESS_FN, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]

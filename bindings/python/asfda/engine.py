@@ -99,6 +99,40 @@ def _as_volume(volume) -> Volume:
                     "(make one from numpy with asfda.Volume.from_array)")
 
 
+@dataclass(frozen=True)
+class CodedConcept:
+    """A code as DICOM writes one: scheme ("SCT"), value ("389080008"), meaning ("White Matter")."""
+    scheme: str
+    value: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class ClassCode:
+    """What a class is: DICOM SEG's segmented property category and type (``kind``: the
+    manifest's ``code.type``)."""
+    category: CodedConcept
+    kind: CodedConcept
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class of the model, from the bundle's manifest: its name, display colour
+    (sRGB 0-255, or None) and coded meaning (or None)."""
+    name: str
+    color: Optional[tuple]
+    code: Optional[ClassCode]
+
+    @classmethod
+    def _from_c(cls, c: "_lib.ClassInfo") -> "ClassInfo":
+        concept = lambda k: CodedConcept(k.scheme.decode(), k.value.decode(), k.meaning.decode())  # noqa: E731
+        return cls(
+            name=c.name.decode(),
+            color=tuple(c.color) if c.has_color else None,
+            code=ClassCode(concept(c.category), concept(c.kind)) if c.has_code else None,
+        )
+
+
 class Engine:
     """A model bundle (folder with manifest.json) loaded and ready to segment and score.
 
@@ -128,6 +162,19 @@ class Engine:
     def device(self) -> str:
         """The device inference runs on ("cpu" or "cuda:<id>")."""
         return _lib.read_string(_lib.engine_device, self._h)
+
+    @property
+    def classes(self) -> list:
+        """The model's output classes (:class:`ClassInfo`; index 0 is background), in the order
+        of label values."""
+        n = C.c_size_t()
+        _lib.check(_lib.engine_class_count(self._h, C.byref(n)))
+        out = []
+        for i in range(n.value):
+            info = _lib.ClassInfo()
+            _lib.check(_lib.engine_class_info(self._h, i, C.byref(info)))
+            out.append(ClassInfo._from_c(info))
+        return out
 
     def score(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import unicodedata
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -202,7 +203,7 @@ def manifest_problems(m):
         return c.problems
     version = c.field(m, "", "format_version", c.uint)
     name = c.field(m, "", "name", c.string)
-    classes = c.field(m, "", "classes", c.list_of(c.string))
+    classes = c.field(m, "", "classes", lambda v, p: _classes(c, v, p))
     fg = c.field(m, "", "foreground_classes", c.list_of(c.uint))
     spec = c.field(m, "", "input", c.obj)
     if spec is not None:
@@ -295,6 +296,62 @@ def file_digests(bundle_dir, m):
     """The manifest's ``sha256`` field for the bundle at ``bundle_dir``: the digest of every file
     ``m`` names (the library verifies each at load)."""
     return {name: sha256_file(Path(bundle_dir) / name) for _, name in named_files(m)}
+
+
+def _classes(c, v, path):
+    """The ``classes`` array: each entry a name, or an object {name, color, code} (see
+    ``src/bundle/classes.rs``); returns the names, or None when the array is unusable."""
+    if not isinstance(v, list):
+        c.bad(path, f"invalid type: expected an array, got {v!r}")
+        return None
+    names = [_class(c, item, f"{path}.{i}") for i, item in enumerate(v)]
+    for i, name in enumerate(names):
+        if name is not None and name in names[:i]:
+            c.bad(f"{path}.{i}.name", f"'{name}' is the name of an earlier class too")
+    return None if any(n is None for n in names) else names
+
+
+def _class(c, v, path):
+    if isinstance(v, str):
+        name = v
+    elif isinstance(v, dict):
+        name = c.field(v, path, "name", c.string)
+        c.field(v, path, "color", c.list_of(_byte(c), 3), optional=True)
+        code = c.field(v, path, "code", c.obj, optional=True)
+        if code is not None:
+            for kind in ("category", "type"):
+                concept = c.field(code, f"{path}.code", kind, c.obj)
+                if concept is not None:
+                    _concept(c, concept, f"{path}.code.{kind}")
+    else:
+        c.bad(path, f"must be a class name or an object {{\"name\", \"color\", \"code\"}}, got {v!r}")
+        return None
+    if name is not None and not name.strip():
+        c.bad(f"{path}.name", "must not be empty")
+    if name is not None and _has_control(name):
+        c.bad(f"{path}.name", f"must not contain control characters, got {name!r}")
+    return name
+
+
+def _byte(c):
+    def check(v, path):
+        if not _is_int(v) or not 0 <= v <= 255:
+            c.bad(path, f"invalid value: expected an integer 0..255, got {v!r}")
+            return None
+        return v
+    return check
+
+
+def _concept(c, concept, path):
+    # The lengths of DICOM's SH (scheme) and LO (value, meaning) value representations.
+    for key, most in (("scheme", 16), ("value", 64), ("meaning", 64)):
+        text = c.field(concept, path, key, c.string)
+        if text is not None and (not text.strip() or len(text) > most or _has_control(text)):
+            c.bad(f"{path}.{key}", f"must be 1 to {most} characters, none a control character, got {text!r}")
+
+
+def _has_control(text):
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
 def _training(c, t, classes):

@@ -366,3 +366,15 @@ def test_cuda_request_without_cuda_is_device_unavailable():
     with pytest.raises(asfda.DeviceUnavailableError):
         asfda.Engine(BUNDLE, device="cuda:0")
     assert asfda.Engine(BUNDLE, device="auto").device == "cpu"
+
+
+def test_classes_come_from_the_manifest(engine):
+    import json
+    manifest = json.loads(open(os.path.join(BUNDLE, "manifest.json")).read())
+    classes = engine.classes
+    assert [c.name for c in classes] == [c if isinstance(c, str) else c["name"] for c in manifest["classes"]]
+    assert classes[0] == asfda.ClassInfo("background", None, None)
+    wm = classes[3]
+    assert wm.color == tuple(manifest["classes"][3]["color"])
+    assert wm.code.kind == asfda.CodedConcept("SCT", "389080008", "White Matter")
+    assert wm.code.category.meaning == "Anatomical Structure"

@@ -253,8 +253,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let t_after = t.elapsed().as_secs_f64();
 
     let fg = |d: &[f64]| d[1..].iter().sum::<f64>() / (d.len() - 1).max(1) as f64;
-    let mut rows: Vec<DiceRow> =
-        (1..classes.len()).map(|c| DiceRow { name: classes[c].clone(), before: before[c], after: after[c] }).collect();
+    let mut rows: Vec<DiceRow> = (1..classes.len())
+        .map(|c| DiceRow { name: classes[c].name.clone(), before: before[c], after: after[c] })
+        .collect();
     rows.push(DiceRow { name: "mean fg".into(), before: fg(&before), after: fg(&after) });
     let table = DiceTable {
         row_kind: "class".into(),

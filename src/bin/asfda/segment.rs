@@ -1,7 +1,10 @@
 //! `asfda segment`: a label map (and optional entropy / probability maps) on the input's grid.
 
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
+use asfda::atomic_file;
+use asfda::bundle::ClassInfo;
 use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::volume::{read_nifti, write_nifti, OutputType};
@@ -70,6 +73,8 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
 
     let label_type = if classes.len() <= 256 { OutputType::U8 } else { OutputType::U16 };
     write_nifti(&segmentation.labels, &out, label_type)?;
+    let table = color_table_path(&out);
+    atomic_file::write(&table, color_table(&classes).as_bytes())?;
     if let (Some(path), Some(entropy)) = (&entropy_path, &segmentation.entropy) {
         write_nifti(entropy, path, OutputType::F32)?;
     }
@@ -89,10 +94,13 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         let per_class: Vec<_> = classes
             .iter()
             .zip(&counts)
-            .map(|(name, &n)| serde_json::json!({"class": name, "voxels": n, "ml": n as f64 * voxel_ml}))
+            .map(|(class, &n)| {
+                serde_json::json!({"class": class.name, "color": class.color, "voxels": n, "ml": n as f64 * voxel_ml})
+            })
             .collect();
         let summary = serde_json::json!({
             "labels": out.display().to_string(),
+            "color_table": table.display().to_string(),
             "entropy": entropy_path.map(|p| p.display().to_string()),
             "probabilities": probabilities_path.map(|p| p.display().to_string()),
             "classes": per_class,
@@ -100,13 +108,39 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         println!("{summary}");
     } else {
         println!("{:<16} {:>10} {:>10}", "class", "voxels", "ml");
-        for (name, &n) in classes.iter().zip(&counts) {
-            println!("{name:<16} {n:>10} {:>10.1}", n as f64 * voxel_ml);
+        for (class, &n) in classes.iter().zip(&counts) {
+            println!("{:<16} {n:>10} {:>10.1}", class.name, n as f64 * voxel_ml);
         }
-        println!("wrote {}", out.display());
+        println!("wrote {} (class names and colours: {})", out.display(), table.display());
         for path in [&entropy_path, &probabilities_path].into_iter().flatten() {
             println!("wrote {}", path.display());
         }
     }
     Ok(())
+}
+
+/// The colour table beside a label map: `labels.nii.gz` -> `labels.ctbl`.
+fn color_table_path(labels: &Path) -> PathBuf {
+    let name = labels.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
+    let stem = name.strip_suffix(b".nii.gz").or_else(|| name.strip_suffix(b".nii")).unwrap_or(name);
+    let mut table = stem.to_vec();
+    table.extend_from_slice(b".ctbl");
+    labels.with_file_name(std::ffi::OsStr::from_bytes(&table))
+}
+
+/// The classes as a 3D Slicer colour table (`index name R G B A` per line; Slicer loads it with
+/// the label map and shows the classes by name and colour). Background is transparent; a class
+/// without a colour in the manifest gets one from a fixed palette.
+fn color_table(classes: &[ClassInfo]) -> String {
+    const PALETTE: [[u8; 3]; 6] =
+        [[128, 174, 128], [241, 214, 145], [177, 122, 101], [111, 184, 210], [216, 101, 79], [221, 130, 101]];
+    let mut text = format!("# Color table file written by asfda {}\n# {} values\n", asfda::VERSION, classes.len());
+    for (i, class) in classes.iter().enumerate() {
+        let [r, g, b] = class.color.unwrap_or(if i == 0 { [0, 0, 0] } else { PALETTE[(i - 1) % PALETTE.len()] });
+        let alpha = if i == 0 { 0 } else { 255 };
+        // Slicer splits on whitespace: a name with spaces keeps its words joined by '_'.
+        let name: String = class.name.split_whitespace().collect::<Vec<_>>().join("_");
+        text.push_str(&format!("{i} {name} {r} {g} {b} {alpha}\n"));
+    }
+    text
 }
