@@ -771,6 +771,26 @@ AsfdaStatus asfda_segment_volume(const struct AsfdaEngine *engine,
                                  struct AsfdaVolume **out_entropy);
 
 /**
+ * Scores and segments one volume from a single inference: the score of asfda_score_volume and
+ * the maps of asfda_segment_volume (the same values, bit for bit), in about half the time of
+ * the two calls. Arguments as those two: `id` names the volume in the score; `out_score` and
+ * `out_labels` are required, `out_probabilities` and `out_entropy` may be NULL (not computed).
+ * On failure nothing is written. Free the score with asfda_score_free() and every volume with
+ * asfda_volume_free().
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_score_and_segment_volume(const struct AsfdaEngine *engine,
+                                           const char *id,
+                                           const struct AsfdaVolume *volume,
+                                           const struct AsfdaCancelToken *cancel,
+                                           AsfdaProgressFn progress,
+                                           void *user_data,
+                                           struct AsfdaScore **out_score,
+                                           struct AsfdaVolume **out_labels,
+                                           struct AsfdaVolume **out_probabilities,
+                                           struct AsfdaVolume **out_entropy);
+
+/**
  * Frees a score; NULL is a no-op.
  */
 void asfda_score_free(struct AsfdaScore *score);

@@ -755,3 +755,23 @@ fn wrong_kinds_of_input_and_output_are_named_before_any_work() {
     let out = asfda(&["--version"]);
     assert!(out.status.success() && stdout(&out).trim() == format!("asfda {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn segment_scores_from_the_same_model_run_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = small_volumes(dir.path(), 1).remove(0);
+    let (alone, both) = (dir.path().join("alone.jsonl"), dir.path().join("both.jsonl"));
+    assert!(asfda(&["score", "--threads", "1", "--out", s(&alone), s(&image)]).status.success());
+    let labels = dir.path().join("labels.nii.gz");
+    let out = asfda(&["segment", "--threads", "1", s(&image), "--out", s(&labels), "--score", s(&both)]);
+    assert!(out.status.success() && stdout(&out).contains("appended the score of 'case0'"), "{}", stdout(&out));
+    // The same score as `asfda score` writes, from one model run instead of two.
+    assert_eq!(std::fs::read_to_string(&both).unwrap(), std::fs::read_to_string(&alone).unwrap());
+    assert!(read_nifti(&labels, &ReadOptions::default())
+        .unwrap()
+        .same_grid(&read_nifti(&image, &ReadOptions::default()).unwrap()));
+    // A second score of the same id is refused before the model runs.
+    let out = asfda(&["segment", s(&image), "--out", s(&labels), "--score", s(&both)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already holds a score of 'case0'"), "{}", stderr(&out));
+}

@@ -476,3 +476,31 @@ fn a_single_slice_is_refused_as_2d() {
         assert!(e.message().contains("64x64x1") && e.message().contains("single slice"), "{e}");
     }
 }
+
+#[test]
+fn score_and_segment_in_one_pass_equals_the_two_calls() {
+    let engine = engine();
+    let cancel = CancelToken::new().unwrap();
+    let outputs = SegmentOutputs { probabilities: false, entropy: true };
+    // A volume that is resampled and reoriented, so the maps go back through the inverse mapping.
+    let site = "spacing_orient";
+    let (image, _) = cases(site, 1).remove(0);
+    let mut reports = 0;
+    let (score_one, seg_one) = engine
+        .score_and_segment("x", &image, outputs, &cancel, &mut |_| {
+            reports += 1;
+            true
+        })
+        .unwrap();
+    assert!(reports >= 1, "{site}: progress is reported");
+    assert_eq!(score_one.to_json(), score(&engine, "x", &image).to_json(), "{site}");
+    let seg = engine.segment(&image, outputs, &cancel, &mut |_| true).unwrap();
+    assert!(seg_one.labels.same_grid(&image) && seg_one.labels.data() == seg.labels.data(), "{site}");
+    assert_eq!(seg_one.entropy.unwrap().data(), seg.entropy.unwrap().data(), "{site}");
+    // Its memory estimate covers both: at least what either call alone needs.
+    let (image, _) = cases("t1", 1).remove(0);
+    let both = engine.memory_estimate(&image, Work::ScoreAndSegment(outputs)).unwrap();
+    let scoring = engine.memory_estimate(&image, Work::Score).unwrap();
+    let segmenting = engine.memory_estimate(&image, Work::Segment(outputs)).unwrap();
+    assert!(both > scoring && both >= segmenting, "{both} {scoring} {segmenting}");
+}

@@ -432,7 +432,12 @@ struct Segmentation {
     std::optional<Volume> entropy;        // normalised entropy in [0, 1]
 };
 
-/// A loaded model bundle. Thread-safe: score and segment from several threads at once.
+/// What Engine::score_and_segment returns: the score and the maps of one inference.
+struct ScoredSegmentation {
+    Score score;
+    Segmentation segmentation;
+};
+
 /// A code as DICOM writes one: scheme ("SCT"), value ("389080008"), meaning ("White Matter").
 struct CodedConcept {
     std::string scheme, value, meaning;
@@ -451,6 +456,7 @@ struct ClassInfo {
     std::optional<ClassCode> code;
 };
 
+/// A loaded model bundle. Thread-safe: score and segment from several threads at once.
 class Engine : public detail::Owned<AsfdaEngine, asfda_engine_free> {
 public:
     explicit Engine(AsfdaEngine *adopt) noexcept : Owned(adopt) {}
@@ -508,6 +514,27 @@ public:
         Segmentation result{Volume(labels), std::nullopt, std::nullopt};  // owned before anything can throw
         if (probabilities) result.probabilities.emplace(probabilities);
         if (entropy) result.entropy.emplace(entropy);
+        bridge.rethrow_if_thrown();
+        detail::check(status);
+        return result;
+    }
+
+    /// score() and segment_maps() from one inference (asfda_score_and_segment_volume): the same
+    /// score and maps, in about half the time of the two calls.
+    ScoredSegmentation score_and_segment(const std::string &id, const Volume &volume, SegmentOutputs outputs = {},
+                                         const CancelToken *cancel = nullptr, const Progress &progress = {}) const {
+        detail::ProgressBridge bridge(progress);
+        AsfdaScore *score = nullptr;
+        AsfdaVolume *labels = nullptr;
+        AsfdaVolume *probabilities = nullptr;
+        AsfdaVolume *entropy = nullptr;
+        const AsfdaStatus status = asfda_score_and_segment_volume(
+            get(), id.c_str(), volume.get(), cancel_of(cancel), bridge.callback(), bridge.user_data(), &score, &labels,
+            outputs.probabilities ? &probabilities : nullptr, outputs.entropy ? &entropy : nullptr);
+        // Owned before anything can throw.
+        ScoredSegmentation result{Score(score), Segmentation{Volume(labels), std::nullopt, std::nullopt}};
+        if (probabilities) result.segmentation.probabilities.emplace(probabilities);
+        if (entropy) result.segmentation.entropy.emplace(entropy);
         bridge.rethrow_if_thrown();
         detail::check(status);
         return result;

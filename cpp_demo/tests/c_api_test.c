@@ -283,6 +283,31 @@ static void test_segment_maps(const AsfdaEngine *engine, const AsfdaVolume *vol,
     EXPECT(asfda_segment_volume(engine, vol, NULL, NULL, NULL, NULL, &b, &c), ASFDA_STATUS_INVALID_ARGUMENT,
            "out_labels");
     CHECK(a == sentinel && b == sentinel && c == sentinel);
+
+    /* Score and segment in one inference: the score of asfda_score_volume and its labels. */
+    AsfdaScore *both_score = NULL, *alone = NULL, *s_sentinel = (AsfdaScore *)&failures, *s = s_sentinel;
+    AsfdaVolume *l4 = NULL;
+    CHECK(asfda_score_and_segment_volume(engine, "anatomical", vol, NULL, NULL, NULL, &both_score, &l4, NULL, NULL) ==
+          ASFDA_STATUS_OK);
+    CHECK(asfda_score_volume(engine, "anatomical", vol, NULL, NULL, NULL, &alone) == ASFDA_STATUS_OK);
+    char j1[8192], j2[8192];
+    size_t n1 = 0, n2 = 0;
+    CHECK(asfda_score_to_json(both_score, j1, sizeof j1, &n1) == ASFDA_STATUS_OK);
+    CHECK(asfda_score_to_json(alone, j2, sizeof j2, &n2) == ASFDA_STATUS_OK);
+    CHECK(n1 == n2 && strcmp(j1, j2) == 0);
+    const float *l4d = NULL;
+    size_t n4 = 0;
+    CHECK(asfda_volume_data(l4, &l4d, &n4) == ASFDA_STATUS_OK && n4 == nl2 && memcmp(l4d, lb, n4 * sizeof *l4d) == 0);
+    asfda_score_free(both_score);
+    asfda_score_free(alone);
+    asfda_volume_free(l4);
+    EXPECT(asfda_score_and_segment_volume(engine, "x", vol, NULL, NULL, NULL, NULL, &a, NULL, NULL),
+           ASFDA_STATUS_INVALID_ARGUMENT, "out_score");
+    EXPECT(asfda_score_and_segment_volume(engine, "x", vol, NULL, NULL, NULL, &s, NULL, NULL, NULL),
+           ASFDA_STATUS_INVALID_ARGUMENT, "out_labels");
+    EXPECT(asfda_score_and_segment_volume(engine, NULL, vol, NULL, NULL, NULL, &s, &a, &b, NULL),
+           ASFDA_STATUS_INVALID_ARGUMENT, "'id'");
+    CHECK(a == sentinel && b == sentinel && s == s_sentinel);
 }
 
 /* A pthread cancels the token once the first of 8 mirrored passes has reported progress; the

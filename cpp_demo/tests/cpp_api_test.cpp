@@ -317,6 +317,10 @@ void test_engine(const std::string &image, const std::string &bundle) {
     }
     const asfda::Segmentation only_labels = engine.segment_maps(vol, asfda::SegmentOutputs{});
     EXPECT(!only_labels.probabilities && !only_labels.entropy);
+    // One inference for both: the same labels, and the score of score().
+    const asfda::ScoredSegmentation both = engine.score_and_segment("anatomical", vol, asfda::SegmentOutputs{false, true});
+    EXPECT(both.segmentation.labels.voxels() == labels.voxels() && both.segmentation.entropy);
+    EXPECT(both.score.to_json() == engine.score("anatomical", vol).to_json());
 
     // A cancel token: cancelled before the call, the call throws CANCELLED; once reset,
     // the same token serves a call to the end.

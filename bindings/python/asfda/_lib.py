@@ -233,6 +233,10 @@ score_volume = _declare("asfda_score_volume", [P, C.c_char_p, P, P, PROGRESS_FN,
 segment_volume = _declare(
     "asfda_segment_volume", [P, P, P, PROGRESS_FN, P, C.POINTER(P), C.POINTER(P), C.POINTER(P)]
 )
+score_and_segment_volume = _declare(
+    "asfda_score_and_segment_volume",
+    [P, C.c_char_p, P, P, PROGRESS_FN, P, C.POINTER(P), C.POINTER(P), C.POINTER(P), C.POINTER(P)],
+)
 cancel_token_new = _declare("asfda_cancel_token_new", [C.POINTER(P)])
 cancel_token_free = _declare("asfda_cancel_token_free", [P], None)
 cancel_token_cancel = _declare("asfda_cancel_token_cancel", [P])

@@ -243,6 +243,50 @@ class Engine:
         p.finish(status)
         return result
 
+    def score_and_segment(
+        self,
+        id: Optional[str],
+        volume,
+        probabilities: bool = False,
+        entropy: bool = False,
+        cancel: Optional[CancelToken] = None,
+        progress: Optional[ProgressFn] = None,
+    ) -> tuple:
+        """:meth:`score` and :meth:`segment_maps` from one inference: returns ``(score,
+        segmentation)``, the same values the two calls give, in about half their time."""
+        if id is None:
+            if isinstance(volume, Volume):
+                raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
+            id = os.path.basename(os.fspath(volume))
+        vol = _as_volume(volume)
+        p = Progress(progress)
+        score, labels, probs, ent = _lib.P(), _lib.P(), _lib.P(), _lib.P()
+        token = cancel._h if cancel is not None else None
+        status = _lib.score_and_segment_volume(
+            self._h,
+            _lib.c_string(id, "id"),
+            vol._h,
+            token,
+            p.c_fn,
+            None,
+            C.byref(score),
+            C.byref(labels),
+            C.byref(probs) if probabilities else None,
+            C.byref(ent) if entropy else None,
+        )
+        result = None
+        if status == 0:  # own every handle before finish() may raise
+            result = (
+                Score(score.value),
+                Segmentation(
+                    Volume(labels.value),
+                    Volume(probs.value) if probabilities else None,
+                    Volume(ent.value) if entropy else None,
+                ),
+            )
+        p.finish(status)
+        return result
+
     def __repr__(self) -> str:
         return f"<asfda.Engine bundle={self.bundle!r} device={self.device!r}>"
 

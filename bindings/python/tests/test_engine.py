@@ -378,3 +378,13 @@ def test_classes_come_from_the_manifest(engine):
     assert wm.color == tuple(manifest["classes"][3]["color"])
     assert wm.code.kind == asfda.CodedConcept("SCT", "389080008", "White Matter")
     assert wm.code.category.meaning == "Anatomical Structure"
+
+
+def test_score_and_segment_in_one_pass_equals_the_two_calls(engine, small):
+    fractions = []
+    score, seg = engine.score_and_segment("small", small, entropy=True, progress=fractions.append)
+    assert fractions and fractions[-1] == 1.0
+    assert score.to_json() == engine.score("small", small).to_json()
+    alone = engine.segment_maps(small, entropy=True)
+    assert np.array_equal(seg.labels.array(), alone.labels.array())
+    assert np.array_equal(seg.entropy.array(), alone.entropy.array()) and seg.probabilities is None

@@ -134,7 +134,7 @@ fn print_summary(args: &ScoreArgs, scores: &[Score], skipped: &[&str], failures:
 
 /// A JSON-lines score file that grows by one line as each volume is scored, so a run that is
 /// interrupted (or killed) keeps what it finished, and the next run skips it.
-struct ScoreLog {
+pub struct ScoreLog {
     file: std::fs::File,
     path: PathBuf,
 }
@@ -143,7 +143,7 @@ impl ScoreLog {
     /// Opens `path` for appending (created if missing); returns the scores already in it. A last
     /// line cut short by a killed run is dropped (the file is rewritten without it); any other
     /// line that is not a score is an error naming it, and the file is left alone.
-    fn open(path: &Path) -> Result<(ScoreLog, Vec<Score>)> {
+    pub fn open(path: &Path) -> Result<(ScoreLog, Vec<Score>)> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -181,7 +181,7 @@ impl ScoreLog {
     }
 
     /// Appends `score` as one line and syncs it, so it survives the process being killed.
-    fn append(&mut self, score: &Score) -> Result<()> {
+    pub fn append(&mut self, score: &Score) -> Result<()> {
         let line = score.to_json() + "\n";
         self.file
             .write_all(line.as_bytes())

@@ -13,6 +13,7 @@ use asfda::{Error, Result};
 use crate::args::{EngineFlags, HELP_TEMPLATE};
 use crate::files::{check_nifti_name, check_output, volume_id};
 use crate::progress::Progress;
+use crate::score::ScoreLog;
 
 /// Segment a volume: labels (and entropy/probabilities) on the input's grid
 ///
@@ -36,6 +37,10 @@ pub struct SegmentArgs {
     /// Per-class probabilities (one channel per class), float NIfTI
     #[arg(long, value_name = "FILE")]
     pub probabilities: Option<PathBuf>,
+    /// Also score the volume, from the same model run, and append its score to FILE (JSON lines,
+    /// as `asfda score` writes; the id is IMAGE's file name)
+    #[arg(long, value_name = "FILE")]
+    pub score: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineFlags,
     /// Print the summary as JSON on stdout
@@ -57,18 +62,42 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             check_nifti_name(path, flag)?;
         }
     }
+    let id = volume_id(&image_path);
+    // Opened before the model runs, so a file that is not a score file fails at once.
+    let mut score_log = match &args.score {
+        Some(path) => {
+            check_output(path, "score")?;
+            let (log, earlier) = ScoreLog::open(path)?;
+            if earlier.iter().any(|s| s.id == id) {
+                return Err(Error::invalid_argument(format!(
+                    "'{}' already holds a score of '{id}' (use another --score file, or segment without --score)",
+                    path.display()
+                )));
+            }
+            Some(log)
+        }
+        None => None,
+    };
     let image = read_nifti(&image_path, &args.engine.read_options())?;
     let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let classes = engine.bundle().manifest().classes.clone();
     let outputs = SegmentOutputs { probabilities: probabilities_path.is_some(), entropy: entropy_path.is_some() };
 
     let mut progress = Progress::new(1, "segmenting");
-    progress.start(0, &volume_id(&image_path));
+    progress.start(0, &id);
     let cancel = CancelToken::new()?;
-    let segmentation = engine.segment(&image, outputs, &cancel, &mut |f| {
+    let mut report = |f| {
         progress.update(f);
         true
-    })?;
+    };
+    let segmentation = match score_log.as_mut() {
+        Some(log) => {
+            let (score, segmentation) = engine.score_and_segment(&id, &image, outputs, &cancel, &mut report)?;
+            log.append(&score)?;
+            segmentation
+        }
+        None => engine.segment(&image, outputs, &cancel, &mut report)?,
+    };
     progress.finish_item("done");
 
     let label_type = if classes.len() <= 256 { OutputType::U8 } else { OutputType::U16 };
@@ -101,6 +130,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         let summary = serde_json::json!({
             "labels": out.display().to_string(),
             "color_table": table.display().to_string(),
+            "score": args.score.as_ref().map(|p| p.display().to_string()),
             "entropy": entropy_path.map(|p| p.display().to_string()),
             "probabilities": probabilities_path.map(|p| p.display().to_string()),
             "classes": per_class,
@@ -112,6 +142,9 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             println!("{:<16} {n:>10} {:>10.1}", class.name, n as f64 * voxel_ml);
         }
         println!("wrote {} (class names and colours: {})", out.display(), table.display());
+        if let Some(path) = &args.score {
+            println!("appended the score of '{id}' to {}", path.display());
+        }
         for path in [&entropy_path, &probabilities_path].into_iter().flatten() {
             println!("wrote {}", path.display());
         }
