@@ -1,13 +1,17 @@
 # asfda developer commands. The README names two of them: `make demo` and `make test`.
-# Each works on a fresh machine: it fetches ONNX Runtime (PyPI wheel) and the Python test
-# packages into .cache/ and .venv/ first.
+# Each works on a fresh machine: it fetches ONNX Runtime (PyPI wheel) into the user's asfda cache
+# and the Python test packages and data into .venv/ and .cache/ first.
 
 PYTHON   ?= python3
 VENV     := .venv
 VPY      := $(VENV)/bin/python
 ORT_VERSION := $(shell sed -n 's/^onnxruntime==//p' scripts/requirements-test.txt)
-ORT_CPU  := .cache/onnxruntime/cpu/libonnxruntime.so.$(ORT_VERSION)
-ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
+# ONNX Runtime goes to the user's asfda cache, where the library finds it wherever it was built
+# or copied (src/runtime.rs): $ASFDA_CACHE_DIR, else $XDG_CACHE_HOME/asfda, else ~/.cache/asfda.
+ASFDA_CACHE_DIR ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/asfda
+export ASFDA_CACHE_DIR
+ORT_CPU  := $(ASFDA_CACHE_DIR)/onnxruntime/cpu/libonnxruntime.so.$(ORT_VERSION)
+ORT_GPU  := $(ASFDA_CACHE_DIR)/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
@@ -115,14 +119,14 @@ install: ort build
 
 ## GPU tests (need an NVIDIA GPU): CUDA-flavour ONNX Runtime, then the #[ignore]d GPU tests.
 test-gpu: ort-gpu
-	ASFDA_ORT_LIBRARY=$(CURDIR)/$(ORT_GPU) cargo test -- --ignored gpu
+	ASFDA_ORT_LIBRARY=$(ORT_GPU) cargo test -- --ignored gpu
 
 ## Regenerate the committed C header from the Rust sources.
 header:
 	ASFDA_UPDATE_HEADER=1 cargo build
 
 clean-cache:
-	rm -rf .cache $(VENV) $(VENV_TORCH) $(CMAKE_BUILD)
+	rm -rf .cache $(VENV) $(VENV_TORCH) $(CMAKE_BUILD) $(ASFDA_CACHE_DIR)/onnxruntime
 
 ## Coverage-guided fuzzing (cargo-fuzz, libFuzzer; nightly toolchain): seeds from
 ## scripts/fuzz_corpus.py, then FUZZ_RUNS executions per target (docs/fuzzing.md). A crash

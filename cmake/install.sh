@@ -5,14 +5,15 @@
 # relative to their own location, so the installed tree can be moved. The version comes from
 # Cargo.toml (the one source of truth).
 #
-# usage: cmake/install.sh --prefix DIR [--lib-dir target/release] [--ort-dir .cache/onnxruntime/cpu]
+# usage: cmake/install.sh --prefix DIR [--lib-dir target/release] [--ort-dir CACHE/onnxruntime/cpu]
+# (CACHE: the user's asfda cache that `make ort` fills, see scripts/fetch_ort.sh)
 # DESTDIR is honoured for staged installs (packages).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 prefix=""
 lib_dir="$root/target/release"
-ort_dir="$root/.cache/onnxruntime/cpu"
+ort_dir="${ASFDA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/asfda}/onnxruntime/cpu"
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix="$2"; shift 2 ;;

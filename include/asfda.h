@@ -292,7 +292,7 @@ typedef struct AsfdaVolume AsfdaVolume;
 typedef struct AsfdaRuntimeOptions {
   /**
    * Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
-   * ORT_DYLIB_PATH, next to the asfda library, the project cache).
+   * ORT_DYLIB_PATH, next to the asfda library, the user cache).
    */
   const char *library_path;
   /**

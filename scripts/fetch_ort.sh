@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Fetches ONNX Runtime's shared library from its PyPI wheel (the only download source) and
-# unpacks it into the project cache, where asfda finds it at run time.
-#   scripts/fetch_ort.sh cpu   -> .cache/onnxruntime/cpu  (onnxruntime==VERSION)
-#   scripts/fetch_ort.sh gpu   -> .cache/onnxruntime/gpu  (onnxruntime-gpu==VERSION, CUDA 13 + cuDNN 9)
+# unpacks it into the user's asfda cache, where asfda finds it at run time (src/runtime.rs):
+# $ASFDA_CACHE_DIR, else $XDG_CACHE_HOME/asfda, else ~/.cache/asfda.
+#   scripts/fetch_ort.sh cpu   -> CACHE/onnxruntime/cpu  (onnxruntime==VERSION)
+#   scripts/fetch_ort.sh gpu   -> CACHE/onnxruntime/gpu  (onnxruntime-gpu==VERSION, CUDA 13 + cuDNN 9)
 # VERSION comes from scripts/requirements-test.txt, the single place it is pinned.
 set -euo pipefail
 flavour=${1:-cpu}
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${ASFDA_CACHE_DIR:-$root/.cache}
+cache=${ASFDA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/asfda}
+mkdir -p "$cache"
 version=$(sed -n 's/^onnxruntime==//p' "$root/scripts/requirements-test.txt")
 case "$flavour" in
   cpu) package=onnxruntime ;;

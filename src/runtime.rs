@@ -9,8 +9,14 @@
 //! 1. the explicit path in [`RuntimeOptions::library_path`];
 //! 2. the `ASFDA_ORT_LIBRARY` environment variable;
 //! 3. the `ORT_DYLIB_PATH` environment variable (ort's own convention);
-//! 4. a `libonnxruntime.so*` next to the asfda shared library (or the executable it is linked into);
-//! 5. the project's cache folder filled by `make ort` / `make ort-gpu` (`.cache/onnxruntime/{gpu,cpu}`).
+//! 4. a `libonnxruntime.so*` next to the asfda shared library (or the executable it is linked
+//!    into), or in `../lib` from it (an unpacked release: `bin/asfda`, `lib/`);
+//! 5. the user's cache folder that `make ort` / `make ort-gpu` fill ([`cache_dir`]:
+//!    `$ASFDA_CACHE_DIR`, else `$XDG_CACHE_HOME/asfda`, else `~/.cache/asfda`; then
+//!    `onnxruntime/{gpu,cpu}` in it).
+//!
+//! Nothing here depends on where asfda was built: a library or executable copied elsewhere
+//! resolves the same way.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::fmt;
@@ -29,7 +35,8 @@ use crate::error::{Error, ErrorKind, Result};
 pub const ENV_ORT_LIBRARY: &str = "ASFDA_ORT_LIBRARY";
 /// ort's own environment variable, honoured after ours.
 pub const ENV_ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
-/// Environment variable overriding the project cache folder (default: `<source tree>/.cache`).
+/// Environment variable naming the user's asfda cache folder (default `$XDG_CACHE_HOME/asfda`,
+/// else `~/.cache/asfda`).
 pub const ENV_CACHE_DIR: &str = "ASFDA_CACHE_DIR";
 
 const ORT_FILE_PREFIX: &str = "libonnxruntime.so";
@@ -93,7 +100,7 @@ pub enum LibrarySource {
     AsfdaEnv,
     OrtEnv,
     BesideLibrary,
-    ProjectCache,
+    UserCache,
 }
 
 /// Facts about the loaded ONNX Runtime.
@@ -330,10 +337,13 @@ fn resolve_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource)> 
         };
     }
     let mut looked = Vec::new();
+    let own = own_directory();
+    let cache = cache_dir();
     let probes = [
-        (own_directory(), LibrarySource::BesideLibrary),
-        (Some(cache_dir().join("onnxruntime").join("gpu")), LibrarySource::ProjectCache),
-        (Some(cache_dir().join("onnxruntime").join("cpu")), LibrarySource::ProjectCache),
+        (own.clone(), LibrarySource::BesideLibrary),
+        (own.map(|d| d.join("../lib")).filter(|d| d.is_dir()), LibrarySource::BesideLibrary),
+        (cache.as_ref().map(|c| c.join("onnxruntime/gpu")), LibrarySource::UserCache),
+        (cache.as_ref().map(|c| c.join("onnxruntime/cpu")), LibrarySource::UserCache),
     ];
     for (dir, source) in probes {
         let Some(dir) = dir else { continue };
@@ -347,7 +357,8 @@ fn resolve_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource)> 
         format!(
             "ONNX Runtime not found. Looked for: the explicit library path (none given), ${ENV_ORT_LIBRARY} (unset), \
              ${ENV_ORT_DYLIB_PATH} (unset), and {ORT_FILE_PREFIX}* in: {}. Fix: run `make ort` in the asfda source tree \
-             (fetches the onnxruntime wheel from PyPI), or set {ENV_ORT_LIBRARY} to the full path of libonnxruntime.so.",
+             (puts the onnxruntime wheel's library in the user cache, ~/.cache/asfda/onnxruntime), place \
+             libonnxruntime.so beside the asfda library, or set {ENV_ORT_LIBRARY} to its full path.",
             looked.join(", ")
         ),
     ))
@@ -357,9 +368,12 @@ fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-/// The project cache: `$ASFDA_CACHE_DIR`, else `.cache` in the source tree this build came from.
-pub fn cache_dir() -> PathBuf {
-    env_path(ENV_CACHE_DIR).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache"))
+/// The user's asfda cache folder: `$ASFDA_CACHE_DIR`, else `$XDG_CACHE_HOME/asfda`, else
+/// `$HOME/.cache/asfda` (the XDG base-directory convention); `None` when none of them is set.
+pub fn cache_dir() -> Option<PathBuf> {
+    env_path(ENV_CACHE_DIR)
+        .or_else(|| env_path("XDG_CACHE_HOME").map(|d| d.join("asfda")))
+        .or_else(|| env_path("HOME").map(|h| h.join(".cache").join("asfda")))
 }
 
 /// The core library in `dir`: prefers the versioned file (`libonnxruntime.so.1.31.1`), which is

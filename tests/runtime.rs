@@ -16,7 +16,7 @@ fn root() -> &'static Path {
 }
 
 fn cached_ort() -> PathBuf {
-    let dir = root().join(".cache/onnxruntime/cpu");
+    let dir = asfda::runtime::cache_dir().expect("HOME is set").join("onnxruntime/cpu");
     std::fs::read_dir(&dir)
         .unwrap_or_else(|_| panic!("{} missing: run `make ort` first", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -52,8 +52,64 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
-fn project_cache_is_the_default() {
-    assert_eq!(source_of(&info(cli(), &[], &[])), "project_cache");
+fn the_user_cache_is_the_default() {
+    assert_eq!(source_of(&info(cli(), &[], &[])), "user_cache");
+}
+
+/// Strings in the `.rodata` section of an ELF file (what `readelf -p` prints).
+fn rodata(file: &Path) -> String {
+    let out = Command::new("readelf").arg("-p").arg(".rodata").arg(file).output().expect("readelf runs (binutils)");
+    assert!(out.status.success(), "readelf {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn no_build_tree_path_is_compiled_into_the_library_or_the_cli() {
+    let tree = root().to_str().unwrap();
+    let lib = cli().with_file_name("libasfda.so");
+    for file in [cli(), lib.as_path()] {
+        let strings = rodata(file);
+        assert!(strings.len() > 1000, "{}: no .rodata strings read", file.display());
+        assert!(!strings.contains(tree), "{} holds the build tree's path {tree}", file.display());
+    }
+}
+
+#[test]
+fn an_unpacked_release_layout_runs_with_nothing_of_the_build_tree() {
+    // <prefix>/bin/asfda, <prefix>/lib/libonnxruntime.so.*, <prefix>/share/asfda/models/...
+    let prefix = tempfile::tempdir().unwrap();
+    let p = prefix.path();
+    for dir in ["bin", "lib", "share/asfda/models"] {
+        std::fs::create_dir_all(p.join(dir)).unwrap();
+    }
+    std::fs::copy(cli(), p.join("bin/asfda")).unwrap();
+    std::fs::copy(cached_ort(), p.join("lib").join(cached_ort().file_name().unwrap())).unwrap();
+    let bundle = p.join("share/asfda/models/demo_brain_unet");
+    std::fs::create_dir(&bundle).unwrap();
+    for entry in std::fs::read_dir(root().join("models/demo_brain_unet")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    let home = tempfile::tempdir().unwrap();
+    let env = [("HOME", home.path().to_str().unwrap()), ("XDG_CACHE_HOME", home.path().to_str().unwrap())];
+    let exe = p.join("bin/asfda");
+    assert_eq!(source_of(&info(&exe, &env, &[])), "beside_library");
+    // The default bundle is the one under share/asfda: the tree's own is never looked at.
+    let volume = root().join("data/anatomical.nii");
+    let labels = p.join("labels.nii.gz");
+    let mut cmd = Command::new(&exe);
+    cmd.args(["segment", "--threads", "1", "--json"]).arg(&volume).arg("--out").arg(&labels).current_dir(p);
+    for var in ["ASFDA_ORT_LIBRARY", "ORT_DYLIB_PATH", "ASFDA_CACHE_DIR"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.envs(env).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(labels.is_file());
+    std::fs::remove_dir_all(&bundle).unwrap();
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("share/asfda/models/demo_brain_unet"), "the missing default bundle is named: {err}");
 }
 
 #[test]

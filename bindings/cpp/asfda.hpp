@@ -147,7 +147,7 @@ inline const char *c_str_or_null(const std::string &s) noexcept { return s.empty
 inline std::string version() { return asfda_version(); }
 
 /// Loads ONNX Runtime for this process; an empty path follows the resolution order
-/// (ASFDA_ORT_LIBRARY, ORT_DYLIB_PATH, next to libasfda, the project cache).
+/// (ASFDA_ORT_LIBRARY, ORT_DYLIB_PATH, next to libasfda, the user cache).
 inline void load_runtime(const std::string &library_path = {}) {
     detail::check(asfda_runtime_load(detail::c_str_or_null(library_path)));
 }

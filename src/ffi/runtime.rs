@@ -13,7 +13,7 @@ use crate::volume::Volume;
 #[repr(C)]
 pub struct AsfdaRuntimeOptions {
     /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
-    /// ORT_DYLIB_PATH, next to the asfda library, the project cache).
+    /// ORT_DYLIB_PATH, next to the asfda library, the user cache).
     pub library_path: *const c_char,
     /// "cpu" (default when NULL), "auto", "cuda" or "cuda:N".
     pub device: *const c_char,

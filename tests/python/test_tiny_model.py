@@ -72,7 +72,7 @@ def test_cli_run_model_lands_on_input_grid(paths, tmp_path):
 def test_cli_info_json():
     res = subprocess.run([os.environ["ASFDA_CLI"], "info", "--json"], check=True, capture_output=True, text=True)
     info = json.loads(res.stdout)
-    assert info["ort_version"] == "1.31.1" and info["library_source"] in ("project_cache", "asfda_env", "ort_env")
+    assert info["ort_version"] == "1.31.1" and info["library_source"] in ("user_cache", "asfda_env", "ort_env")
 
 
 def test_cuda_request_without_cuda_fails_clearly_and_auto_falls_back(paths):

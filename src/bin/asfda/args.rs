@@ -126,7 +126,7 @@ impl EngineFlags {
         engine_options(&self.runtime, self.overlap, self.tiles_per_batch, self.mirror)
     }
 
-    /// `--bundle`, or the demo bundle shipped in the source tree.
+    /// `--bundle`, or the demo bundle shipped with asfda ([`shipped`]).
     pub fn bundle(&self) -> PathBuf {
         bundle(self.bundle.as_deref())
     }
@@ -155,7 +155,7 @@ pub fn engine_options(
     EngineOptions { runtime: runtime.options(), window, ..Default::default() }
 }
 
-/// `--bundle`, or the demo bundle shipped in the source tree.
+/// `--bundle`, or the demo bundle shipped with asfda ([`shipped`]).
 pub fn bundle(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf).unwrap_or_else(|| shipped("models/demo_brain_unet"))
 }
@@ -177,9 +177,15 @@ pub fn path_of(bytes: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(bytes))
 }
 
-/// Files shipped in the source tree (the demo's defaults).
+/// Files shipped with asfda (the demo bundle and data), found from where the executable is, not
+/// where it was built: `<prefix>/share/asfda/<relative>` for an installed or unpacked release
+/// (`<prefix>/bin/asfda`), else `<tree>/<relative>` for an executable built in a source tree
+/// (`<tree>/target/<profile>/asfda`). When neither exists, the release path (an error then names it).
 pub fn shipped(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    let exe = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let Some(dir) = exe.as_deref().and_then(Path::parent) else { return PathBuf::from(relative) };
+    let release = dir.join("../share/asfda").join(relative);
+    [release.clone(), dir.join("../..").join(relative)].into_iter().find(|p| p.exists()).unwrap_or(release)
 }
 
 /// The flag a clap error is about, as `--name` (clap says `--name <VALUE>`).
