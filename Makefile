@@ -15,7 +15,7 @@ ORT_GPU  := $(ASFDA_CACHE_DIR)/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
+.PHONY: all dist ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
 
 all: build
 
@@ -110,6 +110,11 @@ test-c: ort
 	$(VENV)/bin/cmake -S cpp_demo -B $(CMAKE_BUILD)/ctest -DCMAKE_PREFIX_PATH=$(C_PREFIX) -DCMAKE_BUILD_TYPE=Debug > /dev/null
 	$(VENV)/bin/cmake --build $(CMAKE_BUILD)/ctest -j 2
 	cd $(CMAKE_BUILD)/ctest && $(CURDIR)/$(VENV)/bin/ctest --output-on-failure
+
+## The binary release: dist/asfda-VERSION-linux-ARCH.tar.gz (bin/, lib/ with ONNX Runtime, include/,
+## CMake and pkg-config files, share/asfda/ with the demo bundle); see scripts/make_dist.sh.
+dist: ort build
+	scripts/make_dist.sh --profile release
 
 ## Install the release build: lib/ (libasfda.so and ONNX Runtime beside it), include/ (asfda.h,
 ## asfda.hpp), lib/cmake/asfda (find_package(asfda CONFIG)), lib/pkgconfig/asfda.pc.

@@ -341,7 +341,7 @@ fn resolve_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource)> 
     let cache = cache_dir();
     let probes = [
         (own.clone(), LibrarySource::BesideLibrary),
-        (own.map(|d| d.join("../lib")).filter(|d| d.is_dir()), LibrarySource::BesideLibrary),
+        (own.and_then(|d| d.join("../lib").canonicalize().ok()), LibrarySource::BesideLibrary),
         (cache.as_ref().map(|c| c.join("onnxruntime/gpu")), LibrarySource::UserCache),
         (cache.as_ref().map(|c| c.join("onnxruntime/cpu")), LibrarySource::UserCache),
     ];

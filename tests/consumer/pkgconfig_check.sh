@@ -19,5 +19,5 @@ mkdir -p "$work"
 # shellcheck disable=SC2046
 "$cc" -std=c11 -Wall -Wextra -Werror -Wno-comment -pedantic -o "$work/consumer_pkgconfig" "$here/consumer.c" $(pkg-config --cflags --libs asfda)
 "$here/check_soname.sh" "$prefix" "$work/consumer_pkgconfig"
-# A non-system prefix: the loader needs the library folder (an rpath or LD_LIBRARY_PATH).
-LD_LIBRARY_PATH="$(pkg-config --variable=libdir asfda)" "$work/consumer_pkgconfig" "$prefix"
+# asfda.pc adds an rpath to its libdir: the program starts with no LD_LIBRARY_PATH.
+env -u LD_LIBRARY_PATH "$work/consumer_pkgconfig" "$prefix"
