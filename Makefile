@@ -15,7 +15,7 @@ ORT_GPU  := $(ASFDA_CACHE_DIR)/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all dist ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
+.PHONY: all dist wheel ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
 
 all: build
 
@@ -115,6 +115,11 @@ test-c: ort
 ## CMake and pkg-config files, share/asfda/ with the demo bundle); see scripts/make_dist.sh.
 dist: ort build
 	scripts/make_dist.sh --profile release
+
+## The Python wheel: dist/asfda-VERSION-py3-none-manylinux_2_N_ARCH.whl with libasfda.so, the
+## `asfda` command and the demo bundle inside, depending on the onnxruntime wheel (scripts/make_wheel.sh).
+wheel: venv build
+	scripts/make_wheel.sh --profile release
 
 ## Install the release build: lib/ (libasfda.so and ONNX Runtime beside it), include/ (asfda.h,
 ## asfda.hpp), lib/cmake/asfda (find_package(asfda CONFIG)), lib/pkgconfig/asfda.pc.

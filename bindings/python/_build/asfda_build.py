@@ -9,8 +9,12 @@ without build isolation.
 - Version: read from the crate's Cargo.toml (the one source of truth); in an sdist, from PKG-INFO.
 - Metadata: the [project] table of pyproject.toml.
 - Native library: with ``ASFDA_WHEEL_LIBRARY=/path/to/libasfda.so`` the wheel bundles it as
-  ``asfda/libasfda.so`` (found there at import time) and is tagged for this platform
-  (``py3-none-<platform>``) instead of ``py3-none-any``.
+  ``asfda/libasfda.so`` (found there at import time), depends on the ``onnxruntime`` wheel whose
+  library it then loads, and is tagged ``py3-none-manylinux_2_<N>_<arch>`` with N the newest
+  glibc symbol version the bundled binaries need (auditwheel's rule, read from their bytes).
+  ``ASFDA_WHEEL_CLI=/path/to/asfda`` adds the command line program as ``asfda/bin/asfda`` with an
+  ``asfda`` console command, ``ASFDA_WHEEL_BUNDLE=/path/to/bundle`` the demo bundle as
+  ``asfda/share/asfda/models/<name>`` (the CLI's and :func:`asfda.demo_bundle`'s default).
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import hashlib
 import io
 import os
 import re
-import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -57,16 +60,30 @@ def version() -> str:
     raise RuntimeError(f"cannot find the asfda version: neither {cargo} nor {pkg_info} exists")
 
 
-def _metadata() -> str:
+def _metadata(native: bool = False) -> str:
     p = _pyproject()
     lines = ["Metadata-Version: 2.1", f"Name: {p['name']}", f"Version: {version()}",
              f"Summary: {p['description']}", f"Requires-Python: {p['requires-python']}"]
     if "license" in p:
         lines.append(f"License: {p['license']['text']}")
     lines += [f"Requires-Dist: {d}" for d in p.get("dependencies", [])]
+    if native:
+        # The bundled library loads the onnxruntime package's libonnxruntime (asfda._lib).
+        lines.append(f"Requires-Dist: onnxruntime=={_ort_version()}")
     readme = HERE / p.get("readme", "README.md")
     lines.append("Description-Content-Type: text/markdown")
     return "\n".join(lines) + "\n\n" + (readme.read_text(encoding="utf-8") if readme.is_file() else "")
+
+
+def _ort_version() -> str:
+    """The ONNX Runtime version asfda is built and tested against (scripts/requirements-test.txt,
+    the one place it is pinned; in an sdist, the PKG-INFO's requirement)."""
+    pinned = HERE.parents[1] / "scripts" / "requirements-test.txt"
+    text = pinned.read_text(encoding="utf-8") if pinned.is_file() else (HERE / "PKG-INFO").read_text(encoding="utf-8")
+    m = re.search(r"onnxruntime==([0-9][^\s;]*)", text)
+    if not m:
+        raise RuntimeError(f"no onnxruntime==VERSION pin in {pinned}")
+    return m.group(1)
 
 
 def _package_files() -> list[tuple[str, bytes]]:
@@ -79,13 +96,40 @@ def _package_files() -> list[tuple[str, bytes]]:
     return files
 
 
-def _bundled_library() -> bytes | None:
-    lib = os.environ.get("ASFDA_WHEEL_LIBRARY")
-    if not lib:
+def _input_file(variable: str) -> bytes | None:
+    path = os.environ.get(variable)
+    if not path:
         return None
-    if not os.path.isfile(lib):
-        raise RuntimeError(f"ASFDA_WHEEL_LIBRARY is set to {lib}, which is not a file")
-    return Path(lib).read_bytes()
+    if not os.path.isfile(path):
+        raise RuntimeError(f"{variable} is set to {path}, which is not a file")
+    return Path(path).read_bytes()
+
+
+def _bundled_library() -> bytes | None:
+    return _input_file("ASFDA_WHEEL_LIBRARY")
+
+
+def _bundled_extras() -> list[tuple[str, bytes]]:
+    """The CLI and the demo bundle, when asked for (see the module docstring)."""
+    files = []
+    cli = _input_file("ASFDA_WHEEL_CLI")
+    if cli is not None:
+        files.append((f"{PACKAGE}/bin/asfda", cli))
+    bundle = os.environ.get("ASFDA_WHEEL_BUNDLE")
+    if bundle:
+        bundle_dir = Path(bundle)
+        if not (bundle_dir / "manifest.json").is_file():
+            raise RuntimeError(f"ASFDA_WHEEL_BUNDLE is set to {bundle}, which holds no manifest.json")
+        for path in sorted(p for p in bundle_dir.iterdir() if p.is_file()):
+            files.append((f"{PACKAGE}/share/asfda/models/{bundle_dir.name}/{path.name}", path.read_bytes()))
+    return files
+
+
+def _glibc_tag(binaries: list[bytes]) -> str:
+    """``manylinux_2_<N>_<arch>`` for the newest GLIBC_2.N symbol version the binaries reference."""
+    versions = [int(m) for b in binaries for m in re.findall(rb"GLIBC_2\.(\d+)", b)]
+    arch = os.uname().machine
+    return f"manylinux_2_{max(versions, default=17)}_{arch}"
 
 
 def _record_line(name: str, data: bytes) -> str:
@@ -97,13 +141,17 @@ def _write_wheel(directory: str, files: list[tuple[str, bytes]], tag: str, purel
     name, ver = PACKAGE, version()
     dist_info = f"{name}-{ver}.dist-info"
     wheel_meta = f"Wheel-Version: 1.0\nGenerator: asfda_build\nRoot-Is-Purelib: {str(purelib).lower()}\nTag: {tag}\n"
-    files = files + [(f"{dist_info}/METADATA", _metadata().encode()), (f"{dist_info}/WHEEL", wheel_meta.encode())]
+    meta = [(f"{dist_info}/METADATA", _metadata(native=not purelib).encode()), (f"{dist_info}/WHEEL", wheel_meta.encode())]
+    if any(n == f"{PACKAGE}/bin/asfda" for n, _ in files):
+        meta.append((f"{dist_info}/entry_points.txt", b"[console_scripts]\nasfda = asfda._cli:main\n"))
+    files = files + meta
     record = "\n".join([_record_line(n, d) for n, d in files] + [f"{dist_info}/RECORD,,", ""])
     filename = f"{name}-{ver}-{tag}.whl"
     with zipfile.ZipFile(Path(directory) / filename, "w", zipfile.ZIP_DEFLATED) as z:
         for n, d in files + [(f"{dist_info}/RECORD", record.encode())]:
             info = zipfile.ZipInfo(n, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible
-            info.external_attr = 0o644 << 16
+            # A regular file (S_IFREG) with its mode: pip marks executables only so.
+            info.external_attr = (0o100755 if n.endswith("/bin/asfda") else 0o100644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, d)
     return filename
@@ -128,9 +176,10 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     lib = _bundled_library()
     if lib is None:
         return _write_wheel(wheel_directory, files, "py3-none-any", purelib=True)
-    platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
-    return _write_wheel(wheel_directory, files + [(f"{PACKAGE}/libasfda.so", lib)], f"py3-none-{platform}",
-                        purelib=False)
+    extras = _bundled_extras()
+    binaries = [lib] + [d for n, d in extras if n.endswith("/bin/asfda")]
+    return _write_wheel(wheel_directory, files + [(f"{PACKAGE}/libasfda.so", lib)] + extras,
+                        f"py3-none-{_glibc_tag(binaries)}", purelib=False)
 
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):

@@ -25,7 +25,7 @@ from .errors import (
     InvalidArgumentError, InvalidDataError, IoError, LibraryNotFoundError, ModelError,
     RuntimeUnavailableError, TooLargeError, UnsupportedError,
 )
-from .runtime import library_path, load_runtime, runtime_info, version
+from .runtime import demo_bundle, library_path, load_runtime, runtime_info, version
 from .volume import LPS, RAS, Volume
 from .model import Model
 from .score import Score, load_scores, merge_scores, save_scores
@@ -46,6 +46,6 @@ __all__ = [
     "DeviceUnavailableError", "ModelError", "CancelledError", "InternalError", "LibraryNotFoundError",
     "Volume", "RAS", "LPS", "Model", "Engine", "EngineOptions", "ClassInfo", "ClassCode", "CodedConcept", "CancelToken", "Segmentation", "Score", "save_scores", "load_scores",
     "merge_scores", "select", "Selection", "SelectOptions", "Pick", "FineTuner", "FineTuneOptions",
-    "StepReport", "runtime_info", "load_runtime", "version", "library_path",
+    "StepReport", "runtime_info", "load_runtime", "version", "library_path", "demo_bundle",
     "LogLevel", "set_log_callback",
 ]

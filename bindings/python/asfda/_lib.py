@@ -66,6 +66,33 @@ def _load() -> tuple[C.CDLL, Path]:
 
 lib, path = _load()
 
+#: Whether libasfda.so came from this package's own data (an installed wheel), not a source tree
+#: or $ASFDA_LIBRARY.
+FROM_WHEEL = path == PACKAGE_DIR / LIBRARY_NAME
+
+
+def default_ort_library():
+    """ONNX Runtime for an installed wheel: the ``onnxruntime`` package's own library
+    (``onnxruntime/capi/libonnxruntime.so.*``; the wheel depends on that package), unless the
+    library came from elsewhere or ``$ASFDA_ORT_LIBRARY`` / ``$ORT_DYLIB_PATH`` choose one. None
+    leaves the choice to the library's own resolution order (beside it, the user cache)."""
+    if not FROM_WHEEL or os.environ.get("ASFDA_ORT_LIBRARY") or os.environ.get("ORT_DYLIB_PATH"):
+        return None
+    import importlib.util
+    spec = importlib.util.find_spec("onnxruntime")  # found without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    capi = Path(list(spec.submodule_search_locations)[0]) / "capi"
+    libs = sorted(capi.glob("libonnxruntime.so*"))
+    return os.fspath(libs[-1]) if libs else None
+
+
+def ort_library_option(library_path):
+    """The runtime options' library_path: the caller's, else :func:`default_ort_library`."""
+    if library_path is None:
+        library_path = default_ort_library()
+    return None if library_path is None else fspath(library_path)
+
 # ---- C types ---------------------------------------------------------------------------------
 
 P = C.c_void_p

@@ -44,7 +44,7 @@ class EngineOptions:
     def _to_c(self, bundle: bytes) -> "_lib.EngineOptions":
         o = _lib.engine_options_default()
         o.bundle_path = bundle
-        o.runtime.library_path = None if self.library_path is None else _lib.fspath(self.library_path)
+        o.runtime.library_path = _lib.ort_library_option(self.library_path)
         o.runtime.device = _lib.c_string(self.device, "device")
         o.runtime.threads = self.threads
         o.tile_overlap = self.tile_overlap

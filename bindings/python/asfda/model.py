@@ -12,7 +12,7 @@ class Model:
 
     def __init__(self, path, device: str = "cpu", threads: int = 0, library_path=None):
         opts = _lib.runtime_options_default()
-        opts.library_path = None if library_path is None else _lib.fspath(library_path)
+        opts.library_path = _lib.ort_library_option(library_path)
         opts.device = _lib.c_string(device, "device")
         opts.threads = threads
         out = _lib.P()

@@ -77,7 +77,7 @@ def test_wheel_can_bundle_the_library(tmp_path):
     wheels = tmp_path / "wheels"
     pip("wheel", "--wheel-dir", str(wheels), str(PKG), env_extra={"ASFDA_WHEEL_LIBRARY": str(_lib.path)})
     (whl,) = wheels.glob("*.whl")
-    assert whl.name.startswith(f"asfda-{cargo_version()}-py3-none-linux_")
+    assert whl.name.startswith(f"asfda-{cargo_version()}-py3-none-manylinux_2_")  # the glibc it needs
     with zipfile.ZipFile(whl) as z:
         assert "asfda/libasfda.so" in z.namelist()
         record = z.read(f"asfda-{cargo_version()}.dist-info/RECORD").decode()
