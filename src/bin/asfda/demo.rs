@@ -30,7 +30,8 @@ use asfda::atomic_file;
 #[derive(clap::Args, Debug)]
 #[command(override_usage = "asfda demo [options]", help_template = HELP_TEMPLATE)]
 pub struct DemoArgs {
-    /// Target site: pd (the demo model fails there) | thick | bias_noise | spacing_orient
+    /// Target site: a folder of the data (`make data` makes pd, where the demo model fails,
+    /// thick, bias_noise and spacing_orient)
     #[arg(long, value_name = "S", default_value = "pd")]
     pub site: String,
     /// Volumes to annotate
@@ -72,7 +73,10 @@ pub struct DemoArgs {
     /// Sliding-window overlap (default 0.25: a third of the tiles of 0.5)
     #[arg(long, value_name = "F", value_parser = overlap)]
     pub overlap: Option<f64>,
-    /// Synthetic data (default .cache/data/synthetic-v1)
+    /// Data folder (default: `make data`'s .cache/data/synthetic-v1). Layout: SITE/pool/ID.nii.gz
+    /// (the volumes to score), SITE/pool_labels/ID_label.nii.gz (their annotations, read for the
+    /// picks), SITE/test/ID.nii.gz with SITE/test/ID_label.nii.gz beside it (held out, for Dice);
+    /// ids as the selection's (`_image` in a name maps to `_label`)
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Output folder
@@ -287,10 +291,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     let t_report = t.elapsed().as_secs_f64();
     let total = started.elapsed().as_secs_f64();
-    let mut notes = vec![
+    let data_note = if args.data.is_none() {
         "Data: subjects are synthetic derivatives of real anatomy (ICBM152 2009a template, nilearn 0.14.1 wheel); \
          the scanner sites and their domain shifts are simulated (`make data`)."
-            .to_string(),
+            .to_string()
+    } else {
+        format!("Data: {} (given with --data).", data_dir.display())
+    };
+    let mut notes = vec![
+        data_note,
         format!("Model: {} (trained on the t1 source site only); target site: {site}.", bundle.display()),
         format!(
             "Pool: the first {} of the {pool_total} {site} pool volumes were scored (--max-pool {max_pool}; 0 scores all).",

@@ -139,6 +139,12 @@ pub fn print_table(selection: &Selection, pool: usize) {
             p.asd_rank
         );
     }
+    // Ranks are recomputed among the volumes not yet picked after each pick (diversity changes),
+    // so a later pick can have a higher combined value than an earlier one.
+    println!(
+        "combined = w_dkd x DKD rank + w_asd x ASD rank, the value that decided each pick among the volumes \
+         still unpicked then (ranks are recomputed after every pick, so it need not fall with the order)"
+    );
     let reliable = if selection.reliable.is_empty() { "none".to_string() } else { selection.reliable.join(", ") };
     println!("reliable for pseudo-labels: {reliable}");
 }
