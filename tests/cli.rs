@@ -424,7 +424,11 @@ fn demo_runs_the_whole_loop_and_writes_the_report() {
     let selection =
         Selection::from_json(std::fs::read_to_string(out_dir.join("selection.json")).unwrap().trim()).unwrap();
     assert_eq!(selection.picks.len(), 2);
-    assert!(md.contains(&selection.picks[0].id) && md.contains("synthetic derivatives of real anatomy"), "{md}");
+    // The data note names the folder given, not the synthetic data of `make data`.
+    assert!(
+        md.contains(&selection.picks[0].id) && md.contains(&format!("Data: {} (given with --data)", s(&data))),
+        "{md}"
+    );
     assert!(md.contains("--max-pool 3"), "the run's settings are in the report");
     let dice: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("dice.json")).unwrap()).unwrap();
