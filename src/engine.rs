@@ -307,6 +307,7 @@ impl Engine {
     /// Builds the model grid once, checks the memory limit on it and prepares the volume on it.
     fn prepare<'a>(&self, volume: &'a Volume, work: Work) -> Result<(ModelImage<'a>, ModelGrid)> {
         let input = &self.bundle.manifest().input;
+        volume.check_3d()?;
         let grid = model_grid(volume, input)?;
         self.check_memory(work, || Ok(self.estimate_on(volume, &grid, work)))?;
         prepare_in_place_on(volume, input, grid)
@@ -337,6 +338,7 @@ impl Engine {
     /// mapping outputs back onto the original grid ([`ModelGrid::labels_to_original_peak_bytes`],
     /// then each optional map, [`ModelGrid::to_original_peak_bytes`]).
     pub fn memory_estimate(&self, volume: &Volume, work: Work) -> Result<u64> {
+        volume.check_3d()?;
         let grid = model_grid(volume, &self.bundle.manifest().input)?;
         Ok(self.estimate_on(volume, &grid, work))
     }

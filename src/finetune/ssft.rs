@@ -349,6 +349,7 @@ impl FineTuner {
         self.check_new_id(id)?;
         image.check_same_grid(label, &format!("add_labeled('{id}'): the image and its label volume"))?;
         self.check_label_values(id, label)?;
+        image.check_3d()?;
         let prepared = prepare(image, &self.manifest.input)?;
         // Values were checked to be classes, so everything else is the padding's ignore label.
         let labels =
@@ -442,6 +443,7 @@ impl FineTuner {
     }
 
     fn pseudo_label(&self, id: &str, image: &Volume) -> Result<(Sample, f64)> {
+        image.check_3d()?;
         let prepared = prepare(image, &self.manifest.input)?;
         let (labels, kept) = self.pseudo_labels(prepared.image.view(), &prepared.grid)?;
         Ok((self.sample(id, prepared, labels), kept))

@@ -47,7 +47,6 @@ pub fn model_grid(volume: &Volume, input: &InputSpec) -> Result<ModelGrid> {
     // Every model-side use of a volume (scoring, segmenting, fine-tuning) starts here: a voxel
     // size like 1e-30 mm would make the resampled grid meaningless.
     volume.check_plausible_spacing()?;
-    volume.check_3d()?;
     let (orientation, canonical_dims, canonical_affine) = volume.canonical_geometry();
     let channels = volume.channels();
     let canonical_spacing: [f64; 3] =

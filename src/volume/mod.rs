@@ -217,7 +217,8 @@ impl Volume {
             return Ok(());
         }
         Err(Error::invalid_data(format!(
-            "the volume is {}x{}x{} voxels: a single slice (2D image) cannot be scored, segmented or used              for fine-tuning; asfda's model works on 3D volumes",
+            "the volume is {}x{}x{} voxels: a single slice (2D image) cannot be scored, segmented or used \
+             for fine-tuning; asfda's model works on 3D volumes",
             d[0], d[1], d[2]
         )))
     }
