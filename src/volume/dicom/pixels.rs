@@ -1,0 +1,129 @@
+//! Stored pixel values of one frame to real values: unpacked (8/16/32-bit, signed or not, the
+//! stored bits only), MONOCHROME1 inverted, rescale slope/intercept applied.
+
+use std::borrow::Cow;
+
+use dicom_core::value::{PrimitiveValue, Value};
+use dicom_dictionary_std::tags;
+use dicom_encoding::adapters::PixelDataReader;
+use dicom_transfer_syntax_registry::entries::RLE_LOSSLESS;
+
+use super::image::{Frame, Image, PixelFormat};
+use crate::error::{Error, Result};
+
+/// The bytes of every frame, little endian unless `format.big_endian` (native pixel data), or
+/// the decoded frames of an RLE image; checked to hold `frames` frames.
+pub(super) fn frame_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
+    let format = image.format;
+    let frame_len = image.rows * image.columns * usize::from(format.bits_allocated / 8);
+    let frames = image.frames.len();
+    let bytes = if format.rle {
+        let mut out = Vec::new();
+        out.try_reserve_exact(frame_len * frames)
+            .map_err(|e| Error::new(crate::ErrorKind::TooLarge, format!("{}: {e}", image.name)))?;
+        let reader = RLE_LOSSLESS.pixel_data_reader().ok_or_else(|| Error::internal("no RLE Lossless decoder"))?;
+        reader
+            .decode(&image.object, &mut out)
+            .map_err(|e| Error::format(format!("{}: corrupt RLE pixel data: {e}", image.name)))?;
+        Cow::Owned(out)
+    } else {
+        native_bytes(image)?
+    };
+    let needed = frame_len * frames;
+    if bytes.len() < needed {
+        return Err(Error::format(format!(
+            "{}: the pixel data holds {} bytes, but {frames} frame(s) of {}x{} {}-bit pixels need {needed}",
+            image.name,
+            bytes.len(),
+            image.rows,
+            image.columns,
+            format.bits_allocated
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Native pixel data as bytes in the file's byte order (the parser keeps OB as bytes and reads
+/// OW into 16-bit values, which are written back in the file's order).
+fn native_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
+    let element = image.object.get(tags::PIXEL_DATA).ok_or_else(|| Error::invalid_data("no pixel data"))?;
+    let big = image.format.big_endian;
+    match element.value() {
+        Value::Primitive(PrimitiveValue::U8(bytes)) => Ok(Cow::Borrowed(&bytes[..])),
+        Value::Primitive(PrimitiveValue::U16(words)) => {
+            Ok(Cow::Owned(words.iter().flat_map(|w| if big { w.to_be_bytes() } else { w.to_le_bytes() }).collect()))
+        }
+        Value::Primitive(PrimitiveValue::I16(words)) => {
+            Ok(Cow::Owned(words.iter().flat_map(|w| if big { w.to_be_bytes() } else { w.to_le_bytes() }).collect()))
+        }
+        Value::Primitive(PrimitiveValue::Empty) => Ok(Cow::Borrowed(&[])),
+        Value::PixelSequence(_) => Err(Error::format(format!(
+            "{}: encapsulated (compressed) pixel data in a transfer syntax for native pixel data",
+            image.name
+        ))),
+        _ => Err(Error::format(format!("{}: the pixel data element has an unexpected value type", image.name))),
+    }
+}
+
+/// Writes frame `index` of `bytes` into `out` (rows x columns, row-major) as real values.
+pub(super) fn decode_frame(bytes: &[u8], format: PixelFormat, frame: &Frame, index: usize, out: &mut [f32]) {
+    let width = usize::from(format.bits_allocated / 8);
+    // RLE decodes to little endian whatever the file's byte order.
+    let big = format.big_endian && !format.rle;
+    let start = index * out.len() * width;
+    let stored = u32::from(format.bits_stored);
+    let mask: u64 = if stored >= 32 { u64::from(u32::MAX) } else { (1u64 << stored) - 1 };
+    for (i, v) in out.iter_mut().enumerate() {
+        let at = start + i * width;
+        let raw: u64 = match (width, big) {
+            (1, _) => u64::from(bytes[at]),
+            (2, false) => u64::from(u16::from_le_bytes([bytes[at], bytes[at + 1]])),
+            (2, true) => u64::from(u16::from_be_bytes([bytes[at], bytes[at + 1]])),
+            (_, false) => u64::from(u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])),
+            (_, true) => u64::from(u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])),
+        };
+        // Only the stored bits count (the high bits may hold overlays or garbage); signed values
+        // are sign-extended from the top stored bit.
+        let bits = raw & mask;
+        let mut value =
+            if format.signed && bits >> (stored - 1) & 1 == 1 { bits as i64 - (1i64 << stored) } else { bits as i64 };
+        if format.inverted {
+            // MONOCHROME1 to MONOCHROME2: mirror within the stored range.
+            let (low, high) =
+                if format.signed { (-(1i64 << (stored - 1)), (1i64 << (stored - 1)) - 1) } else { (0, mask as i64) };
+            value = low + high - value;
+        }
+        *v = (value as f64 * frame.slope + frame.intercept) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::slices::SliceGeometry;
+
+    fn frame() -> Frame {
+        let geometry =
+            SliceGeometry { position: [0.0; 3], orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], pixel_spacing: [1.0; 2] };
+        Frame { geometry, slope: 2.0, intercept: -1.0, missing: None }
+    }
+
+    fn format(bits_stored: u16, signed: bool, inverted: bool) -> PixelFormat {
+        PixelFormat { bits_allocated: 16, bits_stored, signed, inverted, big_endian: false, rle: false }
+    }
+
+    #[test]
+    fn stored_bits_sign_inversion_and_rescale() {
+        let bytes: Vec<u8> = [0x0FFFu16, 0xF800, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = [0.0f32; 3];
+        // 12 stored bits, signed: 0x0FFF = -1, 0xF800 keeps 0x800 = -2048, 1 = 1; then 2x - 1.
+        decode_frame(&bytes, format(12, true, false), &frame(), 0, &mut out);
+        assert_eq!(out, [-3.0, -4097.0, 1.0]);
+        // Unsigned, MONOCHROME1: 4095 - v.
+        decode_frame(&bytes, format(12, false, true), &frame(), 0, &mut out);
+        assert_eq!(out, [-1.0, 2.0 * 2047.0 - 1.0, 2.0 * 4094.0 - 1.0]);
+        // Signed MONOCHROME1: -1 - v.
+        decode_frame(&bytes, format(16, true, true), &frame(), 0, &mut out);
+        assert_eq!(out[2], 2.0 * -2.0 - 1.0);
+    }
+}
