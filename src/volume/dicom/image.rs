@@ -101,7 +101,7 @@ pub(super) fn parse(bytes: &[u8], name: &str, max_bytes: u64) -> Result<Option<I
         inflated = inflate(body, max_bytes).map_err(|e| e.context(name))?;
         (&inflated[..], Encoding { explicit_vr: true, big_endian: false }, EXPLICIT_VR_LE)
     } else {
-        (body, encoding_of(&uid).map_err(|e| e.context(name))?, uid.as_str())
+        (body, encoding_of(&uid, name)?, uid.as_str())
     };
     let used = guard::check_dataset(dataset, encoding).map_err(&bad)?;
     let dataset = &dataset[..used];
@@ -113,15 +113,15 @@ pub(super) fn parse(bytes: &[u8], name: &str, max_bytes: u64) -> Result<Option<I
 }
 
 /// The encoding of a data set in transfer syntax `uid`, or `Unsupported` naming it.
-fn encoding_of(uid: &str) -> Result<Encoding> {
-    let ts = TransferSyntaxRegistry.get(uid).ok_or_else(|| unsupported_syntax(uid, "the file"))?;
+fn encoding_of(uid: &str, name: &str) -> Result<Encoding> {
+    let ts = TransferSyntaxRegistry.get(uid).ok_or_else(|| unsupported_syntax(uid, name))?;
     let decodable = match ts.codec() {
         Codec::None => true,
         Codec::EncapsulatedPixelData(..) => uid == RLE_LOSSLESS,
         Codec::Dataset(_) => false,
     };
     if !decodable {
-        return Err(unsupported_syntax(uid, "the file"));
+        return Err(unsupported_syntax(uid, name));
     }
     Ok(Encoding { explicit_vr: uid != IMPLICIT_VR_LE, big_endian: ts.endianness() == Endianness::Big })
 }

@@ -167,6 +167,9 @@ fn assemble(images: Vec<Image>, options: &ReadOptions, uid: Option<&str>) -> Res
         }
     }
     check_placed(&images)?;
+    for image in &images {
+        pixels::check_length(image)?;
+    }
     let thickness = images.first().and_then(|i| i.thickness).unwrap_or(1.0);
     let plan = plan_stack(&headers, thickness, options)?;
     // A multi-frame file's decoded bytes are kept while its frames are placed; a single-frame

@@ -43,6 +43,34 @@ pub(super) fn frame_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
     Ok(bytes)
 }
 
+/// Refuses an image whose pixel data cannot hold its frames, before any voxel is allocated (a
+/// small file declaring 32768 x 32768 pixels must not cost 4 GiB first). Native data is
+/// measured exactly; RLE can expand its input at most 64-fold (a 2-byte run gives 128 bytes).
+pub(super) fn check_length(image: &Image) -> Result<()> {
+    let frame_len = image.rows as u64 * image.columns as u64 * u64::from(image.format.bits_allocated / 8);
+    let needed = frame_len.saturating_mul(image.frames.len() as u64);
+    let element = image.object.get(tags::PIXEL_DATA).ok_or_else(|| Error::invalid_data("no pixel data"))?;
+    let (available, what) = match element.value() {
+        Value::PixelSequence(seq) => {
+            let bytes: u64 = seq.fragments().iter().map(|f| f.len() as u64).sum();
+            (bytes.saturating_mul(64), "at most (RLE) ")
+        }
+        Value::Primitive(p) => (p.calculate_byte_len() as u64, ""),
+        Value::Sequence(_) => (0, ""),
+    };
+    if available < needed {
+        return Err(Error::format(format!(
+            "{}: the pixel data holds {what}{available} bytes, but {} frame(s) of {}x{} {}-bit pixels need {needed}",
+            image.name,
+            image.frames.len(),
+            image.rows,
+            image.columns,
+            image.format.bits_allocated
+        )));
+    }
+    Ok(())
+}
+
 /// Native pixel data as bytes in the file's byte order (the parser keeps OB as bytes and reads
 /// OW into 16-bit values, which are written back in the file's order).
 fn native_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
