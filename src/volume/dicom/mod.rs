@@ -174,15 +174,16 @@ fn assemble(images: Vec<Image>, options: &ReadOptions, uid: Option<&str>) -> Res
     let plan = plan_stack(&headers, thickness, options)?;
     // A multi-frame file's decoded bytes are kept while its frames are placed; a single-frame
     // file's are dropped at once.
-    let mut cached: Option<(usize, std::borrow::Cow<'_, [u8]>)> = None;
+    let mut cached: Option<(usize, pixels::Samples<'_>)> = None;
     let mut volume = fill_stack(&plan, |index, out| {
         let (i, f) = sources[index];
         let image = &images[i];
         if cached.as_ref().is_none_or(|(c, _)| *c != i) {
-            cached = Some((i, pixels::frame_bytes(image)?));
+            cached = Some((i, pixels::frame_samples(image)?));
         }
-        let bytes = cached.as_ref().map(|(_, b)| &b[..]).unwrap_or_default();
-        pixels::decode_frame(bytes, image.format, &image.frames[f], f, out);
+        if let Some((_, samples)) = &cached {
+            pixels::decode_frame(samples, image.format, &image.frames[f], f, out);
+        }
         Ok(())
     })?;
     apply_nonfinite(&mut volume, options)?;

@@ -9,11 +9,29 @@ use dicom_encoding::adapters::PixelDataReader;
 use dicom_transfer_syntax_registry::entries::RLE_LOSSLESS;
 
 use super::image::{Frame, Image, PixelFormat};
+
+/// The value of an element of a parsed data set.
+type PixelValue = Value<dicom_object::mem::InMemDicomObject, dicom_object::mem::InMemFragment>;
 use crate::error::{Error, Result};
 
-/// The bytes of every frame, little endian unless `format.big_endian` (native pixel data), or
-/// the decoded frames of an RLE image; checked to hold `frames` frames.
-pub(super) fn frame_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
+/// Every frame's stored values: 16-bit values as the parser decoded them (no copy), or bytes in
+/// the file's byte order (8/32-bit native data, the decoded frames of an RLE image).
+pub(super) enum Samples<'a> {
+    Words(&'a [u16]),
+    Bytes(Cow<'a, [u8]>),
+}
+
+impl Samples<'_> {
+    fn byte_len(&self) -> usize {
+        match self {
+            Samples::Words(w) => w.len() * 2,
+            Samples::Bytes(b) => b.len(),
+        }
+    }
+}
+
+/// The stored values of every frame, checked to hold them all.
+pub(super) fn frame_samples(image: &Image) -> Result<Samples<'_>> {
     let format = image.format;
     let frame_len = image.rows * image.columns * usize::from(format.bits_allocated / 8);
     let frames = image.frames.len();
@@ -25,16 +43,16 @@ pub(super) fn frame_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
         reader
             .decode(&image.object, &mut out)
             .map_err(|e| Error::format(format!("{}: corrupt RLE pixel data: {e}", image.name)))?;
-        Cow::Owned(out)
+        Samples::Bytes(Cow::Owned(out))
     } else {
-        native_bytes(image)?
+        native_samples(image)?
     };
     let needed = frame_len * frames;
-    if bytes.len() < needed {
+    if bytes.byte_len() < needed {
         return Err(Error::format(format!(
             "{}: the pixel data holds {} bytes, but {frames} frame(s) of {}x{} {}-bit pixels need {needed}",
             image.name,
-            bytes.len(),
+            bytes.byte_len(),
             image.rows,
             image.columns,
             format.bits_allocated
@@ -71,12 +89,22 @@ pub(super) fn check_length(image: &Image) -> Result<()> {
     Ok(())
 }
 
-/// Native pixel data as bytes in the file's byte order (the parser keeps OB as bytes and reads
-/// OW into 16-bit values, which are written back in the file's order).
-fn native_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
+/// Native pixel data: the parser keeps OB as bytes and reads OW into 16-bit values, used as they
+/// are for 16-bit pixels and otherwise written back as bytes in the file's order.
+fn native_samples(image: &Image) -> Result<Samples<'_>> {
     let element = image.object.get(tags::PIXEL_DATA).ok_or_else(|| Error::invalid_data("no pixel data"))?;
     let big = image.format.big_endian;
-    match element.value() {
+    let bytes = match element.value() {
+        Value::Primitive(PrimitiveValue::U16(words)) if image.format.bits_allocated == 16 => {
+            return Ok(Samples::Words(&words[..]))
+        }
+        other => native_bytes(other, big, &image.name)?,
+    };
+    Ok(Samples::Bytes(bytes))
+}
+
+fn native_bytes<'a>(value: &'a PixelValue, big: bool, name: &str) -> Result<Cow<'a, [u8]>> {
+    match value {
         Value::Primitive(PrimitiveValue::U8(bytes)) => Ok(Cow::Borrowed(&bytes[..])),
         Value::Primitive(PrimitiveValue::U16(words)) => {
             Ok(Cow::Owned(words.iter().flat_map(|w| if big { w.to_be_bytes() } else { w.to_le_bytes() }).collect()))
@@ -86,22 +114,29 @@ fn native_bytes(image: &Image) -> Result<Cow<'_, [u8]>> {
         }
         Value::Primitive(PrimitiveValue::Empty) => Ok(Cow::Borrowed(&[])),
         Value::PixelSequence(_) => Err(Error::format(format!(
-            "{}: encapsulated (compressed) pixel data in a transfer syntax for native pixel data",
-            image.name
+            "{name}: encapsulated (compressed) pixel data in a transfer syntax for native pixel data"
         ))),
-        _ => Err(Error::format(format!("{}: the pixel data element has an unexpected value type", image.name))),
+        _ => Err(Error::format(format!("{name}: the pixel data element has an unexpected value type"))),
     }
 }
 
-/// Writes frame `index` of `bytes` into `out` (rows x columns, row-major) as real values.
-pub(super) fn decode_frame(bytes: &[u8], format: PixelFormat, frame: &Frame, index: usize, out: &mut [f32]) {
+/// Writes frame `index` of `samples` into `out` (rows x columns, row-major) as real values.
+pub(super) fn decode_frame(samples: &Samples<'_>, format: PixelFormat, frame: &Frame, index: usize, out: &mut [f32]) {
     let width = usize::from(format.bits_allocated / 8);
     // RLE decodes to little endian whatever the file's byte order.
     let big = format.big_endian && !format.rle;
-    let start = index * out.len() * width;
+    let out_len = out.len();
+    let start = index * out_len * width;
     let stored = u32::from(format.bits_stored);
     let mask: u64 = if stored >= 32 { u64::from(u32::MAX) } else { (1u64 << stored) - 1 };
     for (i, v) in out.iter_mut().enumerate() {
+        let bytes = match samples {
+            Samples::Words(words) => {
+                *v = real(u64::from(words[index * out_len + i]), format, stored, mask, frame);
+                continue;
+            }
+            Samples::Bytes(bytes) => bytes,
+        };
         let at = start + i * width;
         let raw: u64 = match (width, big) {
             (1, _) => u64::from(bytes[at]),
@@ -110,8 +145,15 @@ pub(super) fn decode_frame(bytes: &[u8], format: PixelFormat, frame: &Frame, ind
             (_, false) => u64::from(u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])),
             (_, true) => u64::from(u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])),
         };
-        // Only the stored bits count (the high bits may hold overlays or garbage); signed values
-        // are sign-extended from the top stored bit.
+        *v = real(raw, format, stored, mask, frame);
+    }
+}
+
+/// A stored value to a real value: only the stored bits count (the high bits may hold overlays
+/// or garbage), signed values are sign-extended from the top stored bit, MONOCHROME1 is
+/// mirrored within the stored range, then the rescale applies.
+fn real(raw: u64, format: PixelFormat, stored: u32, mask: u64, frame: &Frame) -> f32 {
+    {
         let bits = raw & mask;
         let mut value =
             if format.signed && bits >> (stored - 1) & 1 == 1 { bits as i64 - (1i64 << stored) } else { bits as i64 };
@@ -121,7 +163,7 @@ pub(super) fn decode_frame(bytes: &[u8], format: PixelFormat, frame: &Frame, ind
                 if format.signed { (-(1i64 << (stored - 1)), (1i64 << (stored - 1)) - 1) } else { (0, mask as i64) };
             value = low + high - value;
         }
-        *v = (value as f64 * frame.slope + frame.intercept) as f32;
+        (value as f64 * frame.slope + frame.intercept) as f32
     }
 }
 
@@ -145,6 +187,7 @@ mod tests {
         let bytes: Vec<u8> = [0x0FFFu16, 0xF800, 0x0001].iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut out = [0.0f32; 3];
         // 12 stored bits, signed: 0x0FFF = -1, 0xF800 keeps 0x800 = -2048, 1 = 1; then 2x - 1.
+        let bytes = Samples::Bytes(Cow::Owned(bytes));
         decode_frame(&bytes, format(12, true, false), &frame(), 0, &mut out);
         assert_eq!(out, [-3.0, -4097.0, 1.0]);
         // Unsigned, MONOCHROME1: 4095 - v.
@@ -153,5 +196,9 @@ mod tests {
         // Signed MONOCHROME1: -1 - v.
         decode_frame(&bytes, format(16, true, true), &frame(), 0, &mut out);
         assert_eq!(out[2], 2.0 * -2.0 - 1.0);
+        // The same values as 16-bit words the parser decoded.
+        let words = Samples::Words(&[0x0FFF, 0xF800, 0x0001]);
+        decode_frame(&words, format(12, true, false), &frame(), 0, &mut out);
+        assert_eq!(out, [-3.0, -4097.0, 1.0]);
     }
 }
