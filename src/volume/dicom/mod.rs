@@ -33,6 +33,7 @@
 mod guard;
 mod image;
 mod pixels;
+mod rle;
 
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,6 @@ use std::borrow::Cow;
 
 use dicom_core::value::{PrimitiveValue, Value};
 use dicom_dictionary_std::tags;
-use dicom_encoding::adapters::PixelDataReader;
-use dicom_transfer_syntax_registry::entries::RLE_LOSSLESS;
 
 use super::image::{Frame, Image, PixelFormat};
 
@@ -36,13 +34,24 @@ pub(super) fn frame_samples(image: &Image) -> Result<Samples<'_>> {
     let frame_len = image.rows * image.columns * usize::from(format.bits_allocated / 8);
     let frames = image.frames.len();
     let bytes = if format.rle {
+        let Some(Value::PixelSequence(sequence)) = image.object.get(tags::PIXEL_DATA).map(|e| e.value()) else {
+            return Err(Error::format(format!("{}: RLE Lossless pixel data is not encapsulated", image.name)));
+        };
+        let fragments: Vec<&[u8]> = sequence.fragments().iter().map(|f| &f[..]).collect();
+        if fragments.len() != frames {
+            return Err(Error::format(format!(
+                "{}: {} RLE fragments for {frames} frame(s); RLE Lossless has one fragment per frame",
+                image.name,
+                fragments.len()
+            )));
+        }
         let mut out = Vec::new();
         out.try_reserve_exact(frame_len * frames)
             .map_err(|e| Error::new(crate::ErrorKind::TooLarge, format!("{}: {e}", image.name)))?;
-        let reader = RLE_LOSSLESS.pixel_data_reader().ok_or_else(|| Error::internal("no RLE Lossless decoder"))?;
-        reader
-            .decode(&image.object, &mut out)
-            .map_err(|e| Error::format(format!("{}: corrupt RLE pixel data: {e}", image.name)))?;
+        out.resize(frame_len * frames, 0);
+        let width = usize::from(format.bits_allocated / 8);
+        super::rle::decode(&fragments, image.rows * image.columns, width, &mut out)
+            .map_err(|e| e.context(&image.name))?;
         Samples::Bytes(Cow::Owned(out))
     } else {
         native_samples(image)?
