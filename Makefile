@@ -136,7 +136,7 @@ clean-cache:
 ## scripts/fuzz_corpus.py, then FUZZ_RUNS executions per target (docs/fuzzing.md). A crash
 ## leaves its input in fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/ so that
 ## tests/fuzz_regressions.rs keeps it fixed on stable.
-FUZZ_TARGETS := nifti score_json selection_json manifest onnx_proto
+FUZZ_TARGETS := nifti score_json selection_json manifest onnx_proto dicom
 FUZZ_RUNS ?= 1000000
 fuzz: venv
 	cargo build

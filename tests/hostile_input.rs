@@ -307,3 +307,25 @@ fn dicom_pixel_formats_written_by_dicom_rs_read_as_documented() {
     let e = asfda::volume::read_dicom_series(&[mixed.join("README.txt")], &opts).unwrap_err();
     assert!(e.kind() == ErrorKind::Format && e.message().contains("README.txt"), "{e}");
 }
+
+/// dicom-rs makes one `String` (24 bytes and up) of each backslash-separated value: 4 MiB of
+/// backslashes would take over 100 MB parsed. asfda counts them first and charges 128 bytes each
+/// against max_bytes, so the parse is refused before it runs.
+#[test]
+fn a_dicom_string_of_millions_of_values_is_charged_against_max_bytes() {
+    let mut s = dicom_file::Slice::new(2, 2, 0.0);
+    s.image_type = "\\".repeat(4 << 20);
+    // Implicit VR: a 4-byte length (explicit CS has 2), and the split found through the dictionary.
+    s.transfer_syntax = "1.2.840.10008.1.2";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("values.dcm");
+    std::fs::write(&path, s.bytes()).unwrap();
+    let opts = ReadOptions { max_bytes: 256 << 20, ..ReadOptions::default() };
+    let e = asfda::volume::read_dicom_series(&[&path], &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    let count: u64 = e.message().split("parsing its ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(count > 4 << 20 && e.message().contains("max_bytes"), "{e}");
+    // With room for them, the same file reads.
+    let roomy = ReadOptions { max_bytes: 1 << 30, ..ReadOptions::default() };
+    assert!(asfda::volume::read_dicom_series(&[&path], &roomy).is_ok());
+}

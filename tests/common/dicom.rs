@@ -20,6 +20,8 @@ pub struct Slice {
     pub pixels: Vec<u16>,
     pub series: &'static str,
     pub transfer_syntax: &'static str,
+    /// ImageType (CS, backslash-separated values).
+    pub image_type: String,
 }
 
 impl Slice {
@@ -36,6 +38,7 @@ impl Slice {
             pixels: (0..n).map(|i| i as u16).collect(),
             series: "1.2.826.0.1.3680043.2.1125.1",
             transfer_syntax: "1.2.840.10008.1.2.1",
+            image_type: "ORIGINAL\\PRIMARY".to_string(),
         }
     }
 
@@ -48,6 +51,7 @@ impl Slice {
         text(&mut o, tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.4");
         text(&mut o, tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.2.1125.2");
         text(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, self.series);
+        text(&mut o, tags::IMAGE_TYPE, VR::CS, &self.image_type);
         text(&mut o, tags::IMAGE_POSITION_PATIENT, VR::DS, &format!("-10\\-20\\{}", self.z));
         text(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0");
         text(&mut o, tags::PIXEL_SPACING, VR::DS, "0.5\\0.75");

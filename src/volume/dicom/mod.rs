@@ -23,8 +23,11 @@
 //!   images it is an error.
 //! - **Hostile input**: file sizes are checked against [`ReadOptions::max_bytes`] before a file is
 //!   read, every element length against the bytes that enclose it before the parser allocates
-//!   (`guard.rs`), and the volume's size against `max_voxels`/`max_bytes` before the voxels are
-//!   allocated (`TooLarge`, naming the bytes needed and the limit). Bad files give `Format` or
+//!   (`guard.rs`), the parser's memory (counted elements, items and string values, plus inflated
+//!   deflate data) against what is left of `max_bytes` for the series, and the volume's size
+//!   against `max_voxels`/`max_bytes` before the voxels are allocated (`TooLarge`, naming the
+//!   bytes needed and the limit). At peak a read holds the current file's bytes, the parsed data
+//!   sets and the f32 volume (and a second one while resampling), each within `max_bytes`. Bad files give `Format` or
 //!   `InvalidData` errors naming the file; nothing panics.
 //!
 //! `ReadOptions::nonfinite` applies to the rescaled values (finite unless an extreme
@@ -70,9 +73,10 @@ pub fn read_dicom_series_uid<P: AsRef<Path>>(
 /// or from a database, and for the fuzz target); files are named "file N" in errors.
 pub fn read_dicom_bytes(files: &[&[u8]], options: &ReadOptions) -> Result<Volume> {
     let mut images = Vec::new();
+    let mut budget = options.max_bytes;
     for (i, bytes) in files.iter().enumerate() {
         check_file_size(bytes.len() as u64, &format!("file {i}"), options)?;
-        images.extend(image::parse(bytes, &format!("file {i}"), options.max_bytes)?);
+        images.extend(image::parse(bytes, &format!("file {i}"), &mut budget)?);
     }
     assemble(images, options, None)
 }
@@ -129,6 +133,7 @@ fn starts_like_dicom(path: &Path) -> Result<bool> {
 
 fn read_series(files: &[PathBuf], options: &ReadOptions, uid: Option<&str>) -> Result<Volume> {
     let mut images = Vec::new();
+    let mut budget = options.max_bytes;
     let mut total: u64 = 0;
     for path in files {
         let name = format!("'{}'", path.display());
@@ -138,7 +143,7 @@ fn read_series(files: &[PathBuf], options: &ReadOptions, uid: Option<&str>) -> R
         total = total.saturating_add(len);
         check_file_size(total, "the series' files together", options)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", &e))?;
-        images.extend(image::parse(&bytes, &name, options.max_bytes)?);
+        images.extend(image::parse(&bytes, &name, &mut budget)?);
     }
     assemble(images, options, uid)
 }
