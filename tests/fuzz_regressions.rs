@@ -51,6 +51,14 @@ fn dicom_regressions_stay_fixed() {
     let mut marker = vec![0u8; 128];
     marker.extend_from_slice(b"DICM");
     targets::dicom(&marker);
+    // This one did not crash but made dicom-rs allocate 775 MB from a 20 KB input (a meta element
+    // with the unknown VR "LI", which dicom-rs reads with a 4-byte length): refused before parsing.
+    let overread = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/dicom/meta-group-length-overread-48104848"),
+    )
+    .unwrap();
+    let e = asfda::volume::read_dicom_bytes(&[&overread], &asfda::volume::ReadOptions::default()).unwrap_err();
+    assert!(e.kind() == asfda::ErrorKind::Format && e.message().contains("claims 775040561 bytes"), "{e}");
 }
 
 #[test]
