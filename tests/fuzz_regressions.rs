@@ -59,6 +59,14 @@ fn dicom_regressions_stay_fixed() {
     .unwrap();
     let e = asfda::volume::read_dicom_bytes(&[&overread], &asfda::volume::ReadOptions::default()).unwrap_err();
     assert!(e.kind() == asfda::ErrorKind::Format && e.message().contains("claims 775040561 bytes"), "{e}");
+    // And this one a 1.5 GB allocation: an FL element of 2 bytes, after which dicom-rs resumed
+    // mid-value.
+    let resync = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/dicom/odd-length-number-resync-aec95c0a"),
+    )
+    .unwrap();
+    let e = asfda::volume::read_dicom_bytes(&[&resync], &asfda::volume::ReadOptions::default()).unwrap_err();
+    assert!(e.message().contains("(0024,0011)") && e.message().contains("not a whole number"), "{e}");
 }
 
 #[test]
