@@ -183,7 +183,7 @@ impl Walker<'_> {
         let value_end = self.fits(*pos, len, end, tag)?;
         self.count(1);
         let size = self.value_size(tag, at);
-        if len as usize % size != 0 {
+        if !(len as usize).is_multiple_of(size) {
             // dicom-rs reads len / size values and would resume mid-value, reading a "header" out of
             // the value bytes that this walk never checked (found by fuzzing: a 1.5 GB allocation).
             return Err(format!(
