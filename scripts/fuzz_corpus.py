@@ -2,8 +2,8 @@
 """Seed corpus for the fuzz targets (fuzz/corpus/<target>/), made from small real inputs so that
 nothing large is committed: the NIfTI test files nibabel ships, score JSON in the library's own
 format, selections that `asfda select` writes from those scores, the demo and golden bundle
-manifests (and their golden variants), and small ONNX models (the tiny test model, the demo
-bundle's graphs cut to 100 KB).
+manifests (and their golden variants), small ONNX models (the tiny test model, the demo
+bundle's graphs cut to 100 KB), and the small DICOM files and series pydicom ships.
 
 usage: scripts/fuzz_corpus.py [--cli target/debug/asfda] [--out fuzz/corpus]
 """
@@ -121,20 +121,48 @@ def onnx_seeds(out, limit=100 << 10):
     return n
 
 
+# Splits one fuzz input into several DICOM files (fuzz/targets.rs `dicom` uses the same bytes).
+DICOM_FILE_SEPARATOR = b"\0ASFDA-NEXT-FILE\0"
+
+
+def dicom_seeds(out, limit=64 << 10):
+    """Small real DICOM files from the pydicom wheel: single images in every transfer syntax asfda
+    reads or refuses, colour, RT and enhanced-style files, and whole small series (16x16 CT and MR
+    slices) joined with the separator the target splits on, so series assembly is fuzzed too."""
+    import pydicom
+
+    files = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+    n = 0
+    for path in sorted(glob.glob(os.path.join(files, "*.dcm"))):
+        if os.path.getsize(path) <= limit:
+            shutil.copy(path, os.path.join(out, os.path.basename(path)))
+            n += 1
+    for series in ["77654033/CT2", "98892001/CT5N", "98892003/MR700", "98892003/MR2"]:
+        parts = []
+        for path in sorted(glob.glob(os.path.join(files, "dicomdirtests", series, "*"))):
+            with open(path, "rb") as f:
+                parts.append(f.read())
+        with open(os.path.join(out, "series_" + series.replace("/", "_")), "wb") as f:
+            f.write(DICOM_FILE_SEPARATOR.join(parts))
+        n += 1
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=os.path.join(ROOT, "target", "debug", "asfda"))
     ap.add_argument("--out", default=os.path.join(ROOT, "fuzz", "corpus"))
     args = ap.parse_args()
-    dirs = {t: os.path.join(args.out, t) for t in ["nifti", "score_json", "selection_json", "manifest", "onnx_proto"]}
+    dirs = {t: os.path.join(args.out, t) for t in ["nifti", "score_json", "selection_json", "manifest", "onnx_proto", "dicom"]}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
     n_manifest = manifest_seeds(dirs["manifest"])
     n_onnx = onnx_seeds(dirs["onnx_proto"])
     n_nifti = nifti_seeds(dirs["nifti"])
+    n_dicom = dicom_seeds(dirs["dicom"])
     n_scores, n_selections = json_seeds(dirs["score_json"], dirs["selection_json"], args.cli)
     print(f"seeds: nifti {n_nifti}, score_json {n_scores}, selection_json {n_selections}, "
-          f"manifest {n_manifest}, onnx_proto {n_onnx} -> {args.out}",
+          f"manifest {n_manifest}, onnx_proto {n_onnx}, dicom {n_dicom} -> {args.out}",
           file=sys.stderr)
 
 

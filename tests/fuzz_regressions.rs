@@ -6,6 +6,9 @@
 #[path = "../fuzz/targets.rs"]
 mod targets;
 
+#[path = "common/dicom.rs"]
+mod dicom_file;
+
 use std::path::Path;
 
 /// Runs `body` on every file in fuzz/regressions/`target`/ and returns how many ran.
@@ -32,6 +35,38 @@ const EDGES: [&[u8]; 6] = [b"", b"\0", b"{}", b"[]", b"\x1f\x8b", b"\\\x01\0\0n+
 fn nifti_regressions_stay_fixed() {
     replay("nifti", targets::nifti);
     EDGES.iter().for_each(|e| targets::nifti(e));
+}
+
+#[test]
+fn dicom_regressions_stay_fixed() {
+    replay("dicom", targets::dicom);
+    EDGES.iter().for_each(|e| targets::dicom(e));
+    // A valid file (dicom-rs's writer) read whole, then cut at every byte: truncation anywhere
+    // is an error, never a panic; and a marker with nothing after it.
+    let file = dicom_file::Slice::new(3, 4, 0.0).bytes();
+    assert!(asfda::volume::read_dicom_bytes(&[&file], &asfda::volume::ReadOptions::default()).is_ok());
+    for n in 0..file.len() {
+        targets::dicom(&file[..n]);
+    }
+    let mut marker = vec![0u8; 128];
+    marker.extend_from_slice(b"DICM");
+    targets::dicom(&marker);
+    // This one did not crash but made dicom-rs allocate 775 MB from a 20 KB input (a meta element
+    // with the unknown VR "LI", which dicom-rs reads with a 4-byte length): refused before parsing.
+    let overread = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/dicom/meta-group-length-overread-48104848"),
+    )
+    .unwrap();
+    let e = asfda::volume::read_dicom_bytes(&[&overread], &asfda::volume::ReadOptions::default()).unwrap_err();
+    assert!(e.kind() == asfda::ErrorKind::Format && e.message().contains("claims 775040561 bytes"), "{e}");
+    // And this one a 1.5 GB allocation: an FL element of 2 bytes, after which dicom-rs resumed
+    // mid-value.
+    let resync = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/dicom/odd-length-number-resync-aec95c0a"),
+    )
+    .unwrap();
+    let e = asfda::volume::read_dicom_bytes(&[&resync], &asfda::volume::ReadOptions::default()).unwrap_err();
+    assert!(e.message().contains("(0024,0011)") && e.message().contains("not a whole number"), "{e}");
 }
 
 #[test]

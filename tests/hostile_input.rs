@@ -211,3 +211,121 @@ fn a_gzip_stream_continuing_far_past_its_voxels_is_refused() {
     gzip_bomb(&path, &header, 1 << 20);
     assert_eq!(read_nifti(&path, &ReadOptions::default()).unwrap().data(), &[1.0; 8]);
 }
+
+#[path = "common/dicom.rs"]
+mod dicom_file;
+
+/// A DICOM slice written by dicom-rs, then patched: `f` edits the bytes.
+fn patched_dicom(dir: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = dicom_file::Slice::new(4, 4, 0.0).bytes();
+    f(&mut bytes);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// dicom-rs's parser reserves and zero-fills the length an element claims before reading it: a
+/// 400-byte file claiming a 4 GiB pixel data element must be refused by asfda's length walk
+/// (src/volume/dicom/guard.rs) before the parser sees it. Under a 1 GiB address-space limit.
+#[test]
+fn a_dicom_element_claiming_four_gib_is_refused_before_the_parser_allocates() {
+    child_mode(GIB, |dir| {
+        let path = patched_dicom(dir, "claims.dcm", |b| {
+            // (7FE0,0010) OW: 2 reserved bytes, then the 4-byte length.
+            let at = dicom_file::find(b, &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W']) + 8;
+            b[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        });
+        asfda::volume::read_dicom_series(&[path], &ReadOptions::default()).map(|_| ())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got =
+        in_child("a_dicom_element_claiming_four_gib_is_refused_before_the_parser_allocates", "claims", dir.path());
+    assert!(
+        got.starts_with("Format") && got.contains("claims 4294967280 bytes") && got.contains("claims.dcm"),
+        "{got}"
+    );
+}
+
+/// A small file declaring 32768 x 32768 pixels (4 GiB as f32, within the default limits) is
+/// refused because its pixel data cannot hold them, before the voxels are allocated.
+#[test]
+fn a_dicom_slice_declaring_more_pixels_than_it_holds_is_refused_before_allocating() {
+    child_mode(GIB, |dir| {
+        let path = patched_dicom(dir, "wide.dcm", |b| {
+            for tag in [[0x28u8, 0x00, 0x10, 0x00], [0x28, 0x00, 0x11, 0x00]] {
+                // Rows / Columns: US, 2-byte length, value.
+                let at = dicom_file::find(b, &[&tag[..], b"US"].concat()) + 8;
+                b[at..at + 2].copy_from_slice(&32768u16.to_le_bytes());
+            }
+        });
+        asfda::volume::read_dicom_series(&[path], &ReadOptions::default()).map(|_| ())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let got =
+        in_child("a_dicom_slice_declaring_more_pixels_than_it_holds_is_refused_before_allocating", "wide", dir.path());
+    assert!(got.starts_with("Format") && got.contains("32768x32768") && got.contains("wide.dcm"), "{got}");
+}
+
+#[test]
+fn dicom_pixel_formats_written_by_dicom_rs_read_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ReadOptions::default();
+    let write = |name: &str, slice: dicom_file::Slice| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, slice.bytes()).unwrap();
+        path
+    };
+    // MONOCHROME1 (unsigned 16 bits stored): inverted to 65535 - v.
+    let mut s = dicom_file::Slice::new(2, 2, 0.0);
+    s.photometric = "MONOCHROME1";
+    let v = asfda::volume::read_dicom_series(&[write("m1.dcm", s)], &opts).unwrap();
+    assert_eq!(v.data(), &[65535.0, 65534.0, 65533.0, 65532.0]);
+    // Signed 16-bit, implicit VR little endian and explicit VR big endian.
+    for (name, ts) in [("ivr.dcm", "1.2.840.10008.1.2"), ("be.dcm", "1.2.840.10008.1.2.2")] {
+        let mut s = dicom_file::Slice::new(2, 2, 0.0);
+        s.signed = true;
+        s.pixels = vec![0xFFFF, 1, 0x8000, 7];
+        s.transfer_syntax = ts;
+        let v = asfda::volume::read_dicom_series(&[write(name, s)], &opts).unwrap();
+        assert_eq!(v.data(), &[-1.0, 1.0, -32768.0, 7.0], "{name}");
+    }
+    // Two slices of two series in one folder: refused naming both UIDs; one can be chosen.
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    let mut a = dicom_file::Slice::new(2, 2, 0.0);
+    a.series = "1.2.3.1";
+    let mut b = dicom_file::Slice::new(2, 2, 1.0);
+    b.series = "1.2.3.2";
+    std::fs::write(mixed.join("a"), a.bytes()).unwrap();
+    std::fs::write(mixed.join("b"), b.bytes()).unwrap();
+    std::fs::write(mixed.join("README.txt"), b"not DICOM: skipped in a folder").unwrap();
+    let e = asfda::volume::read_dicom_series(&[&mixed], &opts).unwrap_err();
+    assert!(e.message().contains("1.2.3.1 (1 files), 1.2.3.2 (1 files)"), "{e}");
+    let one = asfda::volume::read_dicom_series_uid(&[&mixed], &opts, "1.2.3.2").unwrap();
+    assert_eq!(one.dims(), [2, 2, 1]);
+    // A named file that is not DICOM is a Format error naming it.
+    let e = asfda::volume::read_dicom_series(&[mixed.join("README.txt")], &opts).unwrap_err();
+    assert!(e.kind() == ErrorKind::Format && e.message().contains("README.txt"), "{e}");
+}
+
+/// dicom-rs makes one `String` (24 bytes and up) of each backslash-separated value: 4 MiB of
+/// backslashes would take over 100 MB parsed. asfda counts them first and charges 128 bytes each
+/// against max_bytes, so the parse is refused before it runs.
+#[test]
+fn a_dicom_string_of_millions_of_values_is_charged_against_max_bytes() {
+    let mut s = dicom_file::Slice::new(2, 2, 0.0);
+    s.image_type = "\\".repeat(4 << 20);
+    // Implicit VR: a 4-byte length (explicit CS has 2), and the split found through the dictionary.
+    s.transfer_syntax = "1.2.840.10008.1.2";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("values.dcm");
+    std::fs::write(&path, s.bytes()).unwrap();
+    let opts = ReadOptions { max_bytes: 256 << 20, ..ReadOptions::default() };
+    let e = asfda::volume::read_dicom_series(&[&path], &opts).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge, "{e}");
+    let count: u64 = e.message().split("parsing its ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(count > 4 << 20 && e.message().contains("max_bytes"), "{e}");
+    // With room for them, the same file reads.
+    let roomy = ReadOptions { max_bytes: 1 << 30, ..ReadOptions::default() };
+    assert!(asfda::volume::read_dicom_series(&[&path], &roomy).is_ok());
+}

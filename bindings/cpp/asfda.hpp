@@ -209,6 +209,21 @@ public:
         return Volume(out);
     }
 
+    /// Reads one DICOM series: `paths` are series folders and/or files of the series (any
+    /// order); `series_uid` chooses one when they hold several (empty: there must be one).
+    /// See asfda_volume_read_dicom.
+    static Volume load_dicom(const std::vector<std::string> &paths, const std::string &series_uid = std::string(),
+                             const ReadOptions &options = ReadOptions()) {
+        std::vector<const char *> c_paths;
+        c_paths.reserve(paths.size());
+        for (const std::string &p : paths) c_paths.push_back(p.c_str());
+        const AsfdaReadOptions c = options.to_c();
+        AsfdaVolume *out = nullptr;
+        detail::check(asfda_volume_read_dicom(c_paths.data(), c_paths.size(),
+                                              series_uid.empty() ? nullptr : series_uid.c_str(), &c, &out));
+        return Volume(out);
+    }
+
     /// Copies a caller buffer of `bytes` bytes holding `dtype` voxels (x fastest, then y, z,
     /// channel). `spacing`, when given, must agree with the affine. `options` limits the size
     /// (max_voxels, max_bytes; checked before allocating).

@@ -108,6 +108,8 @@ void test_volume(const std::string &image, const std::string &work) {
 
     // Load errors, each with its status and a message naming the problem.
     EXPECT_ERROR(asfda::Volume::load(work + "/missing.nii"), ASFDA_STATUS_IO, "missing.nii");
+    EXPECT_ERROR(asfda::Volume::load_dicom({work + "/missing_series"}), ASFDA_STATUS_IO, "missing_series");
+    EXPECT_ERROR(asfda::Volume::load_dicom({}), ASFDA_STATUS_INVALID_ARGUMENT, "n_paths is 0");
     write_file(work + "/garbage.nii", std::string(600, 'x'));
     EXPECT_ERROR(asfda::Volume::load(work + "/garbage.nii"), ASFDA_STATUS_FORMAT, "garbage.nii");
     asfda::ReadOptions small;

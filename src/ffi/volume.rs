@@ -1,4 +1,5 @@
-//! C ABI for volumes: NIfTI load/save, import from a caller buffer, accessors, reorientation.
+//! C ABI for volumes: NIfTI load/save, DICOM series reading, import from a caller buffer or
+//! caller-decoded slices, accessors, reorientation.
 
 use std::ffi::c_char;
 
@@ -145,6 +146,121 @@ pub extern "C" fn asfda_volume_load(
         check_out(out_volume, "out_volume")?;
         let path = c_path(path, "path")?;
         let volume = volume::read_nifti(&path, &read_options(options)?)?;
+        write_out(out_volume, into_handle(volume));
+        Ok(())
+    })
+}
+
+/// Reads one DICOM series into a volume (RAS affine, rescaled values). `paths` holds `n_paths`
+/// paths (bytes on Unix): series folders (every DICOM file directly inside is used) and/or
+/// files of the series, in any order. `series_uid` may be NULL; when the files hold several
+/// series it chooses one by SeriesInstanceUID (without it, several series are an error listing
+/// them). `options` may be NULL (defaults); its max_bytes and max_voxels limits are checked
+/// before files are read and before voxels are allocated (ASFDA_STATUS_TOO_LARGE).
+///
+/// Supported: Implicit/Explicit VR Little Endian, Deflated Explicit VR Little Endian, Explicit VR
+/// Big Endian and RLE Lossless; compressed syntaxes such as JPEG give ASFDA_STATUS_UNSUPPORTED
+/// naming the transfer syntax. Slices are sorted along their normal; uneven steps are resampled
+/// within tolerance (logged) or refused; see README "Reading DICOM". ASFDA_STATUS_UNSUPPORTED
+/// too when asfda was built without its `dicom` feature.
+#[no_mangle]
+#[must_use]
+pub extern "C" fn asfda_volume_read_dicom(
+    paths: *const *const c_char,
+    n_paths: usize,
+    series_uid: *const c_char,
+    options: *const AsfdaReadOptions,
+    out_volume: *mut *mut AsfdaVolume,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_volume, "out_volume")?;
+        if paths.is_null() || n_paths == 0 {
+            return Err(Error::invalid_argument(
+                "argument 'paths' is NULL or n_paths is 0: name a series folder or its files",
+            ));
+        }
+        // SAFETY: the caller provides `n_paths` readable pointers at `paths` (header contract).
+        let pointers = unsafe { std::slice::from_raw_parts(paths, n_paths) };
+        let paths =
+            pointers.iter().enumerate().map(|(i, p)| c_path(*p, &format!("paths[{i}]"))).collect::<Result<Vec<_>>>()?;
+        let options = read_options(options)?;
+        let uid = if series_uid.is_null() { None } else { Some(super::c_str(series_uid, "series_uid")?) };
+        let volume = read_dicom(&paths, &options, uid)?;
+        write_out(out_volume, into_handle(volume));
+        Ok(())
+    })
+}
+
+#[cfg(feature = "dicom")]
+fn read_dicom(paths: &[std::path::PathBuf], options: &ReadOptions, uid: Option<&str>) -> Result<Volume> {
+    match uid {
+        Some(uid) => volume::read_dicom_series_uid(paths, options, uid),
+        None => volume::read_dicom_series(paths, options),
+    }
+}
+
+#[cfg(not(feature = "dicom"))]
+fn read_dicom(_: &[std::path::PathBuf], _: &ReadOptions, _: Option<&str>) -> Result<Volume> {
+    Err(Error::unsupported("this asfda was built without its `dicom` feature: it cannot read DICOM"))
+}
+
+/// Makes a volume from `n_slices` slices the caller decoded itself (e.g. from a PACS), each
+/// `rows` x `columns` f32 values, row by row (`pixels[i]` points to slice i's values, after any
+/// rescale). `positions` holds 3 doubles per slice (ImagePositionPatient, LPS mm),
+/// `orientations` 6 per slice (ImageOrientationPatient), `pixel_spacings` 2 per slice
+/// (PixelSpacing: between rows, then between columns, mm). The slices may come in any order; the
+/// rules are those of asfda_volume_read_dicom (sorted along the normal, one orientation and size,
+/// uneven steps resampled within tolerance or refused, no duplicates, no gantry tilt). The
+/// resulting affine is RAS. `options` may be NULL (defaults; limits checked before allocating).
+#[no_mangle]
+#[must_use]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn asfda_volume_from_slices(
+    pixels: *const *const f32,
+    n_slices: usize,
+    rows: usize,
+    columns: usize,
+    positions: *const f64,
+    orientations: *const f64,
+    pixel_spacings: *const f64,
+    options: *const AsfdaReadOptions,
+    out_volume: *mut *mut AsfdaVolume,
+) -> AsfdaStatus {
+    guard(|| {
+        check_out(out_volume, "out_volume")?;
+        let options = read_options(options)?;
+        let arrays = [(pixels.is_null(), "pixels"), (positions.is_null(), "positions")];
+        let more = [(orientations.is_null(), "orientations"), (pixel_spacings.is_null(), "pixel_spacings")];
+        if let Some((_, name)) = arrays.iter().chain(&more).find(|(null, _)| *null) {
+            return Err(Error::invalid_argument(format!("argument '{name}' is NULL")));
+        }
+        let plane = rows
+            .checked_mul(columns)
+            .ok_or_else(|| Error::invalid_argument(format!("{rows} rows x {columns} columns overflow")))?;
+        // SAFETY: the caller provides n_slices pointers and 3, 6 and 2 doubles per slice (header contract).
+        let (pointers, p, o, s) = unsafe {
+            (
+                std::slice::from_raw_parts(pixels, n_slices),
+                std::slice::from_raw_parts(positions, n_slices * 3),
+                std::slice::from_raw_parts(orientations, n_slices * 6),
+                std::slice::from_raw_parts(pixel_spacings, n_slices * 2),
+            )
+        };
+        let mut slices = Vec::with_capacity(n_slices);
+        for (i, ptr) in pointers.iter().enumerate() {
+            if ptr.is_null() {
+                return Err(Error::invalid_argument(format!("pixels[{i}] is NULL")));
+            }
+            // SAFETY: each non-NULL pixels[i] points to rows * columns floats (header contract).
+            let values = unsafe { std::slice::from_raw_parts(*ptr, plane) };
+            let geometry = volume::SliceGeometry {
+                position: [p[3 * i], p[3 * i + 1], p[3 * i + 2]],
+                orientation: std::array::from_fn(|k| o[6 * i + k]),
+                pixel_spacing: [s[2 * i], s[2 * i + 1]],
+            };
+            slices.push(volume::SliceBuffer { pixels: values, rows, columns, geometry });
+        }
+        let volume = Volume::from_slices(&slices, &options)?;
         write_out(out_volume, into_handle(volume));
         Ok(())
     })

@@ -1,21 +1,29 @@
-//! Voxels plus geometry: the [`Volume`] type, NIfTI-1/NIfTI-2 I/O ([`read_nifti`], [`write_nifti`]) and
-//! nibabel-compatible closest-canonical reorientation ([`Volume::to_canonical`], [`Orientation`]).
+//! Voxels plus geometry: the [`Volume`] type, NIfTI-1/NIfTI-2 I/O ([`read_nifti`], [`write_nifti`]),
+//! DICOM series reading (`dicom`, feature `dicom`), volumes from host-decoded slices
+//! ([`Volume::from_slices`]) and nibabel-compatible closest-canonical reorientation
+//! ([`Volume::to_canonical`], [`Orientation`]).
 //!
 //! World coordinates are always RAS millimetres internally (the NIfTI convention); callers working in
 //! LPS (DICOM, ITK) say so with [`Convention::Lps`] at the boundary.
 
 mod affine;
 mod datatype;
+#[cfg(feature = "dicom")]
+pub mod dicom;
 mod header;
 pub mod nifti_io;
 pub mod orientation;
 mod other_formats;
+pub mod slices;
 
 pub use datatype::DataType;
+#[cfg(feature = "dicom")]
+pub use dicom::{read_dicom_bytes, read_dicom_series, read_dicom_series_uid};
 pub use nifti_io::{
     read_nifti, read_nifti_bytes, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES,
 };
 pub use orientation::Orientation;
+pub use slices::{SliceBuffer, SliceGeometry};
 
 use crate::error::{Error, ErrorKind, Result};
 use affine::Affine;

@@ -235,6 +235,15 @@ volume_from_buffer = _declare(
     "asfda_volume_from_buffer",
     [P, C.c_size_t, C.c_int32, SIZE_P, C.c_size_t, DOUBLE_P, DOUBLE_P, C.c_int32, C.POINTER(ReadOptions), C.POINTER(P)],
 )
+volume_read_dicom = _declare(
+    "asfda_volume_read_dicom",
+    [C.POINTER(C.c_char_p), C.c_size_t, C.c_char_p, C.POINTER(ReadOptions), C.POINTER(P)],
+)
+volume_from_slices = _declare(
+    "asfda_volume_from_slices",
+    [C.POINTER(C.POINTER(C.c_float)), C.c_size_t, C.c_size_t, C.c_size_t, DOUBLE_P, DOUBLE_P, DOUBLE_P,
+     C.POINTER(ReadOptions), C.POINTER(P)],
+)
 volume_save = _declare("asfda_volume_save", [P, C.c_char_p, C.c_int32])
 volume_free = _declare("asfda_volume_free", [P], None)
 volume_dims = _declare("asfda_volume_dims", [P, SIZE_P, SIZE_P])

@@ -1,4 +1,4 @@
-"""Volumes: NIfTI read/write, numpy in and out, geometry.
+"""Volumes: NIfTI read/write, DICOM series reading, numpy in and out, geometry.
 
 Memory and copies:
 
@@ -53,6 +53,19 @@ class _VoxelBuffer:
         }
 
 
+def _options(max_voxels: int, max_bytes: int, nonfinite: str, replace_value: float):
+    if nonfinite not in _NONFINITE:
+        raise ValueError(f"nonfinite must be one of {sorted(_NONFINITE)}, got {nonfinite!r}")
+    opts = _lib.read_options_default()
+    if max_voxels:
+        opts.max_voxels = max_voxels
+    if max_bytes:
+        opts.max_bytes = max_bytes
+    opts.nonfinite = _NONFINITE[nonfinite]
+    opts.replace_value = replace_value
+    return opts
+
+
 class Volume:
     """A 3D image with channels: float32 voxels plus a voxel-to-world affine (RAS by default).
 
@@ -93,6 +106,50 @@ class Volume:
         return cls(out.value)
 
     read_nifti = load
+
+    @classmethod
+    def load_dicom(cls, paths, series_uid: str | None = None, max_voxels: int = 0, max_bytes: int = 0,
+                   nonfinite: str = "error", replace_value: float = 0.0) -> "Volume":
+        """Reads one DICOM series: ``paths`` is a series folder, a file, or a list of folders and
+        files (str, bytes or os.PathLike). Slices are sorted along their normal, rescaled, and
+        the affine is converted to RAS. ``series_uid`` picks one series when the files hold
+        several (otherwise that is an error listing them). Limits and ``nonfinite`` as in
+        :meth:`load`. See the README's "Reading DICOM" for what is supported."""
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            paths = [paths]
+        encoded = [_lib.fspath(p) for p in paths]
+        if not encoded:
+            raise ValueError("no DICOM folder or files given")
+        array = (C.c_char_p * len(encoded))(*encoded)
+        uid = None if series_uid is None else _lib.c_string(series_uid, "series_uid")
+        opts = _options(max_voxels, max_bytes, nonfinite, replace_value)
+        out = _lib.P()
+        _lib.check(_lib.volume_read_dicom(array, len(encoded), uid, C.byref(opts), C.byref(out)))
+        return cls(out.value)
+
+    read_dicom = load_dicom
+
+    @classmethod
+    def from_slices(cls, slices, positions, orientations, pixel_spacings, max_voxels: int = 0,
+                    max_bytes: int = 0) -> "Volume":
+        """From 2D slices decoded by the host (e.g. pydicom ``pixel_array`` after rescale), each a
+        [rows, columns] array, with per slice ImagePositionPatient (3 values, LPS mm),
+        ImageOrientationPatient (6) and PixelSpacing (2: between rows, between columns). Any
+        order; sorted along the normal like :meth:`load_dicom`. The affine is RAS."""
+        planes = [np.ascontiguousarray(s, dtype=np.float32) for s in slices]
+        if not planes or any(p.ndim != 2 or p.shape != planes[0].shape for p in planes):
+            raise ValueError("slices must be one or more 2D arrays of the same shape")
+        n = len(planes)
+        pos = np.ascontiguousarray(positions, dtype=np.float64).reshape(n, 3)
+        ori = np.ascontiguousarray(orientations, dtype=np.float64).reshape(n, 6)
+        spc = np.ascontiguousarray(pixel_spacings, dtype=np.float64).reshape(n, 2)
+        pointers = (C.POINTER(C.c_float) * n)(*[p.ctypes.data_as(C.POINTER(C.c_float)) for p in planes])
+        opts = _options(max_voxels, max_bytes, "error", 0.0)
+        out = _lib.P()
+        as_doubles = lambda a: a.ctypes.data_as(_lib.DOUBLE_P)  # noqa: E731
+        _lib.check(_lib.volume_from_slices(pointers, n, planes[0].shape[0], planes[0].shape[1], as_doubles(pos),
+                                           as_doubles(ori), as_doubles(spc), C.byref(opts), C.byref(out)))
+        return cls(out.value)
 
     @classmethod
     def from_array(cls, array, affine, convention=RAS, spacing=None, max_voxels: int = 0,

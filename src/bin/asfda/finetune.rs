@@ -14,7 +14,7 @@ use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::{Error, Result};
 
 use crate::args::{number, path_list, path_of, positive, whole, EngineFlags, HELP_TEMPLATE};
-use crate::files::{check_output, volume_id};
+use crate::files::{check_output, read_volume, volume_id};
 use crate::progress::{Progress, StepBar};
 
 /// Fine-tune the model on annotated (and pseudo-labelled) volumes -> checkpoint, bundle
@@ -216,7 +216,7 @@ pub fn add_data(tuner: &mut FineTuner, data: &Data, images: &ReadOptions) -> Res
     for (i, (id, image, label)) in data.labeled.iter().enumerate() {
         progress.start(i, &format!("{id} (annotated)"));
         let (image_v, label_v): (Volume, Volume) =
-            (read_nifti(image, images)?, read_nifti(label, &ReadOptions::default())?);
+            (read_volume(image, images)?, read_nifti(label, &ReadOptions::default())?);
         tuner.add_labeled(id, &image_v, &label_v).map_err(|e| {
             e.context(format!("annotated volume '{id}' ({} with label {})", image.display(), label.display()))
         })?;
@@ -225,7 +225,7 @@ pub fn add_data(tuner: &mut FineTuner, data: &Data, images: &ReadOptions) -> Res
     let mut kept = Vec::new();
     for (i, (id, image)) in data.unlabeled.iter().enumerate() {
         progress.start(data.labeled.len() + i, &format!("{id} (pseudo-labelling)"));
-        let volume = read_nifti(image, images)?;
+        let volume = read_volume(image, images)?;
         let fraction = tuner.add_unlabeled(id, &volume).map_err(|e| e.context(image.display()))?;
         progress.finish_item(&format!("{:.0}% of voxels reliable", fraction * 100.0));
         kept.push((id.clone(), fraction));

@@ -22,7 +22,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use asfda::model::Model;
 use asfda::runtime::Runtime;
-use asfda::volume::{read_nifti, write_nifti, OutputType, ReadOptions};
+use asfda::volume::{write_nifti, OutputType, ReadOptions};
 use asfda::{Error, Result};
 
 use args::{RuntimeFlags, HELP_TEMPLATE};
@@ -169,7 +169,7 @@ fn run_model(flags: &RunModel) -> Result<()> {
     files::check_output(&flags.output, "output")?;
     files::check_nifti_name(&flags.output, "output")?;
     let model = Model::load(&flags.model, &flags.runtime.options())?;
-    let input = read_nifti(&flags.input, &ReadOptions::default())?;
+    let input = files::read_volume(&flags.input, &ReadOptions::default())?;
     let output = model.run_volume(&input)?;
     write_nifti(&output, &flags.output, OutputType::F32)
 }

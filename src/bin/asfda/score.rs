@@ -3,7 +3,6 @@
 use asfda::cancel::CancelToken;
 use asfda::engine::Engine;
 use asfda::score::Score;
-use asfda::volume::read_nifti;
 use asfda::{Error, Result};
 
 use std::io::Write;
@@ -66,7 +65,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         let mut progress = Progress::new(todo.len(), "scoring");
         for (index, (path, id)) in todo.iter().enumerate() {
             progress.start(index, id);
-            let result = read_nifti(path, &read_options).and_then(|volume| {
+            let result = crate::files::read_volume(path, &read_options).and_then(|volume| {
                 engine.score(id, &volume, &cancel, &mut |f| {
                     progress.update(f);
                     true

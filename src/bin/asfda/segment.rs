@@ -7,11 +7,11 @@ use asfda::atomic_file;
 use asfda::bundle::ClassInfo;
 use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
-use asfda::volume::{read_nifti, write_nifti, OutputType};
+use asfda::volume::{write_nifti, OutputType};
 use asfda::{Error, Result};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
-use crate::files::{check_nifti_name, check_output, volume_id};
+use crate::files::{check_nifti_name, check_output, read_volume, volume_id};
 use crate::progress::Progress;
 use crate::score::ScoreLog;
 
@@ -78,7 +78,7 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         }
         None => None,
     };
-    let image = read_nifti(&image_path, &args.engine.read_options())?;
+    let image = read_volume(&image_path, &args.engine.read_options())?;
     let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
     let classes = engine.bundle().manifest().classes.clone();
     let outputs = SegmentOutputs { probabilities: probabilities_path.is_some(), entropy: entropy_path.is_some() };

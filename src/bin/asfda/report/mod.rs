@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use asfda::cancel::CancelToken;
 use asfda::engine::{Engine, SegmentOutputs};
 use asfda::select::Selection;
-use asfda::volume::{read_nifti, Volume};
+use asfda::volume::Volume;
 use asfda::{Error, Result};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
@@ -99,7 +99,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             Error::invalid_argument(format!("no image for picked volume '{}' among the given images", pick.id))
         })?;
         progress.start(index, &pick.id);
-        let image = read_nifti(path, &args.engine.read_options())?;
+        let image = crate::files::read_volume(path, &args.engine.read_options())?;
         let outputs = SegmentOutputs { probabilities: false, entropy: true };
         let segmentation = engine.segment(&image, outputs, &cancel, &mut |f| {
             progress.update(f);
