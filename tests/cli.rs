@@ -779,6 +779,7 @@ fn segment_scores_from_the_same_model_run_when_asked() {
     let out = asfda(&["segment", s(&image), "--out", s(&labels), "--score", s(&both)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("already holds a score of 'case0'"), "{}", stderr(&out));
+}
 
 /// The real DICOM data `make dicom-data` fetches (tests/dicom_series.rs); missing is a failure.
 fn dicom_data() -> PathBuf {
