@@ -133,6 +133,15 @@ class ClassInfo:
         )
 
 
+def _score_id(id: Optional[str], volume) -> str:
+    """The id a score names its volume by: ``id``, else the path's file name (a Volume needs one)."""
+    if id is not None:
+        return id
+    if isinstance(volume, Volume):
+        raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
+    return os.path.basename(os.fspath(volume))
+
+
 class Engine:
     """A model bundle (folder with manifest.json) loaded and ready to segment and score.
 
@@ -188,10 +197,7 @@ class Engine:
         id). ``progress(fraction)`` may return False to cancel (CancelledError); so does
         ``cancel.cancel()`` from another thread, even during a model run. The argument order is
         Rust's ``Engine::score(id, volume, cancel, progress)`` and C's ``asfda_score_volume``."""
-        if id is None:
-            if isinstance(volume, Volume):
-                raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
-            id = os.path.basename(os.fspath(volume))
+        id = _score_id(id, volume)
         vol = _as_volume(volume)
         p = Progress(progress)
         out = _lib.P()
@@ -254,10 +260,7 @@ class Engine:
     ) -> tuple:
         """:meth:`score` and :meth:`segment_maps` from one inference: returns ``(score,
         segmentation)``, the same values the two calls give, in about half their time."""
-        if id is None:
-            if isinstance(volume, Volume):
-                raise TypeError("id is required when scoring a Volume (e.g. its file name or series UID)")
-            id = os.path.basename(os.fspath(volume))
+        id = _score_id(id, volume)
         vol = _as_volume(volume)
         p = Progress(progress)
         score, labels, probs, ent = _lib.P(), _lib.P(), _lib.P(), _lib.P()

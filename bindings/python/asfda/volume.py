@@ -92,15 +92,7 @@ class Volume:
         """Reads a NIfTI-1/2 file (.nii or .nii.gz). ``nonfinite``: "error" (default), "replace"
         (with ``replace_value``) or "keep". ``max_voxels`` and ``max_bytes`` (of the float32
         voxels) 0 keep the library defaults (2^31 voxels, 4 GiB)."""
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"nonfinite must be one of {sorted(_NONFINITE)}, got {nonfinite!r}")
-        opts = _lib.read_options_default()
-        if max_voxels:
-            opts.max_voxels = max_voxels
-        if max_bytes:
-            opts.max_bytes = max_bytes
-        opts.nonfinite = _NONFINITE[nonfinite]
-        opts.replace_value = replace_value
+        opts = _options(max_voxels, max_bytes, nonfinite, replace_value)
         out = _lib.P()
         _lib.check(_lib.volume_load(_lib.fspath(path), C.byref(opts), C.byref(out)))
         return cls(out.value)
