@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import slicer
 import vtk
-from conftest import BUNDLE
+from synthetic_data import BUNDLE
 
 import asfda
 from ASFDALib import (
