@@ -109,3 +109,20 @@ def test_cmake_lists_name_the_module_files_and_the_icon_is_a_png():
     png = (MODULE / "Resources" / "Icons" / "ASFDA.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (128, 128)
     assert len(png) < 16_000
+
+
+def test_the_slicer_logic_class_offers_what_the_widget_calls():
+    """ASFDALogic hands the work to ASFDALib.AsfdaLogic by name: each delegated name exists there,
+    and every self.logic.<name> the widget uses is delegated or defined on ASFDALogic itself."""
+    from ASFDALib import AsfdaLogic
+    from synthetic_data import BUNDLE
+
+    cls = next(n for n in TREE.body if isinstance(n, ast.ClassDef) and n.name == "ASFDALogic")
+    delegated = next(ast.literal_eval(s.value.args[0]) for s in cls.body
+                     if isinstance(s, ast.Assign) and ast.unparse(s.targets[0]) == "_DELEGATED")
+    own = {s.name for s in cls.body if isinstance(s, ast.FunctionDef)}
+    impl = AsfdaLogic(BUNDLE)
+    assert delegated and all(hasattr(impl, name) for name in delegated), sorted(n for n in delegated
+                                                                               if not hasattr(impl, n))
+    used = set(re.findall(r"self\.logic\.(\w+)", SOURCE)) | set(re.findall(r"\blogic\.(\w+)\(", SOURCE))
+    assert used and used <= delegated | own, sorted(used - delegated - own)

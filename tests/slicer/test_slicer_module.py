@@ -251,8 +251,10 @@ def test_segmentation_node_has_the_classes_and_the_engines_labels(sl, crops, eng
     # Segmenting again into the same node replaces its segments.
     assert logic.segmentVolume(node, seg) is seg and segmentation.GetNumberOfSegments() == len(classes) - 1
 
-    with pytest.raises(ValueError, match="label values must be class indices 0..3"):
+    with pytest.raises(ValueError, match=r"label values must be class indices 0..3 \(integers\)"):
         writeSegmentation(np.full(node.GetImageData().GetDimensions(), 7), node, seg, classes)
+    with pytest.raises(ValueError, match="integers"):
+        writeSegmentation(np.full(node.GetImageData().GetDimensions(), 1.5), node, seg, classes)
     with pytest.raises(ValueError, match="not on the grid"):
         moved = asfda.Volume.from_array(expected, np.diag([3.0, 3.0, 3.0, 1.0]))
         writeSegmentation(moved, node, seg, classes)

@@ -18,6 +18,7 @@ import importlib
 import logging
 import pathlib
 import sys
+import time
 from typing import Annotated, Optional
 
 import qt
@@ -247,6 +248,9 @@ class ASFDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is None:
             self._timer.stop()
             return
+        # Hand the GIL to the worker for a moment even if the embedding holds it while idle: the
+        # worker's asfda calls release it, but it needs it between them (progress callbacks).
+        time.sleep(0.002)
         done = self._task.poll(onProgress=self._onProgress, onDone=self._finish, onError=self._fail)
         if done:
             self._timer.stop()
@@ -389,8 +393,14 @@ class ASFDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class ASFDALogic(ScriptedLoadableModuleLogic):
-    """Slicer's logic class: the parameter node, and ASFDALib.AsfdaLogic's work (created once asfda
-    is importable; see ASFDALib for the methods)."""
+    """Slicer's logic class: the parameter node, and the work of ASFDALib.AsfdaLogic (created once
+    asfda is importable), whose methods it offers under the same names (see ASFDALib.logic)."""
+
+    _DELEGATED = frozenset({
+        "configure", "bundle", "engine", "classes", "adaptedSteps", "prepareScoring", "runScoring",
+        "finishScoring", "scoreVolumes", "select", "prepareSegmentation", "runSegmentation", "writeSegmentation",
+        "segmentVolume", "prepareFineTuning", "runFineTuning", "applyFineTuning", "exportAdaptedBundle", "fineTune",
+    })
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -399,11 +409,11 @@ class ASFDALogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return ASFDAParameterNode(super().getParameterNode())
 
-    def __getattr__(self, name):
-        # Only reached for names this class does not define: the work methods of AsfdaLogic.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if self.__dict__.get("_impl") is None:
+    @property
+    def impl(self):
+        """The ASFDALib.AsfdaLogic doing the work; RuntimeError saying how to install asfda if it
+        is not importable."""
+        if self._impl is None:
             error = asfdaImportError()
             if error is not None:
                 raise RuntimeError(f"asfda is not installed in Slicer's Python ({error}): install the wheel "
@@ -411,7 +421,13 @@ class ASFDALogic(ScriptedLoadableModuleLogic):
             from ASFDALib import AsfdaLogic
 
             self._impl = AsfdaLogic()
-        return getattr(self._impl, name)
+        return self._impl
+
+    def __getattr__(self, name):
+        # Only reached for names this class does not define.
+        if name in ASFDALogic._DELEGATED:
+            return getattr(self.impl, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @staticmethod
     def sceneVolumes(scene):

@@ -262,16 +262,18 @@ def writeSegmentation(labels, referenceNode, segmentationNode, classes: Sequence
     if isinstance(labels, asfda.Volume):
         expected = ijkToRas(referenceNode)
         if not sameGeometry(labels.affine, expected):
-            raise ValueError(f"labels are not on the grid of '{referenceNode.GetName()}' (affine {labels.affine.tolist()}"
-                             f" vs {expected.tolist()})")
+            raise ValueError(f"labels are not on the grid of '{referenceNode.GetName()}' "
+                             f"(affine {labels.affine.tolist()} vs {expected.tolist()})")
         values = labels.view().reshape(labels.dims, order="F")
     else:
         values = np.asarray(labels)
     dims = tuple(referenceNode.GetImageData().GetDimensions())
     if values.shape != dims:
         raise ValueError(f"labels have shape {values.shape}, '{referenceNode.GetName()}' has {dims} voxels")
-    if values.size and (values.min() < 0 or values.max() >= len(classes)):
-        raise ValueError(f"label values must be class indices 0..{len(classes) - 1}, found {values.min()}..{values.max()}")
+    integral = np.array_equal(values, np.round(values))
+    if values.size and (values.min() < 0 or values.max() >= len(classes) or not integral):
+        raise ValueError(f"label values must be class indices 0..{len(classes) - 1} (integers), "
+                         f"found {values.min()}..{values.max()}")
 
     scene = referenceNode.GetScene()
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__asfda_labels__")
