@@ -307,7 +307,7 @@ def test_finetune_on_a_drawn_segmentation_then_apply(sl, crops, tmp_path):
     logic = AsfdaLogic(BUNDLE, threads=2)
     before = labelsFromSegmentation(logic.segmentVolume(target), target, logic.classes)
 
-    job = logic.prepareFineTuning([seg], [unlabeled, volume])  # the annotated volume is not also unlabeled
+    job = logic.prepareFineTuning([seg], [unlabeled, volume, unlabeled])  # each volume once
     assert [i for i, _ in job.unlabeled] == [f"pd2 ({unlabeled.GetID()})"]
     (_, image, label_volume), = job.labeled
     assert np.array_equal(label_volume.array(), asfda.Volume.load(crops["pd_pool_0_label"]).array())
@@ -343,6 +343,11 @@ def test_finetune_on_a_drawn_segmentation_then_apply(sl, crops, tmp_path):
         logic.prepareFineTuning([lone])
     with pytest.raises(ValueError, match="at least one annotated volume"):
         logic.prepareFineTuning([])
+    with pytest.raises(ValueError, match="'pd0' has more than one annotation"):
+        logic.prepareFineTuning([seg, (user_drawn(sl, crops["pd_pool_0_label"], volume, ["csf_other", "gm", "wm"]),
+                                       volume)])
+    with pytest.raises(ValueError, match="cannot use as unlabeled volumes: drawn labels"):
+        logic.prepareFineTuning([seg], [sl.load(crops["pd_pool_0_label"], "drawn labels", labelmap=True)])
 
 
 # ---- cancel and threads --------------------------------------------------------------------------

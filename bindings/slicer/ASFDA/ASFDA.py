@@ -223,7 +223,7 @@ class ASFDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay("Installing the asfda wheel failed", waitCursor=True):
-            slicer.util.pip_install(f'"{path}"' if " " in path else path)
+            slicer.util.pip_install([path])  # a list: a path with spaces stays one argument
             importlib.invalidate_caches()
             for name in [m for m in sys.modules if m == "asfda" or m.startswith("asfda.")]:
                 del sys.modules[name]  # a source-tree copy imported earlier must not shadow the wheel

@@ -597,6 +597,9 @@ class AsfdaLogic:
             if volume is None:
                 raise ValueError(f"segmentation '{seg.GetName()}' has no reference volume: select the volume it was "
                                  "drawn on (Segment Editor's source volume)")
+            if volume.GetID() in used:
+                raise ValueError(f"volume '{volume.GetName()}' has more than one annotation (one is "
+                                 f"'{seg.GetName()}'): fine-tune on one segmentation per volume")
             image = volumeFromNode(volume)
             labels = labelsFromSegmentation(seg, volume, classes, segmentClasses)
             label_volume = asfda.Volume.from_array(labels, image.affine, asfda.RAS)
@@ -604,7 +607,11 @@ class AsfdaLogic:
             used.add(volume.GetID())
         if not labeled:
             raise ValueError("fine-tuning needs at least one annotated volume (a segmentation drawn on a volume)")
-        extra = [n for n in unlabeled if n is not None and n.GetID() not in used]
+        extra = []
+        for n in unlabeled:
+            if n is not None and n.GetID() not in used:
+                used.add(n.GetID())
+                extra.append(n)
         candidates, skipped = classifyVolumes(extra)
         if skipped:
             raise ValueError("cannot use as unlabeled volumes: " + "; ".join(str(s) for s in skipped))
