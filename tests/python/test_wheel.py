@@ -85,3 +85,24 @@ def test_the_console_command_works_from_the_installed_wheel(venv):
     assert info["library_source"] == "asfda_env" and "/site-packages/onnxruntime/capi/" in info["library_path"]
     out = json.loads(run(work, env, "asfda", "segment", "--threads", "2", "image.nii", "--out", "labels.nii.gz", "--json"))
     assert out["labels"] == "labels.nii.gz" and (work / "labels.nii.gz").is_file() and (work / "labels.ctbl").is_file()
+
+
+def test_the_demo_runs_from_the_installed_wheel_and_says_how_to_get_its_data(venv):
+    work, wheel, env = venv
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read("asfda-0.1.0.dist-info/METADATA").decode()
+    assert "asfda_tools/make_data.py" in names and "asfda_tools/synthetic_README.md" in names
+    assert "Provides-Extra: demo" in meta and 'Requires-Dist: nilearn==0.14.1; extra == "demo"' in meta
+    # Without the demo extra and without data: a clear message, nothing started.
+    res = subprocess.run(["asfda", "demo"], cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and 'pip install "asfda[demo]"' in res.stderr, res.stderr
+    # With the data in the user cache (where the wheel's demo generates it): the whole loop runs,
+    # cut to one pick, one step and one test volume.
+    data = work / "home" / ".cache" / "asfda" / "data"
+    data.mkdir(parents=True)
+    (data / "synthetic-v1").symlink_to(ROOT / ".cache" / "data" / "synthetic-v1")
+    out = run(work, env, "asfda", "demo", "--threads", "2", "--max-pool", "2", "--budget", "1", "--steps", "1",
+              "--test-volumes", "1", "--out", "demo")
+    assert (work / "demo" / "report.md").is_file(), out
+    assert str(data / "synthetic-v1") in (work / "demo" / "report.md").read_text() or "synthetic" in out

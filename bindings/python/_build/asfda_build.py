@@ -70,6 +70,9 @@ def _metadata(native: bool = False) -> str:
     if native:
         # The bundled library loads the onnxruntime package's libonnxruntime (asfda._lib).
         lines.append(f"Requires-Dist: onnxruntime=={_ort_version()}")
+    # `pip install "asfda[demo]"`: what `asfda demo` needs to generate its synthetic data.
+    lines.append("Provides-Extra: demo")
+    lines += [f'Requires-Dist: {name}=={_pin(name)}; extra == "demo"' for name in DEMO_EXTRA]
     readme = HERE / p.get("readme", "README.md")
     lines.append("Description-Content-Type: text/markdown")
     return "\n".join(lines) + "\n\n" + (readme.read_text(encoding="utf-8") if readme.is_file() else "")
@@ -86,8 +89,38 @@ def _ort_version() -> str:
     return m.group(1)
 
 
+def _pin(name: str) -> str:
+    """The version the tests pin for `name` (scripts/requirements-test.txt, or the Makefile for
+    nilearn, installed without its dependencies there); in an sdist, the PKG-INFO's requirement."""
+    tree = HERE.parents[1]
+    sources = [tree / "scripts" / "requirements-test.txt", tree / "Makefile", HERE / "PKG-INFO"]
+    for source in sources:
+        if source.is_file():
+            m = re.search(rf"(?m)\b{re.escape(name)}==([0-9][^\s;\"]*)", source.read_text(encoding="utf-8"))
+            if m:
+                return m.group(1)
+    raise RuntimeError(f"no {name}==VERSION pin in {[str(s) for s in sources]}")
+
+
+# The synthetic-data generator `asfda demo` runs from a wheel (python -m asfda_tools.make_data;
+# the rest of asfda_tools needs PyTorch and stays in the source tree), and its extra's packages.
+DEMO_TOOLS = ("__init__.py", "anatomy.py", "synth.py", "make_data.py")
+DEMO_EXTRA = ("nibabel", "scipy", "nilearn")
+
+
+def _demo_tool_files() -> list[tuple[str, bytes]]:
+    tools = HERE / "asfda_tools"
+    files = [(f"asfda_tools/{name}", (tools / name).read_bytes()) for name in DEMO_TOOLS]
+    # The data's provenance and MNI notice: data/synthetic/README.md of the tree (or of the sdist).
+    readme = HERE.parents[1] / "data" / "synthetic" / "README.md"
+    if not readme.is_file():
+        readme = tools / "synthetic_README.md"
+    files.append(("asfda_tools/synthetic_README.md", readme.read_bytes()))
+    return files
+
+
 def _package_files() -> list[tuple[str, bytes]]:
-    files = []
+    files = _demo_tool_files()
     for path in sorted((HERE / PACKAGE).rglob("*")):
         rel = path.relative_to(HERE)
         if path.is_dir() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".so"):

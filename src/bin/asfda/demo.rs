@@ -73,7 +73,8 @@ pub struct DemoArgs {
     /// Sliding-window overlap (default 0.25: a third of the tiles of 0.5)
     #[arg(long, value_name = "F", value_parser = overlap)]
     pub overlap: Option<f64>,
-    /// Data folder (default: `make data`'s .cache/data/synthetic-v1). Layout: SITE/pool/ID.nii.gz
+    /// Data folder (default: `make data`'s .cache/data/synthetic-v1, else the user cache's
+    /// data/synthetic-v1, where the wheel's `asfda demo` writes it). Layout: SITE/pool/ID.nii.gz
     /// (the volumes to score), SITE/pool_labels/ID_label.nii.gz (their annotations, read for the
     /// picks), SITE/test/ID.nii.gz with SITE/test/ID_label.nii.gz beside it (held out, for Dice);
     /// ids as the selection's (`_image` in a name maps to `_label`)
@@ -142,12 +143,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     if steps == 0 || test_volumes == 0 {
         return Err(Error::invalid_argument("--steps and --test-volumes must be at least 1"));
     }
-    let data_dir = args.data.clone().unwrap_or_else(|| shipped(".cache/data/synthetic-v1"));
+    let data_dir = args.data.clone().unwrap_or_else(default_data);
     let out = args.out.clone();
     let site_dir = data_dir.join(site);
     if !data_dir.join("manifest.json").is_file() {
         return Err(Error::invalid_argument(format!(
-            "no synthetic data in '{}' (run `make data`, or give --data DIR)",
+            "no synthetic data in '{}' (in a source tree run `make data`; from the wheel, `pip install \"asfda[demo]\"` \
+             and run `asfda demo` again, which writes it to the user cache; or give --data DIR)",
             data_dir.display()
         )));
     }
@@ -353,3 +355,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The data `demo` reads by default: a source tree's `make data` output beside the executable,
+/// else the user cache's `data/synthetic-v1` (where an installed wheel's `asfda demo` writes it).
+fn default_data() -> PathBuf {
+    let tree = shipped(".cache/data/synthetic-v1");
+    match asfda::runtime::cache_dir() {
+        Some(cache) if !tree.join("manifest.json").is_file() => cache.join("data").join(SYNTHETIC_DATA),
+        _ => tree,
+    }
+}
+
+/// The synthetic data set's folder name (`make data`'s, and the user cache's).
+const SYNTHETIC_DATA: &str = "synthetic-v1";
