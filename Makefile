@@ -96,7 +96,7 @@ test-python:
 	  bindings/python/tests/test_slicer_logic.py bindings/python/tests/test_package.py \
 	  bindings/python/tests/test_quickstart.py bindings/python/tests/test_manifest.py \
 	  bindings/python/tests/test_log.py bindings/python/tests/test_header_sync.py \
-	  bindings/python/tests/test_dicom.py
+	  bindings/python/tests/test_dicom.py bindings/python/tests/test_dicom_seg.py
 
 ## The bundle generator's tests (ORT gradients vs PyTorch, AdamW, export).
 test-tools:

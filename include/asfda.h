@@ -1159,6 +1159,25 @@ AsfdaStatus asfda_volume_read_dicom(const char *const *paths,
                                     struct AsfdaVolume **out_volume);
 
 /**
+ * Writes `labels` (the label map asfda_segment_volume returned for the DICOM series read from
+ * `sources`: files or folders, as asfda_volume_read_dicom takes them) as a binary DICOM
+ * Segmentation object at `path`: one segment per foreground class of `engine`'s model (name,
+ * colour and coded concept from its manifest), in the source's study and frame of reference,
+ * frames referencing the source images they lie on, with new series and instance UIDs. The file
+ * is written crash-safely (nothing at `path` on error). Errors: ASFDA_STATUS_INVALID_ARGUMENT
+ * (labels that are not class indices of this model, a class without a coded concept),
+ * ASFDA_STATUS_INVALID_DATA (sources of several series or without FrameOfReferenceUID),
+ * ASFDA_STATUS_FORMAT / ASFDA_STATUS_IO (unreadable sources, unwritable path),
+ * ASFDA_STATUS_UNSUPPORTED when built without the `dicom` feature.
+ */
+ASFDA_MUST_USE
+AsfdaStatus asfda_volume_write_dicom_seg(const struct AsfdaVolume *labels,
+                                         const struct AsfdaEngine *engine,
+                                         const char *const *sources,
+                                         size_t source_count,
+                                         const char *path);
+
+/**
  * Makes a volume from `n_slices` slices the caller decoded itself (e.g. from a PACS), each
  * `rows` x `columns` f32 values, row by row (`pixels[i]` points to slice i's values, after any
  * rescale). `positions` holds 3 doubles per slice (ImagePositionPatient, LPS mm),

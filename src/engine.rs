@@ -256,6 +256,21 @@ impl Engine {
         maps.into_original(&grid)
     }
 
+    /// Writes `labels` (a [`Segmentation::labels`] of the DICOM series read from `sources`) as a
+    /// DICOM Segmentation object at `path`, its segments described by the bundle's classes (name,
+    /// colour, coded concept) and the model named as the segmentation algorithm; see
+    /// [`crate::volume::write_dicom_seg`].
+    #[cfg(feature = "dicom")]
+    pub fn write_dicom_seg<P: AsRef<Path>>(
+        &self,
+        labels: &Volume,
+        sources: &[P],
+        path: &Path,
+    ) -> Result<crate::volume::SegWritten> {
+        let manifest = self.bundle.manifest();
+        crate::volume::write_dicom_seg(labels, &manifest.classes, &manifest.name, sources, path)
+    }
+
     /// Scores `volume` for how informative annotating it would be (docs/method.md section 1). The
     /// probabilities are streamed in z-slabs into [`VolumeStats`]; no full probability volume is held.
     pub fn score(&self, id: &str, volume: &Volume, cancel: &CancelToken, progress: Progress<'_>) -> Result<Score> {

@@ -534,6 +534,15 @@ public:
         return result;
     }
 
+    /// Writes `labels` (segment()'s label map of the DICOM series read from `sources`: folders or
+    /// files) as a binary DICOM Segmentation object at `path` (asfda_volume_write_dicom_seg).
+    void write_dicom_seg(const Volume &labels, const std::vector<std::string> &sources, const std::string &path) const {
+        std::vector<const char *> c_sources;
+        c_sources.reserve(sources.size());
+        for (const std::string &s : sources) c_sources.push_back(s.c_str());
+        detail::check(asfda_volume_write_dicom_seg(labels.get(), get(), c_sources.data(), c_sources.size(), path.c_str()));
+    }
+
     /// score() and segment_maps() from one inference (asfda_score_and_segment_volume): the same
     /// score and maps, in about half the time of the two calls.
     ScoredSegmentation score_and_segment(const std::string &id, const Volume &volume, SegmentOutputs outputs = {},

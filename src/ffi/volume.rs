@@ -204,6 +204,60 @@ fn read_dicom(_: &[std::path::PathBuf], _: &ReadOptions, _: Option<&str>) -> Res
     Err(Error::unsupported("this asfda was built without its `dicom` feature: it cannot read DICOM"))
 }
 
+/// Writes `labels` (the label map asfda_segment_volume returned for the DICOM series read from
+/// `sources`: files or folders, as asfda_volume_read_dicom takes them) as a binary DICOM
+/// Segmentation object at `path`: one segment per foreground class of `engine`'s model (name,
+/// colour and coded concept from its manifest), in the source's study and frame of reference,
+/// frames referencing the source images they lie on, with new series and instance UIDs. The file
+/// is written crash-safely (nothing at `path` on error). Errors: ASFDA_STATUS_INVALID_ARGUMENT
+/// (labels that are not class indices of this model, a class without a coded concept),
+/// ASFDA_STATUS_INVALID_DATA (sources of several series or without FrameOfReferenceUID),
+/// ASFDA_STATUS_FORMAT / ASFDA_STATUS_IO (unreadable sources, unwritable path),
+/// ASFDA_STATUS_UNSUPPORTED when built without the `dicom` feature.
+#[no_mangle]
+#[must_use]
+pub extern "C" fn asfda_volume_write_dicom_seg(
+    labels: *const AsfdaVolume,
+    engine: *const super::engine::AsfdaEngine,
+    sources: *const *const c_char,
+    source_count: usize,
+    path: *const c_char,
+) -> AsfdaStatus {
+    guard(|| {
+        let labels = &non_null(labels, "labels")?.0;
+        let engine = &non_null(engine, "engine")?.0;
+        if sources.is_null() || source_count == 0 {
+            return Err(Error::invalid_argument(
+                "argument 'sources' is NULL or source_count is 0: name the source series' folder or files",
+            ));
+        }
+        // SAFETY: the caller provides `source_count` readable pointers at `sources` (header contract).
+        let pointers = unsafe { std::slice::from_raw_parts(sources, source_count) };
+        let sources = pointers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| c_path(*p, &format!("sources[{i}]")))
+            .collect::<Result<Vec<_>>>()?;
+        let path = c_path(path, "path")?;
+        write_dicom_seg(engine, labels, &sources, &path)
+    })
+}
+
+#[cfg(feature = "dicom")]
+fn write_dicom_seg(
+    engine: &crate::engine::Engine,
+    labels: &Volume,
+    sources: &[std::path::PathBuf],
+    path: &std::path::Path,
+) -> Result<()> {
+    engine.write_dicom_seg(labels, sources, path).map(|_| ())
+}
+
+#[cfg(not(feature = "dicom"))]
+fn write_dicom_seg(_: &crate::engine::Engine, _: &Volume, _: &[std::path::PathBuf], _: &std::path::Path) -> Result<()> {
+    Err(Error::unsupported("this asfda was built without its `dicom` feature: it cannot write DICOM SEG"))
+}
+
 /// Makes a volume from `n_slices` slices the caller decoded itself (e.g. from a PACS), each
 /// `rows` x `columns` f32 values, row by row (`pixels[i]` points to slice i's values, after any
 /// rescale). `positions` holds 3 doubles per slice (ImagePositionPatient, LPS mm),

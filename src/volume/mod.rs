@@ -18,7 +18,7 @@ pub mod slices;
 
 pub use datatype::DataType;
 #[cfg(feature = "dicom")]
-pub use dicom::{read_dicom_bytes, read_dicom_series, read_dicom_series_uid};
+pub use dicom::{read_dicom_bytes, read_dicom_series, read_dicom_series_uid, write_dicom_seg, SegWritten};
 pub use nifti_io::{
     read_nifti, read_nifti_bytes, write_nifti, NonFinitePolicy, OutputType, ReadOptions, DEFAULT_MAX_BYTES,
 };

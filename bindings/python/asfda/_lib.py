@@ -245,6 +245,9 @@ volume_from_slices = _declare(
      C.POINTER(ReadOptions), C.POINTER(P)],
 )
 volume_save = _declare("asfda_volume_save", [P, C.c_char_p, C.c_int32])
+volume_write_dicom_seg = _declare(
+    "asfda_volume_write_dicom_seg", [P, P, C.POINTER(C.c_char_p), C.c_size_t, C.c_char_p]
+)
 volume_free = _declare("asfda_volume_free", [P], None)
 volume_dims = _declare("asfda_volume_dims", [P, SIZE_P, SIZE_P])
 volume_spacing = _declare("asfda_volume_spacing", [P, DOUBLE_P])

@@ -249,6 +249,22 @@ class Engine:
         p.finish(status)
         return result
 
+    def write_dicom_seg(self, labels, sources, path) -> None:
+        """Writes ``labels`` (the label map :meth:`segment` returned for the DICOM series read from
+        ``sources``: a series folder, a file, or a list of folders and files, as
+        :meth:`Volume.load_dicom` takes them) as a binary DICOM Segmentation object at ``path``:
+        one segment per foreground class (name, colour and coded concept from :attr:`classes`), in
+        the source's study and frame of reference, its frames referencing the source images, with
+        new series and instance UIDs. Written atomically."""
+        if isinstance(sources, (str, bytes, os.PathLike)):
+            sources = [sources]
+        encoded = [_lib.fspath(p) for p in sources]
+        if not encoded:
+            raise ValueError("no DICOM source folder or files given")
+        array = (C.c_char_p * len(encoded))(*encoded)
+        vol = _as_volume(labels)
+        _lib.check(_lib.volume_write_dicom_seg(vol._h, self._h, array, len(encoded), _lib.fspath(path)))
+
     def score_and_segment(
         self,
         id: Optional[str],

@@ -50,6 +50,15 @@ pub fn read_volume(path: &Path, options: &ReadOptions) -> Result<Volume> {
     Ok(volume)
 }
 
+/// Is `path` a DICOM input: a folder of DICOM files or a DICOM file?
+pub fn is_dicom_input(path: &Path) -> bool {
+    if path.is_dir() {
+        holds_dicom(path)
+    } else {
+        is_dicom_file(path)
+    }
+}
+
 /// Does the file start like a DICOM file (`DICM` marker)? Unreadable files are left to the
 /// NIfTI reader, which reports why.
 fn is_dicom_file(path: &Path) -> bool {

@@ -11,7 +11,7 @@ use asfda::volume::{write_nifti, OutputType};
 use asfda::{Error, Result};
 
 use crate::args::{EngineFlags, HELP_TEMPLATE};
-use crate::files::{check_nifti_name, check_output, read_volume, volume_id};
+use crate::files::{check_nifti_name, check_output, is_dicom_input, read_volume, volume_id};
 use crate::progress::Progress;
 use crate::score::ScoreLog;
 
@@ -21,7 +21,7 @@ use crate::score::ScoreLog;
 /// overlays the image in 3D Slicer or any viewer.
 #[derive(clap::Args, Debug)]
 #[command(
-    override_usage = "asfda segment [--bundle DIR] IMAGE --out LABELS.nii.gz [options]",
+    override_usage = "asfda segment [--bundle DIR] IMAGE (--out LABELS.nii.gz | --dicom-seg SEG.dcm) [options]",
     help_template = HELP_TEMPLATE
 )]
 pub struct SegmentArgs {
@@ -29,8 +29,12 @@ pub struct SegmentArgs {
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
     /// Label map, one class index per voxel, integer NIfTI
+    #[arg(long, value_name = "FILE", required_unless_present = "dicom_seg")]
+    pub out: Option<PathBuf>,
+    /// The label map as a DICOM Segmentation object (binary, one segment per foreground class,
+    /// in IMAGE's study and frame of reference, referencing its images); IMAGE must be DICOM
     #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+    pub dicom_seg: Option<PathBuf>,
     /// Normalised predictive entropy in [0, 1], float NIfTI
     #[arg(long, value_name = "FILE")]
     pub entropy: Option<PathBuf>,
@@ -55,11 +59,20 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     let entropy_path = args.entropy.clone();
     let probabilities_path = args.probabilities.clone();
     for (path, flag) in
-        [(Some(&out), "out"), (entropy_path.as_ref(), "entropy"), (probabilities_path.as_ref(), "probabilities")]
+        [(out.as_ref(), "out"), (entropy_path.as_ref(), "entropy"), (probabilities_path.as_ref(), "probabilities")]
     {
         if let Some(path) = path {
             check_output(path, flag)?;
             check_nifti_name(path, flag)?;
+        }
+    }
+    if let Some(path) = &args.dicom_seg {
+        check_output(path, "dicom-seg")?;
+        if !is_dicom_input(&image_path) {
+            return Err(Error::invalid_argument(format!(
+                "--dicom-seg needs a DICOM IMAGE (a series folder or an enhanced DICOM file); '{}' is not DICOM",
+                image_path.display()
+            )));
         }
     }
     let id = volume_id(&image_path);
@@ -101,9 +114,19 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
     progress.finish_item("done");
 
     let label_type = if classes.len() <= 256 { OutputType::U8 } else { OutputType::U16 };
-    write_nifti(&segmentation.labels, &out, label_type)?;
-    let table = color_table_path(&out);
-    atomic_file::write(&table, color_table(&classes).as_bytes())?;
+    let table = match &out {
+        Some(out) => {
+            write_nifti(&segmentation.labels, out, label_type)?;
+            let table = color_table_path(out);
+            atomic_file::write(&table, color_table(&classes).as_bytes())?;
+            Some(table)
+        }
+        None => None,
+    };
+    let seg = match &args.dicom_seg {
+        Some(path) => Some(engine.write_dicom_seg(&segmentation.labels, &[&image_path], path)?),
+        None => None,
+    };
     if let (Some(path), Some(entropy)) = (&entropy_path, &segmentation.entropy) {
         write_nifti(entropy, path, OutputType::F32)?;
     }
@@ -128,8 +151,10 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
             })
             .collect();
         let summary = serde_json::json!({
-            "labels": out.display().to_string(),
-            "color_table": table.display().to_string(),
+            "labels": out.as_ref().map(|p| p.display().to_string()),
+            "color_table": table.as_ref().map(|p| p.display().to_string()),
+            "dicom_seg": args.dicom_seg.as_ref().map(|p| p.display().to_string()),
+            "dicom_seg_series_uid": seg.as_ref().map(|s| s.series_instance_uid.clone()),
             "score": args.score.as_ref().map(|p| p.display().to_string()),
             "entropy": entropy_path.map(|p| p.display().to_string()),
             "probabilities": probabilities_path.map(|p| p.display().to_string()),
@@ -141,7 +166,18 @@ pub fn run(args: &SegmentArgs) -> Result<()> {
         for (class, &n) in classes.iter().zip(&counts) {
             println!("{:<16} {n:>10} {:>10.1}", class.name, n as f64 * voxel_ml);
         }
-        println!("wrote {} (class names and colours: {})", out.display(), table.display());
+        if let (Some(out), Some(table)) = (&out, &table) {
+            println!("wrote {} (class names and colours: {})", out.display(), table.display());
+        }
+        if let (Some(path), Some(seg)) = (&args.dicom_seg, &seg) {
+            println!(
+                "wrote {} (DICOM SEG, {} segments in {} frames, series {})",
+                path.display(),
+                seg.segments,
+                seg.frames,
+                seg.series_instance_uid
+            );
+        }
         if let Some(path) = &args.score {
             println!("appended the score of '{id}' to {}", path.display());
         }

@@ -37,10 +37,12 @@ mod guard;
 mod image;
 mod pixels;
 mod rle;
+mod seg;
 
 use std::path::{Path, PathBuf};
 
 pub use image::SUPPORTED_TRANSFER_SYNTAXES;
+pub use seg::{write_dicom_seg, SegWritten, SEGMENTATION_STORAGE};
 
 use super::nifti_io::ReadOptions;
 use super::slices::{fill_stack, plan_stack, SliceHeader};
@@ -132,6 +134,16 @@ fn starts_like_dicom(path: &Path) -> Result<bool> {
 }
 
 fn read_series(files: &[PathBuf], options: &ReadOptions, uid: Option<&str>) -> Result<Volume> {
+    assemble(parse_files(files, options)?, options, uid)
+}
+
+/// The parsed images of the one series in `inputs` (files or folders), for the SEG writer.
+fn read_images<P: AsRef<Path>>(inputs: &[P], options: &ReadOptions) -> Result<Vec<Image>> {
+    one_series(parse_files(&list_files(inputs)?, options)?, None)
+}
+
+/// Every file parsed (not decoded), within `options`' limits.
+fn parse_files(files: &[PathBuf], options: &ReadOptions) -> Result<Vec<Image>> {
     let mut images = Vec::new();
     let mut budget = options.max_bytes;
     let mut total: u64 = 0;
@@ -145,7 +157,7 @@ fn read_series(files: &[PathBuf], options: &ReadOptions, uid: Option<&str>) -> R
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", &e))?;
         images.extend(image::parse(&bytes, &name, &mut budget)?);
     }
-    assemble(images, options, uid)
+    Ok(images)
 }
 
 fn check_file_size(len: u64, name: &str, options: &ReadOptions) -> Result<()> {
