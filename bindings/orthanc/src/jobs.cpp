@@ -122,20 +122,12 @@ Json SegmentJob::run() {
 
     set_phase("writing the DICOM SEG");
     const std::string seg_path = dir.path() + "/segmentation.dcm";
-#ifdef ASFDA_ORTHANC_HAVE_DICOM_SEG
-    {
-        std::vector<const char *> sources;
-        sources.reserve(files.size());
-        for (const std::string &f : files) sources.push_back(f.c_str());
-        const AsfdaStatus status = asfda_volume_write_dicom_seg(result.segmentation.labels.get(), rt.engine.get(),
-                                                                sources.data(), sources.size(), seg_path.c_str());
-        if (status != ASFDA_STATUS_OK)
-            throw asfda::Error(status, std::string("writing the DICOM SEG of series ") + series.id + ": " +
-                                           asfda_last_error_message());
+    try {
+        rt.engine.write_dicom_seg(result.segmentation.labels, files, seg_path);
+    } catch (const asfda::Error &e) {
+        throw asfda::Error(e.status(), "writing the DICOM SEG of series " + series.id + ": " +
+                                           replace_all(e.what(), dir.path() + "/", "instance "));
     }
-#else
-    throw std::runtime_error("this build of the asfda library has no DICOM SEG writer (asfda_volume_write_dicom_seg)");
-#endif
     set_progress(0.92);
     check_cancelled();
 

@@ -34,18 +34,19 @@ std::string fingerprint(const SeriesInfo &series) {
     return buf;
 }
 
-std::string replace_all(std::string text, const std::string &from, const std::string &to) {
-    if (from.empty()) return text;
-    for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
-        text.replace(at, from.size(), to);
-    return text;
-}
 
 std::string metadata_uri(const Runtime &runtime, const std::string &series_id) {
     return "/series/" + series_id + "/metadata/" + runtime.config.score_metadata;
 }
 
 }  // namespace
+
+std::string replace_all(std::string text, const std::string &from, const std::string &to) {
+    if (from.empty()) return text;
+    for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+        text.replace(at, from.size(), to);
+    return text;
+}
 
 std::optional<SeriesInfo> find_series(const std::string &id) {
     // Orthanc ids are hex groups and dashes; anything else cannot name a series (and must not

@@ -19,6 +19,9 @@ struct SeriesInfo {
     std::vector<std::string> instances;  // Orthanc's instance ids
 };
 
+/// `text` with every `from` replaced by `to` (temporary paths in asfda's messages).
+std::string replace_all(std::string text, const std::string &from, const std::string &to);
+
 /// GET /series/<id>; std::nullopt when Orthanc has no such series.
 std::optional<SeriesInfo> find_series(const std::string &id);
 /// find_series, or std::invalid_argument "no series <id> in Orthanc".
