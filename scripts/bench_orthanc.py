@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -42,6 +43,12 @@ def call(url: str, method: str = "GET", body: bytes | None = None):
     with urllib.request.urlopen(req, timeout=600) as r:
         raw = r.read()
     return json.loads(raw) if raw[:1] in (b"{", b"[") else raw
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -92,8 +99,11 @@ def main() -> int:
         results["orthanc_start_s"] = time.monotonic() - t_start
         payloads = [f.read_bytes() for f in files]
 
+        cli_help = subprocess.run([args.cli, "segment", "--help"], capture_output=True, text=True).stdout
+        writes_seg = "--dicom-seg" in cli_help
+        # Plugin and CLI runs alternate, so that a change in the machine's load hits both alike.
         for _ in range(args.repeat):
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), cpu_seconds(orthanc.pid)
             series = {call(url + "/instances", "POST", p)["ParentSeries"] for p in payloads}
             (series_id,) = series
             t_uploaded = time.monotonic()
@@ -108,37 +118,45 @@ def main() -> int:
                 print(f"bench_orthanc: the segment job failed: {job['Content']}", file=sys.stderr)
                 return 1
             results["orthanc"].append({"upload_s": t_uploaded - t0, "job_s": t_stored - t_uploaded,
-                                       "upload_to_seg_s": t_stored - t0, "effective_runtime_s": job["EffectiveRuntime"]})
+                                       "upload_to_seg_s": t_stored - t0, "effective_runtime_s": job["EffectiveRuntime"],
+                                       "cpu_s": cpu_seconds(orthanc.pid) - cpu0})
             for s in (series_id, job["Content"]["SegSeries"]):
                 call(url + f"/series/{s}", "DELETE")
 
-        cli_help = subprocess.run([args.cli, "segment", "--help"], capture_output=True, text=True).stdout
-        for _ in range(args.repeat):
             out = work / "cli"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             # To a DICOM SEG as the plugin does, when the CLI can (else a NIfTI label map).
-            target = ["--dicom-seg", str(out / "labels.dcm")] if "--dicom-seg" in cli_help else \
-                ["--out", str(out / "labels.nii.gz")]
+            target = ["--dicom-seg", str(out / "labels.dcm")] if writes_seg else ["--out", str(out / "labels.nii.gz")]
             cmd = [args.cli, "segment", "--bundle", args.bundle, args.series, *target,
                    "--threads", str(args.threads), "--device", "cpu"]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()
             subprocess.run(cmd, check=True, capture_output=True, env=env)
-            results["cli"].append({"wall_s": time.monotonic() - t0, "writes_seg": "--dicom-seg" in cli_help})
+            wall = time.monotonic() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            results["cli"].append({"wall_s": wall, "cpu_s": cpu, "writes_seg": writes_seg})
     finally:
+        t_stop = time.monotonic()
         orthanc.terminate()
         orthanc.wait(timeout=60)
+        results["orthanc_stop_s"] = time.monotonic() - t_stop
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
     cli_what = "CLI `asfda segment " + ("--dicom-seg`" if results["cli"][0]["writes_seg"] else "--out` (NIfTI)")
     print(f"series {args.series} ({len(files)} files), {args.threads} threads, median of {args.repeat}:\n")
-    print("| path | upload | segment job | upload to stored SEG |")
-    print("|---|---|---|---|")
+    print("| path | upload | segment job | upload to stored SEG (wall) | CPU time |")
+    print("|---|---|---|---|---|")
     print(f"| Orthanc plugin | {med(results['orthanc'], 'upload_s'):.2f} s | {med(results['orthanc'], 'job_s'):.2f} s "
-          f"| {med(results['orthanc'], 'upload_to_seg_s'):.2f} s |")
-    print(f"| {cli_what} | - | - | {med(results['cli'], 'wall_s'):.2f} s |")
+          f"| {med(results['orthanc'], 'upload_to_seg_s'):.2f} s | {med(results['orthanc'], 'cpu_s'):.2f} s |")
+    print(f"| {cli_what} | - | - | {med(results['cli'], 'wall_s'):.2f} s | {med(results['cli'], 'cpu_s'):.2f} s |")
+    print("\nruns (plugin upload-to-SEG / CLI):",
+          ", ".join(f"{o['upload_to_seg_s']:.1f}/{c['wall_s']:.1f}" for o, c in zip(results["orthanc"], results["cli"])))
+    print(f"Orthanc started in {results['orthanc_start_s']:.2f} s (engine loaded at startup), "
+          f"stopped in {results['orthanc_stop_s']:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

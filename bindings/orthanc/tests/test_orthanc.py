@@ -526,13 +526,27 @@ def test_bad_requests_get_a_clear_answer(server, series, method, path, body, sta
     assert_alive(server)
 
 
-def test_stopping_orthanc_with_a_job_running(server, series):
-    """Orthanc stops cleanly (exit 0) while a job runs: the plugin cancels it and joins its thread."""
-    started = post(server, f"/asfda/series/{series['pd_enhanced']}/segment")
-    deadline = time.monotonic() + 120
-    while get(server, f"/jobs/{started['ID']}")["State"] != "Running":
-        assert time.monotonic() < deadline
+def wait_state(server, job_id: str, states, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get(server, f"/jobs/{job_id}")
+        if job["State"] in states:
+            return job
+        assert time.monotonic() < deadline, job
         time.sleep(0.02)
+
+
+def test_pause_resume_then_stop_orthanc_with_a_job_running(server, series):
+    """A paused job stops its worker and starts over when resumed; Orthanc stops cleanly (exit 0)
+    while a job runs: the plugin cancels it and joins its thread."""
+    started = post(server, f"/asfda/series/{series['pd_enhanced']}/segment")
+    wait_state(server, started["ID"], ("Running",))
+    post(server, f"/jobs/{started['ID']}/pause")
+    assert wait_state(server, started["ID"], ("Paused",))["State"] == "Paused"
+    assert_alive(server)
+    post(server, f"/jobs/{started['ID']}/resume")
+    job = wait_state(server, started["ID"], ("Running",))
+    assert job["Progress"] < 100
     code = server.stop()
     assert code == 0, server.log_text()
     assert "Orthanc has stopped" in server.log_text()
