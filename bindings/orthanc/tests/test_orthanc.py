@@ -153,7 +153,7 @@ def post(server: Orthanc, path: str, body=None):
 def assert_alive(server: Orthanc) -> None:
     """Orthanc still runs and answers, and the plugin's routes too."""
     assert server.process.poll() is None, f"Orthanc exited:\n{server.log_text()}"
-    assert get(server, "/system")["Version"] == "1.10.1" or get(server, "/system")["Version"]
+    assert get(server, "/system")["Version"]
     assert get(server, "/asfda/info")["Classes"]
 
 
@@ -358,7 +358,7 @@ def test_segment_job_stores_a_dicom_seg_in_the_study(server, series):
     referenced = {r.SeriesInstanceUID for r in seg.ReferencedSeriesSequence}
     assert referenced == {source.SeriesInstanceUID}
     manifest = json.loads((BUNDLE / "manifest.json").read_text())
-    foreground = [c for c in manifest["classes"][1:]]
+    foreground = manifest["classes"][1:]
     labels = {s.SegmentNumber: s.SegmentLabel for s in seg.SegmentSequence}
     reported = {s["Label"]: s for s in content["Segments"]}
     for number, label in labels.items():
