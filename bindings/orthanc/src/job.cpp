@@ -223,7 +223,7 @@ const char *Job::content() {
         }
         if (failed_) c["Error"] = error_;
     }
-    content_ = c.dump();
+    content_ = c.dump(-1, ' ', false, Json::error_handler_t::replace);  // asfda messages may quote non-UTF-8 paths
     return content_.c_str();
 }
 

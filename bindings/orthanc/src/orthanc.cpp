@@ -97,12 +97,13 @@ std::string instance_dicom(const std::string &instance_id) {
 }
 
 void answer_json(OrthancPluginRestOutput *output, const Json &json) {
-    const std::string body = json.dump(2);
+    const std::string body = json.dump(2, ' ', false, Json::error_handler_t::replace);
     OrthancPluginAnswerBuffer(context(), output, body.data(), static_cast<uint32_t>(body.size()), "application/json");
 }
 
 void answer_error(OrthancPluginRestOutput *output, uint16_t status, const std::string &message) {
-    const std::string body = Json{{"Error", message}, {"HttpStatus", status}}.dump(2);
+    const std::string body =
+        Json{{"Error", message}, {"HttpStatus", status}}.dump(2, ' ', false, Json::error_handler_t::replace);
     OrthancPluginSendHttpStatus(context(), output, status, body.data(), static_cast<uint32_t>(body.size()));
 }
 

@@ -36,15 +36,19 @@ std::shared_ptr<const Runtime> runtime() {
 /// message, anything else 500.
 OrthancPluginErrorCode guarded(OrthancPluginRestOutput *output, const std::function<void()> &body) {
     try {
-        body();
-    } catch (const std::invalid_argument &e) {
-        answer_error(output, 400, e.what());
-    } catch (const std::exception &e) {
-        log_error(std::string("request failed: ") + e.what());
-        answer_error(output, 500, e.what());
+        try {
+            body();
+        } catch (const std::invalid_argument &e) {
+            answer_error(output, 400, e.what());
+        } catch (const std::exception &e) {
+            log_error(std::string("request failed: ") + e.what());
+            answer_error(output, 500, e.what());
+        } catch (...) {
+            log_error("request failed with an unknown exception");
+            answer_error(output, 500, "unknown error");
+        }
     } catch (...) {
-        log_error("request failed with an unknown exception");
-        answer_error(output, 500, "unknown error");
+        return OrthancPluginErrorCode_InternalError;  // even the error answer failed (out of memory)
     }
     return OrthancPluginErrorCode_Success;
 }

@@ -149,7 +149,7 @@ std::string store_score(const Runtime &runtime, const SeriesInfo &series, const 
                          {"Values", score_values(score)},
                          {"Score", Json::parse(score.to_json())}};
     const std::string uri = metadata_uri(runtime, series.id);
-    rest_put(uri, record.dump());
+    rest_put(uri, record.dump(-1, ' ', false, Json::error_handler_t::replace));
     return uri;
 }
 
