@@ -276,6 +276,53 @@ impl Engine {
     pub fn score(&self, id: &str, volume: &Volume, cancel: &CancelToken, progress: Progress<'_>) -> Result<Score> {
         let source = self.source_knowledge()?;
         let (image, grid) = self.prepare(volume, Work::Score)?;
+        self.score_image(id, image, grid, source, cancel, progress)
+    }
+
+    /// Reads `volume` onto the model grid for [`Engine::score_prepared`], without running the
+    /// model: a host (or [`crate::score::score_pool`]) prepares the next volume on another
+    /// thread while the engine scores this one. Checks what [`Engine::score`] checks first (a 3D
+    /// volume, the memory limit). A volume the model reads in place (already in RAS order at the
+    /// model spacing) is kept as it is; any other is resampled now and dropped.
+    pub fn prepare_for_score(&self, volume: Volume) -> Result<PreparedVolume> {
+        let input = &self.bundle.manifest().input;
+        volume.check_3d()?;
+        let grid = model_grid(&volume, input)?;
+        self.check_memory(Work::Score, || Ok(self.estimate_on(&volume, &grid, Work::Score)))?;
+        if grid.is_read_in_place() {
+            return Ok(PreparedVolume::InPlace(volume));
+        }
+        let prepared = preprocess::prepare_on(&volume, input, grid)?;
+        Ok(PreparedVolume::Resampled(Box::new(prepared)))
+    }
+
+    /// [`Engine::score`] of a volume [`Engine::prepare_for_score`] prepared (by this engine or one
+    /// of the same bundle): the same score, bit for bit.
+    pub fn score_prepared(
+        &self,
+        id: &str,
+        volume: &PreparedVolume,
+        cancel: &CancelToken,
+        progress: Progress<'_>,
+    ) -> Result<Score> {
+        let source = self.source_knowledge()?;
+        let input = &self.bundle.manifest().input;
+        let (image, grid) = match volume {
+            PreparedVolume::InPlace(volume) => prepare_in_place_on(volume, input, model_grid(volume, input)?)?,
+            PreparedVolume::Resampled(p) => (ModelImage::Borrowed(p.image.view()), p.grid.clone()),
+        };
+        self.score_image(id, image, grid, source, cancel, progress)
+    }
+
+    fn score_image(
+        &self,
+        id: &str,
+        image: ModelImage<'_>,
+        grid: ModelGrid,
+        source: &SourceKnowledge,
+        cancel: &CancelToken,
+        progress: Progress<'_>,
+    ) -> Result<Score> {
         let mut stats = ScoreStats::new(&grid, &self.options.score);
         let features = self.stream(image, cancel, progress, &mut |z0, mut slab| {
             softmax_in_place(slab.view_mut());
@@ -455,6 +502,14 @@ impl Engine {
 
 /// Small buffers the memory estimates do not model: resampling taps, tile features, score histograms.
 const SMALL_BUFFERS: usize = 8 << 20;
+
+/// A volume ready for [`Engine::score_prepared`] ([`Engine::prepare_for_score`]).
+pub enum PreparedVolume {
+    /// Already on the model's grid: read in place while the model runs.
+    InPlace(Volume),
+    /// Resampled (and normalised) onto the model grid.
+    Resampled(Box<preprocess::Prepared>),
+}
 
 /// What a call computes, for [`Engine::memory_estimate`].
 #[derive(Clone, Copy, Debug)]

@@ -504,3 +504,89 @@ fn score_and_segment_in_one_pass_equals_the_two_calls() {
     let segmenting = engine.memory_estimate(&image, Work::Segment(outputs)).unwrap();
     assert!(both > scoring && both >= segmenting, "{both} {scoring} {segmenting}");
 }
+
+#[test]
+fn a_pool_scored_with_reading_overlapped_equals_one_scored_volume_by_volume() {
+    use asfda::engine::PreparedVolume;
+    use asfda::score::{score_pool, PoolOrder};
+    let engine = engine();
+    // pd is on the model's grid (read in place); spacing_orient needs resampling.
+    let pick = |site: &str| {
+        let dir = data_dir().join(site).join("test");
+        let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with("_image.nii.gz"))
+            .collect();
+        images.sort();
+        images.swap_remove(0)
+    };
+    let (pd, oblique) = (pick("pd"), pick("spacing_orient"));
+    let kinds: Vec<bool> = [&pd, &oblique]
+        .iter()
+        .map(|p| {
+            let v = read_nifti(p, &ReadOptions::default()).unwrap();
+            matches!(engine.prepare_for_score(v).unwrap(), PreparedVolume::InPlace(_))
+        })
+        .collect();
+    assert_eq!(kinds, [true, false], "one volume of each kind");
+    let items: Vec<(String, PathBuf)> = vec![
+        ("pd".into(), pd.clone()),
+        ("missing".into(), root().join("no/such/volume.nii.gz")),
+        ("oblique".into(), oblique.clone()),
+    ];
+    let read = |p: &PathBuf| read_nifti(p, &ReadOptions::default());
+    let expected: Vec<String> = [("pd", &pd), ("oblique", &oblique)]
+        .iter()
+        .map(|(id, p)| score(&engine, id, &read(p).unwrap()).to_json())
+        .collect();
+    let cancel = CancelToken::new().unwrap();
+    let pooled = |items: &[(String, PathBuf)], order: PoolOrder| {
+        let (mut results, mut seen) = (Vec::new(), std::collections::BTreeSet::new());
+        let done = score_pool(
+            &engine,
+            items,
+            &read,
+            order,
+            &cancel,
+            &mut |i, _| {
+                seen.insert(i);
+                true
+            },
+            &mut |i, r| {
+                results.push((i, r));
+                true
+            },
+        );
+        assert_eq!(done, items.len(), "{order:?}");
+        (results, seen.into_iter().collect::<Vec<_>>())
+    };
+    let (results, seen) = pooled(&items, PoolOrder::Overlapped);
+    let indices: Vec<usize> = results.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices, [0, 1, 2], "results come in the items' order");
+    assert_eq!(seen, [0, 2], "progress for the volumes that ran");
+    let err = results[1].1.as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("'missing'"), "the failed item is named: {err}");
+    let scores: Vec<String> = [0, 2].iter().map(|&i| results[i].1.as_ref().unwrap().to_json()).collect();
+    assert_eq!(scores, expected, "pooled scores equal Engine::score bit for bit");
+    let (results, _) = pooled(&items[1..], PoolOrder::Sequential);
+    assert_eq!(results[0].1.as_ref().unwrap_err().kind(), ErrorKind::Io);
+    assert_eq!(results[1].1.as_ref().unwrap().to_json(), expected[1], "sequential order, same score");
+    // `each` returning false stops the pool (here after the failed read, before any model run);
+    // a cancelled token stops it before the next volume.
+    let mut calls = 0;
+    let done =
+        score_pool(&engine, &items[1..], &read, PoolOrder::Overlapped, &cancel, &mut |_, _| true, &mut |_, _| {
+            calls += 1;
+            false
+        });
+    assert_eq!((done, calls), (1, 1));
+    cancel.cancel();
+    let mut results = Vec::new();
+    score_pool(&engine, &items, &read, PoolOrder::Overlapped, &cancel, &mut |_, _| true, &mut |_, r| {
+        results.push(r.map(|_| ()).map_err(|e| e.kind()));
+        true
+    });
+    assert!(results.len() <= 1 && results.iter().all(|r| *r == Err(ErrorKind::Cancelled)), "{results:?}");
+}

@@ -25,6 +25,7 @@
 //! `asfda::score::X`.
 
 mod gap;
+mod pool;
 mod record;
 mod threshold;
 mod voxel_stats;
@@ -38,6 +39,7 @@ use crate::error::ErrorKind;
 use crate::error::{Error, Result};
 
 pub use gap::{feature_gap, SOURCE_VARIANCE_EPSILON};
+pub use pool::{score_pool, PoolOrder};
 pub use record::{Score, SCORE_FORMAT_VERSION};
 pub use threshold::{first_peak_threshold, otsu_threshold};
 pub use voxel_stats::{entropy_map, foreground_region, VolumeStats, VoxelSummary, PROBABILITY_TOLERANCE};

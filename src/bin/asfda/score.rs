@@ -2,8 +2,9 @@
 
 use asfda::cancel::CancelToken;
 use asfda::engine::Engine;
-use asfda::score::Score;
+use asfda::score::{score_pool, PoolOrder, Score};
 use asfda::{Error, Result};
+use std::cell::RefCell;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,10 @@ pub struct ScoreArgs {
     /// Print the summary as JSON on stdout
     #[arg(long)]
     pub json: bool,
+    /// Read and prepare each volume only after the previous one is scored (by default the next
+    /// volume is read while the model runs, which holds one more volume in memory)
+    #[arg(long)]
+    pub no_overlap: bool,
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
@@ -62,27 +67,47 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         let engine = Engine::new(&args.engine.bundle(), args.engine.options())?;
         let read_options = args.engine.read_options();
         let cancel = CancelToken::new()?;
-        let mut progress = Progress::new(todo.len(), "scoring");
-        for (index, (path, id)) in todo.iter().enumerate() {
-            progress.start(index, id);
-            let result = crate::files::read_volume(path, &read_options).and_then(|volume| {
-                engine.score(id, &volume, &cancel, &mut |f| {
-                    progress.update(f);
-                    true
-                })
-            });
+        let items: Vec<(String, PathBuf)> = todo.iter().map(|(path, id)| (id.clone(), path.clone())).collect();
+        let read = |path: &PathBuf| crate::files::read_volume(path, &read_options);
+        let order = if args.no_overlap { PoolOrder::Sequential } else { PoolOrder::Overlapped };
+        let progress = RefCell::new((Progress::new(items.len(), "scoring"), None::<usize>));
+        let mut on_progress = |index: usize, f: f64| {
+            let (progress, current) = &mut *progress.borrow_mut();
+            if *current != Some(index) {
+                progress.start(index, &items[index].0);
+                *current = Some(index);
+            }
+            progress.update(f);
+            true
+        };
+        let mut append_error = None;
+        let mut each = |index: usize, result: Result<Score>| {
+            let (progress, current) = &mut *progress.borrow_mut();
+            if *current != Some(index) {
+                progress.start(index, &items[index].0); // failed before the model ran
+                *current = Some(index);
+            }
             match result {
                 Ok(score) => {
-                    log.append(&score)?;
+                    if let Err(e) = log.append(&score) {
+                        append_error = Some(e);
+                        return false;
+                    }
                     progress.finish_item("done");
                     scores.push(score);
                 }
                 Err(e) => {
+                    let path = &items[index].1;
                     progress.finish_item(&format!("FAILED: {e}"));
                     eprintln!("asfda: error: {}: {e}", path.display());
                     failures.push((path.display().to_string(), e.to_string()));
                 }
             }
+            true
+        };
+        score_pool(&engine, &items, &read, order, &cancel, &mut on_progress, &mut each);
+        if let Some(e) = append_error {
+            return Err(e);
         }
     }
     let skipped: Vec<&str> = done.iter().map(|(_, id)| id.as_str()).collect();
