@@ -15,7 +15,7 @@ ORT_GPU  := $(ASFDA_CACHE_DIR)/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all dist wheel ort ort-gpu venv venv-torch venv-slicer build data dicom-data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-slicer test-gpu header clean-cache install
+.PHONY: all dist wheel ort ort-gpu venv venv-torch venv-slicer build data dicom-data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-slicer test-orthanc test-gpu header clean-cache install
 
 all: build
 
@@ -87,7 +87,7 @@ demo: ort build data
 test: ort venv venv-torch venv-slicer data dicom-data
 	$(MAKE) lint
 	cargo build
-	$(MAKE) test-rust test-python test-tools test-c test-slicer
+	$(MAKE) test-rust test-python test-tools test-c test-slicer test-orthanc
 
 ## What CI enforces before any test: formatting, clippy on every target with warnings as
 ## errors, and rustdoc without warnings (lints: Cargo.toml's [lints] table).
@@ -136,6 +136,20 @@ test-c: ort
 	$(VENV)/bin/cmake -S cpp_demo -B $(CMAKE_BUILD)/ctest -DCMAKE_PREFIX_PATH=$(C_PREFIX) -DCMAKE_BUILD_TYPE=Debug > /dev/null
 	$(VENV)/bin/cmake --build $(CMAKE_BUILD)/ctest -j 2
 	cd $(CMAKE_BUILD)/ctest && $(CURDIR)/$(VENV)/bin/ctest --output-on-failure
+
+## The Orthanc plugin (bindings/orthanc) against a real Orthanc: the debug build installed into a
+## scratch prefix, the plugin built against it, and its ctest: Orthanc started on 127.0.0.1 with the
+## plugin, real series uploaded, score/segment/select jobs, cancel, bad input (bindings/orthanc/tests).
+## Needs Debian's `orthanc`, `orthanc-dev` and `nlohmann-json3-dev` (.ci/run installs them).
+ORTHANC_BUILD := bindings/orthanc/build
+ORTHANC_PREFIX := $(CURDIR)/$(ORTHANC_BUILD)/prefix
+test-orthanc: ort venv dicom-data
+	rm -rf $(ORTHANC_PREFIX)
+	cmake/install.sh --prefix $(ORTHANC_PREFIX) --lib-dir target/debug
+	$(VENV)/bin/cmake -S bindings/orthanc -B $(ORTHANC_BUILD)/ctest -DCMAKE_PREFIX_PATH=$(ORTHANC_PREFIX) \
+	  -DCMAKE_BUILD_TYPE=Debug -DASFDA_ORTHANC_TESTS=ON -DASFDA_TEST_PYTHON=$(CURDIR)/$(VPY) > /dev/null
+	$(VENV)/bin/cmake --build $(ORTHANC_BUILD)/ctest -j 2
+	cd $(ORTHANC_BUILD)/ctest && $(CURDIR)/$(VENV)/bin/ctest --output-on-failure
 
 ## The binary release: dist/asfda-VERSION-linux-ARCH.tar.gz (bin/, lib/ with ONNX Runtime, include/,
 ## CMake and pkg-config files, share/asfda/ with the demo bundle); see scripts/make_dist.sh.
