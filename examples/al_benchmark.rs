@@ -24,6 +24,8 @@
 //! times with the patch-sampling seeds 1000 * seed + 1 ..= 1000 * seed + K (recorded as `ft_seed`;
 //! the same for every method, so differences stay paired); without it the fine-tuning seed is the
 //! selection seed, as before. `--patch 0` uses the bundle's patch size (the library's default).
+//! `--picks-only true` only selects (every method, budget and seed, from the cached scores) and
+//! writes DIR/picks.jsonl, without fine-tuning.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -158,6 +160,8 @@ struct Args {
     min_dice: f64,
     /// Fine-tuning seeds per selection (0: the selection seed fine-tunes once).
     ft_seeds: u64,
+    /// Only select (every method, budget and seed) and write DIR/picks.jsonl: no fine-tuning.
+    picks_only: bool,
 }
 
 fn list<T: std::str::FromStr>(text: &str) -> Vec<T>
@@ -188,6 +192,7 @@ fn parse_args() -> Args {
         selection_only: false,
         min_dice: FineTuneOptions::default().pseudo_label_min_dice,
         ft_seeds: 0,
+        picks_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -211,6 +216,7 @@ fn parse_args() -> Args {
             "--selection-only" => a.selection_only = value.parse().unwrap(),
             "--min-dice" => a.min_dice = value.parse().unwrap(),
             "--ft-seeds" => a.ft_seeds = value.parse().unwrap(),
+            "--picks-only" => a.picks_only = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -497,6 +503,29 @@ fn run_one(
     }
 }
 
+/// `--picks-only true`: every method's picks (and their kinds) at every budget and seed, from the
+/// cached pool scores, into DIR/picks.jsonl (rewritten), with one summary line per selection.
+fn write_picks(args: &Args, sites: &[Site]) {
+    let mut text = String::new();
+    for site in sites {
+        for &budget in &args.budgets {
+            for &method in &args.methods {
+                for &seed in &args.seeds {
+                    let options = SelectOptions { method, budget, seed, ..Default::default() };
+                    let selection = select(&site.scores, &[], &options).unwrap();
+                    let picks: Vec<&str> = selection.picks.iter().map(|p| p.id.as_str()).collect();
+                    let kinds: Vec<String> = picks.iter().map(|id| site.kind(id)).collect();
+                    eprintln!("{}/{}/{budget}/{seed}: {}", site.name, method.name(), kinds.join(" "));
+                    let line = serde_json::json!({"site": site.name, "method": method.name(), "budget": budget,
+                                                  "seed": seed, "picks": picks, "pick_kinds": kinds});
+                    text += &format!("{line}\n");
+                }
+            }
+        }
+    }
+    std::fs::write(args.out.join("picks.jsonl"), text).unwrap();
+}
+
 fn main() {
     let args = parse_args();
     std::fs::create_dir_all(&args.out).unwrap();
@@ -516,6 +545,9 @@ fn main() {
     // Budget by budget (in the order given), then seed by seed, then site: an interrupted
     // benchmark has every method, seed and site of the first budgets rather than one seed of all.
     let sites: Vec<Site> = args.sites.iter().map(|name| load_site(&engine, &args, name)).collect();
+    if args.picks_only {
+        return write_picks(&args, &sites);
+    }
     let mut record = |run: Run| {
         let loss = run.final_loss.map_or("-".to_string(), |l| format!("{l:.4}"));
         let check = match (run.labeler_dice, run.pseudo_trusted) {

@@ -309,6 +309,35 @@ def hetero_tables(runs) -> str:
     return "\n".join(out) + "\n"
 
 
+def picks_table(picks, pool_kinds=None) -> str:
+    """The kinds each method picks (al_benchmark --picks-only: selection without fine-tuning),
+    summed over seeds, per site, method and budget, and the distinct kinds per selection."""
+    out = []
+    for site in sorted({p["site"] for p in picks}):
+        ps = [p for p in picks if p["site"] == site]
+        kinds = kinds_of(ps)
+        seeds = sorted({p["seed"] for p in ps})
+        out.append(f"\n### Kinds picked on `{site}`, selection only (counts over seeds {', '.join(map(str, seeds))})\n")
+        out.append("| method | budget | " + " | ".join(kinds) + " | kinds per selection |")
+        out.append("|---|---:|" + "---:|" * len(kinds) + "---:|")
+        if pool_kinds:
+            out.append("| *pool* | – | " + " | ".join(str(pool_kinds.get(k, 0)) for k in kinds) + " | – |")
+        order = {m: i for i, m in enumerate(METHOD_ORDER)}
+        for m in sorted({p["method"] for p in ps}, key=lambda m: order.get(m, 99)):
+            for b in sorted({p["budget"] for p in ps}):
+                group = [p for p in ps if p["method"] == m and p["budget"] == b]
+                if not group:
+                    continue
+                c = defaultdict(int)
+                for p in group:
+                    for k in p["pick_kinds"]:
+                        c[k] += 1
+                distinct = statistics.fmean(len(set(p["pick_kinds"])) for p in group)
+                name = LABELS.get(m, m).replace(" + SSFT", "")
+                out.append(f"| {name} | {b} | " + " | ".join(str(c[k]) for k in kinds) + f" | {distinct:.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def hetero_plot(runs, png: Path):
     """Per heterogeneous site: Dice against budget with 95% bootstrap bands, and per-kind Dice
     at each budget (grouped bars, one group per kind)."""
@@ -413,14 +442,25 @@ def plot(runs, png: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", type=Path, nargs="+", help="runs.jsonl files, read as one")
+    ap.add_argument("runs", type=Path, nargs="*", help="runs.jsonl files, read as one")
     ap.add_argument("--md", type=Path)
     ap.add_argument("--png", type=Path)
     ap.add_argument("--recipe", help="LR,STEPS,BATCH: report only the runs of this recipe")
     ap.add_argument("--hetero-png", type=Path, help="plot of the heterogeneous sites (bands, per-kind Dice)")
+    ap.add_argument("--picks", type=Path, help="picks.jsonl of al_benchmark --picks-only: the kinds each method picks")
+    ap.add_argument("--manifest", type=Path, help="the data folder's manifest.json: the pool's kinds beside --picks")
     a = ap.parse_args()
-    runs = load(a.runs)
+    runs = load(a.runs) if a.runs else []
     text = ""
+    if a.picks:
+        picks = [json.loads(line) for line in a.picks.read_text().splitlines() if line.strip()]
+        pool = None
+        if a.manifest:
+            pool = defaultdict(int)
+            for v in json.loads(a.manifest.read_text())["volumes"]:
+                if v.get("split") == "pool" and v["site"] in {p["site"] for p in picks}:
+                    pool[v["kind"]] += 1
+        text += picks_table(picks, pool)
     if len({recipe(r) for r in runs if r["method"] != "none"}) > 1:
         text += "\n### Fine-tuning recipes\n\n" + recipes(runs)
     if a.recipe:

@@ -101,3 +101,23 @@ def test_hetero_bootstrap_interval_brackets_the_mean_and_is_seeded(root):
     assert mean == 1.2 and min(values) <= lo < mean < hi <= max(values)
     assert al_report.bootstrap_ci(values) == (mean, lo, hi)  # fixed RNG seed: reproducible
     assert al_report.bootstrap_ci([0.3]) == (0.3, 0.3, 0.3)
+
+
+def test_picks_only_table_counts_kinds_over_seeds(root, tmp_path):
+    picks = tmp_path / "picks.jsonl"
+    lines = [{"site": "hetero", "method": "asfda", "budget": 2, "seed": s, "picks": ["a", "b"],
+              "pick_kinds": ["flair", "routine"]} for s in range(3)]
+    lines += [{"site": "hetero", "method": "random", "budget": 2, "seed": s, "picks": ["c", "d"],
+               "pick_kinds": ["routine", "routine" if s else "pd"]} for s in range(3)]
+    picks.write_text("".join(json.dumps(p) + "\n" for p in lines))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"volumes": [
+        {"site": "hetero", "split": "pool", "kind": k} for k in ["routine"] * 3 + ["pd", "flair"]]
+        + [{"site": "hetero", "split": "test", "kind": "pd"}]}))
+    res = subprocess.run([sys.executable, str(root / "scripts/al_report.py"), "--picks", str(picks),
+                          "--manifest", str(manifest)], capture_output=True, text=True, check=True)
+    text = res.stdout
+    assert "| method | budget | routine | pd | flair | kinds per selection |" in text, text
+    assert "| *pool* | – | 3 | 1 | 1 | – |" in text, text  # pool volumes only, not test
+    assert "| ASFDA | 2 | 3 | 0 | 3 | 2.0 |" in text, text
+    assert "| random | 2 | 5 | 1 | 0 | 1.3 |" in text, text
