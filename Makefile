@@ -15,7 +15,7 @@ ORT_GPU  := $(ASFDA_CACHE_DIR)/onnxruntime/gpu/libonnxruntime.so.$(ORT_VERSION)
 NILEARN  := nilearn==0.14.1
 CMAKE_BUILD := cpp_demo/build
 
-.PHONY: all dist wheel ort ort-gpu venv venv-torch venv-slicer build data dicom-data model demo test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-slicer test-orthanc test-gpu header clean-cache install
+.PHONY: all dist wheel ort ort-gpu venv venv-torch venv-slicer build data dicom-data model demo demo-hetero test lint fuzz fuzz-smoke test-rust test-python test-tools test-slow test-c test-slicer test-orthanc test-gpu header clean-cache install
 
 all: build
 
@@ -85,6 +85,11 @@ $(DICOM_DATA)/reference/index.json: $(VENV)/.stamp scripts/fetch_dicom.py
 ## synthetic pd site (score, select, fine-tune, Dice before/after, report) into out/demo/.
 demo: ort build data
 	target/release/asfda demo
+
+## The same loop on the heterogeneous hospital of issue 17 (make data's hetero-v1): the report
+## names each pick's acquisition kind beside what random would have picked.
+demo-hetero: ort build data
+	target/release/asfda demo --data $(HETERO_DATA) --site hetero --out out/demo-hetero
 
 ## Every test: Rust unit + integration tests (header drift included), the Python cross-checks
 ## against nibabel and onnxruntime, and the C/C++ tests under ctest.

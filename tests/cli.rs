@@ -377,7 +377,10 @@ fn demo_runs_the_whole_loop_and_writes_the_report() {
     for sub in ["pool", "pool_labels", "test"] {
         std::fs::create_dir_all(data.join("pd").join(sub)).unwrap();
     }
-    std::fs::write(data.join("manifest.json"), "{}").unwrap();
+    // Acquisition kinds per volume, as the heterogeneous site's manifest records them.
+    let kinds = r#"{"volumes": [{"id": "pd_pool_000", "kind": "routine"}, {"id": "pd_pool_001", "kind": "motion"},
+                    {"id": "pd_pool_002", "kind": "flair"}]}"#;
+    std::fs::write(data.join("manifest.json"), kinds).unwrap();
     let size = [48, 56, 48];
     for i in 0..3 {
         for (split, kind) in [("pool", "image"), ("pool_labels", "label")] {
@@ -430,6 +433,11 @@ fn demo_runs_the_whole_loop_and_writes_the_report() {
         "{md}"
     );
     assert!(md.contains("--max-pool 3"), "the run's settings are in the report");
+    // Each pick's kind, and random's picks beside them.
+    let kind = |id: &str| ["routine", "motion", "flair"][id.trim_end_matches("_image")[8..].parse::<usize>().unwrap()];
+    let picked: Vec<String> = selection.picks.iter().map(|p| format!("{} ({})", p.id, kind(&p.id))).collect();
+    assert!(md.contains(&format!("Kinds: asfda picked {}", picked.join(", "))), "{md}");
+    assert!(md.contains("; random (seed 0) would have picked pd_pool_00"), "{md}");
     let dice: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("dice.json")).unwrap()).unwrap();
     let rows = dice["rows"].as_array().unwrap();

@@ -196,6 +196,25 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let selection = select(&scores, &[], &options)?;
     atomic_file::write(&out.join("selection.json"), (selection.to_json() + "\n").as_bytes())?;
     crate::select::print_table(&selection, scores.len());
+    // On a site whose data manifest records each volume's acquisition kind (the heterogeneous
+    // hospital, `make data`'s hetero-v1): what kinds were picked, beside random's picks.
+    let kinds = volume_kinds(&data_dir);
+    let kind_note = if kinds.is_empty() {
+        None
+    } else {
+        let random = select(&scores, &[], &SelectOptions { method: Method::Random, ..options.clone() })?;
+        let named = |s: &asfda::select::Selection| {
+            s.picks.iter().map(|p| format!("{} ({})", p.id, kind_of(&kinds, &p.id))).collect::<Vec<_>>().join(", ")
+        };
+        let note = format!(
+            "Kinds: {} picked {}; random (seed {seed}) would have picked {}.",
+            method.name(),
+            named(&selection),
+            named(&random)
+        );
+        println!("{note}");
+        Some(note)
+    };
 
     // 3. Fine-tune: oracle labels of the picks, pseudo-labels of (some of) the reliable set.
     let pool_dir = site_dir.join("pool");
@@ -322,6 +341,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
              Dice after {t_after:.0}, entropy maps {t_report:.0}; total {total:.0}."
         ),
     ];
+    notes.extend(kind_note);
     if site == "pd" && max_reliable == 0 {
         // Measured with the defaults (see the README); said so the reader knows why SSFT ran without them.
         notes.push(
@@ -368,3 +388,19 @@ fn default_data() -> PathBuf {
 
 /// The synthetic data set's folder name (`make data`'s, and the user cache's).
 const SYNTHETIC_DATA: &str = "synthetic-v1";
+
+/// Each volume's acquisition kind, by id, from the data folder's manifest (`volumes[].kind`, as
+/// the heterogeneous site records it); empty when the manifest has none.
+fn volume_kinds(data_dir: &Path) -> std::collections::HashMap<String, String> {
+    let manifest: Option<serde_json::Value> =
+        std::fs::read(data_dir.join("manifest.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let volumes = manifest.as_ref().and_then(|m| m["volumes"].as_array()).cloned().unwrap_or_default();
+    volumes.iter().filter_map(|v| Some((v["id"].as_str()?.to_string(), v["kind"].as_str()?.to_string()))).collect()
+}
+
+/// The kind of pool volume `id` (a file id such as `hetero_pool_003_image` is looked up without
+/// its `_image` suffix).
+fn kind_of<'a>(kinds: &'a std::collections::HashMap<String, String>, id: &str) -> &'a str {
+    let key = id.strip_suffix("_image").unwrap_or(id);
+    kinds.get(key).map_or("unknown kind", String::as_str)
+}
