@@ -29,7 +29,8 @@ import nibabel as nib
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bindings" / "python"))
 
-from asfda_tools import anatomy, hetero, synth  # noqa: E402
+from asfda_tools import hetero, synth  # noqa: E402
+from asfda_tools.make_data import anatomy_record, check_replaceable, replace_dir  # noqa: E402
 
 DEFAULT_OUT = ROOT / ".cache" / "data" / "hetero-v1"
 README = ROOT / "data" / "hetero" / "README.md"
@@ -98,11 +99,7 @@ def manifest(seed: int, counts: dict, volumes: list[dict]) -> dict:
         "seed": seed,
         "counts": {f"{site}.{split}": by_kind for (site, split), by_kind in counts.items()},
         "anatomy": {
-            "source": "ICBM152 2009a nonlinear symmetric template, nilearn 0.14.1 wheel",
-            "files": [anatomy.TEMPLATE.format(k) for k in ("t1", "gm", "wm")],
-            "labels": dict(enumerate(anatomy.CLASS_NAMES)),
-            "label_rule": anatomy.LABEL_RULE,
-            "mask_rule": anatomy.MASK_RULE,
+            **anatomy_record(),
             "tissues": dict(enumerate(hetero.TISSUES)),
             "tissue_class": dict(zip(hetero.TISSUES, hetero.TISSUE_CLASS.tolist())),
             "lesion_rule": hetero.LESION_RULE,
@@ -115,21 +112,11 @@ def manifest(seed: int, counts: dict, volumes: list[dict]) -> dict:
     }
 
 
-def check_replaceable(out: Path) -> None:
-    if not out.exists() or not any(out.iterdir()):
-        return
-    old = out / "manifest.json"
-    ours = old.is_file() and json.loads(old.read_text()).get("generator", "").startswith(
-        "asfda_tools.hetero")
-    if not ours:
-        raise SystemExit(f"{out} exists and was not written by make_hetero_data.py: not replacing it")
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     counts = split_counts(args)
     out = args.out.resolve()
-    check_replaceable(out)
+    check_replaceable(out, "asfda_tools.hetero", "make_hetero_data.py")
     start = time.perf_counter()
     tpl = hetero.load_template()
     print(f"template and distance maps in {time.perf_counter() - start:.1f} s", flush=True)
@@ -148,9 +135,7 @@ def main(argv=None) -> None:
     shutil.copyfile(README, tmp / "README.md")
     shutil.copyfile(NOTICE, tmp / "NOTICE-synthetic-v1-README.md")
     (tmp / "manifest.json").write_text(json.dumps(manifest(args.seed, counts, volumes), indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    replace_dir(tmp, out)
     print(f"wrote {len(volumes)} volumes to {out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -16,8 +16,8 @@ use asfda::ErrorKind;
 mod common;
 use common::{data_dir, root};
 
-/// The first `n` held-out (image, label) pairs of a site.
-fn cases(site: &str, n: usize) -> Vec<(Volume, Volume)> {
+/// A site's held-out images, sorted.
+fn test_images(site: &str) -> Vec<PathBuf> {
     let dir = data_dir().join(site).join("test");
     let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
@@ -26,6 +26,11 @@ fn cases(site: &str, n: usize) -> Vec<(Volume, Volume)> {
         .collect();
     images.sort();
     images
+}
+
+/// The first `n` held-out (image, label) pairs of a site.
+fn cases(site: &str, n: usize) -> Vec<(Volume, Volume)> {
+    test_images(site)
         .into_iter()
         .take(n)
         .map(|p| {
@@ -511,17 +516,7 @@ fn a_pool_scored_with_reading_overlapped_equals_one_scored_volume_by_volume() {
     use asfda::score::{score_pool, PoolOrder};
     let engine = engine();
     // pd is on the model's grid (read in place); spacing_orient needs resampling.
-    let pick = |site: &str| {
-        let dir = data_dir().join(site).join("test");
-        let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with("_image.nii.gz"))
-            .collect();
-        images.sort();
-        images.swap_remove(0)
-    };
-    let (pd, oblique) = (pick("pd"), pick("spacing_orient"));
+    let (pd, oblique) = (test_images("pd").swap_remove(0), test_images("spacing_orient").swap_remove(0));
     let kinds: Vec<bool> = [&pd, &oblique]
         .iter()
         .map(|p| {

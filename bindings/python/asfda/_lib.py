@@ -381,6 +381,17 @@ def fspath(path) -> bytes:
     return c_string(os.fsencode(os.fspath(path)), "path")
 
 
+def path_array(paths, empty_message: str):
+    """One path or a list of them (str, bytes, os.PathLike) as a C array of C strings and its
+    length; ``ValueError(empty_message)`` for an empty list."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]
+    encoded = [fspath(p) for p in paths]
+    if not encoded:
+        raise ValueError(empty_message)
+    return (C.c_char_p * len(encoded))(*encoded), len(encoded)
+
+
 def c_string(value, what: str) -> bytes:
     """UTF-8 bytes for a C string; an embedded NUL would silently cut it short, so refuse it."""
     b = value.encode() if isinstance(value, str) else bytes(value)

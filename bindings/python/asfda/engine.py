@@ -256,14 +256,9 @@ class Engine:
         one segment per foreground class (name, colour and coded concept from :attr:`classes`), in
         the source's study and frame of reference, its frames referencing the source images, with
         new series and instance UIDs. Written atomically."""
-        if isinstance(sources, (str, bytes, os.PathLike)):
-            sources = [sources]
-        encoded = [_lib.fspath(p) for p in sources]
-        if not encoded:
-            raise ValueError("no DICOM source folder or files given")
-        array = (C.c_char_p * len(encoded))(*encoded)
+        array, n = _lib.path_array(sources, "no DICOM source folder or files given")
         vol = _as_volume(labels)
-        _lib.check(_lib.volume_write_dicom_seg(vol._h, self._h, array, len(encoded), _lib.fspath(path)))
+        _lib.check(_lib.volume_write_dicom_seg(vol._h, self._h, array, n, _lib.fspath(path)))
 
     def score_and_segment(
         self,

@@ -107,16 +107,11 @@ class Volume:
         the affine is converted to RAS. ``series_uid`` picks one series when the files hold
         several (otherwise that is an error listing them). Limits and ``nonfinite`` as in
         :meth:`load`. See the README's "Reading DICOM" for what is supported."""
-        if isinstance(paths, (str, bytes, os.PathLike)):
-            paths = [paths]
-        encoded = [_lib.fspath(p) for p in paths]
-        if not encoded:
-            raise ValueError("no DICOM folder or files given")
-        array = (C.c_char_p * len(encoded))(*encoded)
+        array, n = _lib.path_array(paths, "no DICOM folder or files given")
         uid = None if series_uid is None else _lib.c_string(series_uid, "series_uid")
         opts = _options(max_voxels, max_bytes, nonfinite, replace_value)
         out = _lib.P()
-        _lib.check(_lib.volume_read_dicom(array, len(encoded), uid, C.byref(opts), C.byref(out)))
+        _lib.check(_lib.volume_read_dicom(array, n, uid, C.byref(opts), C.byref(out)))
         return cls(out.value)
 
     read_dicom = load_dicom

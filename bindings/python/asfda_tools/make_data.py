@@ -93,28 +93,33 @@ def manifest(seed: int, counts: dict, volumes: list[dict]) -> dict:
         "statement": synth.STATEMENT,
         "seed": seed,
         "counts": {f"{site}.{split}": n for (site, split), n in counts.items()},
-        "anatomy": {
-            "source": "ICBM152 2009a nonlinear symmetric template, nilearn 0.14.1 wheel",
-            "files": [anatomy.TEMPLATE.format(k) for k in ("t1", "gm", "wm")],
-            "labels": dict(enumerate(anatomy.CLASS_NAMES)),
-            "label_rule": anatomy.LABEL_RULE,
-            "mask_rule": anatomy.MASK_RULE,
-        },
+        "anatomy": anatomy_record(),
         "sites": {name: vars(site) for name, site in synth.SITES.items()},
         "layout": "pool images in <site>/pool, their labels (oracle) in <site>/pool_labels",
         "volumes": volumes,
     }
 
 
-def check_replaceable(out: Path) -> None:
-    """Refuse, before any work, to replace a non-empty folder this script did not write."""
+def anatomy_record() -> dict:
+    """Where the anatomy comes from and how labels and masks are made from it (every data set's
+    manifest says so)."""
+    return {
+        "source": "ICBM152 2009a nonlinear symmetric template, nilearn 0.14.1 wheel",
+        "files": [anatomy.TEMPLATE.format(k) for k in ("t1", "gm", "wm")],
+        "labels": dict(enumerate(anatomy.CLASS_NAMES)),
+        "label_rule": anatomy.LABEL_RULE,
+        "mask_rule": anatomy.MASK_RULE,
+    }
+
+
+def check_replaceable(out: Path, generator: str = "asfda_tools.synth", writer: str = "asfda_tools.make_data") -> None:
+    """Refuse, before any work, to replace a non-empty folder that `generator` did not write."""
     if not out.exists() or not any(out.iterdir()):
         return
     old = out / "manifest.json"
-    ours = old.is_file() and json.loads(old.read_text()).get("generator", "").startswith(
-        "asfda_tools.synth")
+    ours = old.is_file() and json.loads(old.read_text()).get("generator", "").startswith(generator)
     if not ours:
-        raise SystemExit(f"{out} exists and was not written by asfda_tools.make_data: not replacing it")
+        raise SystemExit(f"{out} exists and was not written by {writer}: not replacing it")
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
