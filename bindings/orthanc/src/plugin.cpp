@@ -105,9 +105,15 @@ OrthancPluginErrorCode info_route(OrthancPluginRestOutput *output, const char *,
     });
 }
 
-OrthancPluginErrorCode score_route(OrthancPluginRestOutput *output, const char *, const OrthancPluginHttpRequest *request) {
-    if (request->method != OrthancPluginHttpMethod_Get && request->method != OrthancPluginHttpMethod_Post) {
-        OrthancPluginSendMethodNotAllowed(context(), output, "GET,POST");
+// The series routes' shared prologue: the method check, the runtime, and the series named by the
+// URL (404 when Orthanc has none); `handle` answers for the series found.
+template <typename Handle>
+OrthancPluginErrorCode series_route(OrthancPluginRestOutput *output, const OrthancPluginHttpRequest *request,
+                                    bool allow_get, Handle handle) {
+    const bool allowed = request->method == OrthancPluginHttpMethod_Post ||
+                         (allow_get && request->method == OrthancPluginHttpMethod_Get);
+    if (!allowed) {
+        OrthancPluginSendMethodNotAllowed(context(), output, allow_get ? "GET,POST" : "POST");
         return OrthancPluginErrorCode_Success;
     }
     return guarded(output, [&] {
@@ -118,8 +124,15 @@ OrthancPluginErrorCode score_route(OrthancPluginRestOutput *output, const char *
             answer_error(output, 404, "no series \"" + id + "\" in Orthanc (give Orthanc's series id, as in GET /series)");
             return;
         }
+        handle(rt, id, *series);
+    });
+}
+
+OrthancPluginErrorCode score_route(OrthancPluginRestOutput *output, const char *, const OrthancPluginHttpRequest *request) {
+    return series_route(output, request, true, [&](const std::shared_ptr<const Runtime> &rt, const std::string &id,
+                                                   const SeriesInfo &series) {
         if (request->method == OrthancPluginHttpMethod_Get) {
-            StoredScore stored = load_score(*rt, *series);
+            StoredScore stored = load_score(*rt, series);
             if (!stored.score) {
                 answer_error(output, 404, "series " + id + ": " + stored.unusable + " (POST /asfda/series/" + id + "/score)");
                 return;
@@ -128,26 +141,16 @@ OrthancPluginErrorCode score_route(OrthancPluginRestOutput *output, const char *
             return;
         }
         require_empty_options(request);
-        if (series->instances.empty()) throw std::invalid_argument("series " + id + " has no instances");
+        if (series.instances.empty()) throw std::invalid_argument("series " + id + " has no instances");
         answer_json(output, job_answer(Job::submit(std::make_unique<ScoreJob>(rt, id), rt->config.job_priority)));
     });
 }
 
 OrthancPluginErrorCode segment_route(OrthancPluginRestOutput *output, const char *, const OrthancPluginHttpRequest *request) {
-    if (request->method != OrthancPluginHttpMethod_Post) {
-        OrthancPluginSendMethodNotAllowed(context(), output, "POST");
-        return OrthancPluginErrorCode_Success;
-    }
-    return guarded(output, [&] {
-        std::shared_ptr<const Runtime> rt = require_runtime();
-        const std::string id = request->groupsCount > 0 ? request->groups[0] : "";
-        std::optional<SeriesInfo> series = find_series(id);
-        if (!series) {
-            answer_error(output, 404, "no series \"" + id + "\" in Orthanc (give Orthanc's series id, as in GET /series)");
-            return;
-        }
+    return series_route(output, request, false, [&](const std::shared_ptr<const Runtime> &rt, const std::string &id,
+                                                    const SeriesInfo &series) {
         require_empty_options(request);
-        if (series->instances.empty()) throw std::invalid_argument("series " + id + " has no instances");
+        if (series.instances.empty()) throw std::invalid_argument("series " + id + " has no instances");
         answer_json(output, job_answer(Job::submit(std::make_unique<SegmentJob>(rt, id), rt->config.job_priority)));
     });
 }
