@@ -12,7 +12,7 @@ use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::runtime::{Device, Runtime, RuntimeOptions};
+use crate::runtime::{Device, ModelSource, Runtime, RuntimeOptions};
 use crate::volume::Volume;
 
 /// An ONNX model ready to run.
@@ -34,7 +34,7 @@ impl Model {
     pub fn load_with_weights(path: &Path, options: &RuntimeOptions, weights: &[(&str, &ArrayD<f32>)]) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
         let (session, device) =
-            runtime.session_from_file_with(path, options.device, options.threads, |b| with_weights(b, weights))?;
+            runtime.session(options, ModelSource::File(path), None, |b| with_weights(b, weights))?;
         Self::from_session(session, device, &path.display().to_string())
     }
 
@@ -47,8 +47,7 @@ impl Model {
     ) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
         let (session, device) =
-            runtime
-                .session_from_memory_with(bytes, name, options.device, options.threads, |b| with_weights(b, weights))?;
+            runtime.session(options, ModelSource::Memory(bytes, name), None, |b| with_weights(b, weights))?;
         Self::from_session(session, device, name)
     }
 

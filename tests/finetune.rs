@@ -23,7 +23,7 @@ use asfda::ErrorKind;
 use ndarray::s;
 
 mod common;
-use common::{data_dir, root};
+use common::{crop, data_dir, root};
 
 fn engine() -> Engine {
     let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
@@ -41,26 +41,6 @@ fn pool(site: &str, i: usize) -> (Volume, Volume) {
         read(&dir.join(format!("pool/{site}_pool_{i:03}_image.nii.gz"))),
         read(&dir.join(format!("pool_labels/{site}_pool_{i:03}_label.nii.gz"))),
     )
-}
-
-/// The block of `v` starting at voxel `origin` (x, y, z) with `size` voxels, its affine moved so
-/// world positions stay put.
-fn crop(v: &Volume, origin: [usize; 3], size: [usize; 3]) -> Volume {
-    let [nx, ny, _] = v.dims();
-    let src = v.data();
-    let mut data = Vec::with_capacity(size.iter().product());
-    for k in 0..size[2] {
-        for j in 0..size[1] {
-            let row = origin[0] + nx * ((origin[1] + j) + ny * (origin[2] + k));
-            data.extend_from_slice(&src[row..row + size[0]]);
-        }
-    }
-    let mut a = v.affine();
-    for (r, row) in a.iter_mut().enumerate().take(3) {
-        let col: Vec<f64> = (0..3).map(|c| v.affine()[r][c]).collect();
-        row[3] += (0..3).map(|c| col[c] * origin[c] as f64).sum::<f64>();
-    }
-    Volume::new(data, size, 1, a).unwrap()
 }
 
 /// A central block of pool volume `i`: smaller than one 64^3 tile along two axes (so

@@ -15,7 +15,9 @@ pub struct AsfdaRuntimeOptions {
     /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
     /// ORT_DYLIB_PATH, next to the asfda library, the user cache).
     pub library_path: *const c_char,
-    /// "cpu" (default when NULL), "auto", "cuda" or "cuda:N".
+    /// "cpu" (default when NULL), "auto" (CUDA, else OpenVINO, else the CPU), "openvino" (the CPU
+    /// through the OpenVINO plugin, found via ASFDA_OPENVINO_LIBRARY, next to the asfda library
+    /// or in the user cache: `make ort-openvino`), "cuda" or "cuda:N".
     pub device: *const c_char,
     /// Intra-op CPU threads; 0 lets ONNX Runtime choose.
     pub threads: u32,
@@ -44,7 +46,7 @@ pub(crate) fn runtime_options_from(o: &AsfdaRuntimeOptions, name: &str) -> Resul
     let library_path =
         if o.library_path.is_null() { None } else { Some(c_path(o.library_path, &format!("{name}->library_path"))?) };
     let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, &format!("{name}->device"))?.parse()? };
-    Ok(RuntimeOptions { library_path, device, threads: o.threads as usize })
+    Ok(RuntimeOptions { library_path, device, threads: o.threads as usize, openvino_library: None })
 }
 
 /// Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).
@@ -95,7 +97,7 @@ pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
     free_handle(model);
 }
 
-/// Copies the device the model actually runs on ("cpu" or "cuda:N"; `auto` resolved) into
+/// Copies the device the model actually runs on ("cpu", "openvino" or "cuda:N"; `auto` resolved) into
 /// `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
 #[no_mangle]
 #[must_use]
