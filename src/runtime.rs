@@ -167,6 +167,17 @@ pub struct OpenVinoPlugin {
     pub source: LibrarySource,
 }
 
+/// Whether device `openvino` can run here ([`Runtime::openvino_status`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpenVinoStatus {
+    /// The plugin offers an OpenVINO CPU device: `openvino` runs, `auto` picks it when there is no CUDA.
+    pub usable: bool,
+    pub plugin: Option<PathBuf>,
+    pub source: Option<LibrarySource>,
+    /// Why not, with how to fix it.
+    pub why_not: Option<String>,
+}
+
 /// Where a session's model comes from.
 #[derive(Clone, Copy)]
 pub enum ModelSource<'a> {
@@ -421,6 +432,27 @@ impl Runtime {
             .with_device_id(device_id)
             .register(builder)
             .map_err(|e| format!("the CUDA provider could not start ({e})"))
+    }
+
+    /// The OpenVINO plugin as `auto` and `openvino` would find it (registering it if that has not
+    /// happened yet): where it is and whether it offers an OpenVINO CPU device here.
+    pub fn openvino_status(&self) -> OpenVinoStatus {
+        match self.openvino(None) {
+            Ok(p) => {
+                OpenVinoStatus { usable: true, plugin: Some(p.path.clone()), source: Some(p.source), why_not: None }
+            }
+            Err(why) => OpenVinoStatus { usable: false, plugin: None, source: None, why_not: Some(why) },
+        }
+    }
+
+    /// [`RuntimeInfo`] as JSON, with `openvino` ([`Runtime::openvino_status`]) added.
+    pub fn info_json(&self) -> Result<serde_json::Value> {
+        let mut json = serde_json::to_value(&self.info).map_err(|e| Error::internal(e.to_string()))?;
+        let openvino = serde_json::to_value(self.openvino_status()).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some(map) = json.as_object_mut() {
+            map.insert("openvino".into(), openvino);
+        }
+        Ok(json)
     }
 
     /// Whether `auto` would pick CUDA (its provider library is present; starting it may still fail).

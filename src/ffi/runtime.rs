@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 
 use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Model;
 use crate::runtime::{Device, Runtime, RuntimeOptions};
 use crate::volume::Volume;
@@ -61,7 +61,8 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 }
 
 /// Writes runtime facts as JSON (asfda and ORT versions, library path and how it was found,
-/// available execution providers) into `buf` (`capacity` bytes, NUL-terminated, truncated if
+/// available execution providers, and `openvino`: whether device "openvino" can run here, the
+/// plugin's path or why not; this registers the OpenVINO plugin if found) into `buf` (`capacity` bytes, NUL-terminated, truncated if
 /// short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
 /// default resolution order if it is not loaded yet.
 #[no_mangle]
@@ -69,7 +70,7 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> AsfdaStatus {
     guard(|| {
         let runtime = Runtime::load(None)?;
-        let json = serde_json::to_string(runtime.info()).map_err(|e| Error::internal(e.to_string()))?;
+        let json = runtime.info_json()?.to_string();
         string_out(&json, buf, capacity, out_needed)
     })
 }

@@ -70,6 +70,12 @@ def _metadata(native: bool = False) -> str:
     if native:
         # The bundled library loads the onnxruntime package's libonnxruntime (asfda._lib).
         lines.append(f"Requires-Dist: onnxruntime=={_ort_version()}")
+        # Device "openvino": `pip install asfda[openvino]` brings the OpenVINO EP plugin, which
+        # asfda._lib hands to the library (scripts/requirements-openvino.txt pins it).
+        openvino = _openvino_requirement()
+        if openvino:
+            lines.append("Provides-Extra: openvino")
+            lines.append(f'Requires-Dist: {openvino}; extra == "openvino"')
     readme = HERE / p.get("readme", "README.md")
     lines.append("Description-Content-Type: text/markdown")
     return "\n".join(lines) + "\n\n" + (readme.read_text(encoding="utf-8") if readme.is_file() else "")
@@ -84,6 +90,16 @@ def _ort_version() -> str:
     if not m:
         raise RuntimeError(f"no onnxruntime==VERSION pin in {pinned}")
     return m.group(1)
+
+
+def _openvino_requirement() -> str:
+    """The pinned OpenVINO EP plugin (scripts/requirements-openvino.txt; in an sdist, PKG-INFO's
+    extra), or "" when neither says."""
+    pinned = HERE.parents[1] / "scripts" / "requirements-openvino.txt"
+    text = pinned.read_text(encoding="utf-8") if pinned.is_file() else (
+        (HERE / "PKG-INFO").read_text(encoding="utf-8") if (HERE / "PKG-INFO").is_file() else "")
+    m = re.search(r"onnxruntime-ep-openvino==([0-9][^\s;]*)", text)
+    return f"onnxruntime-ep-openvino=={m.group(1)}" if m else ""
 
 
 def _package_files() -> list[tuple[str, bytes]]:
