@@ -32,6 +32,11 @@ impl Model {
     /// Like [`Model::load`], but replaces the named initializers (weights) of the graph with
     /// `weights`, e.g. fine-tuned parameters, without touching the file on disk.
     pub fn load_with_weights(path: &Path, options: &RuntimeOptions, weights: &[(&str, &ArrayD<f32>)]) -> Result<Model> {
+        if !weights.is_empty() && bakes_weights(options.device) {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read model '{}': {e}", path.display())))?;
+            return Self::from_memory_with_weights(&bytes, &path.display().to_string(), options, weights);
+        }
         let runtime = Runtime::load(options.library_path.as_deref())?;
         let (session, device) =
             runtime.session(options, ModelSource::File(path), None, |b| with_weights(b, weights))?;
@@ -46,6 +51,11 @@ impl Model {
         weights: &[(&str, &ArrayD<f32>)],
     ) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
+        if !weights.is_empty() && bakes_weights(options.device) {
+            let baked = crate::finetune::onnx_weights::bake_weights(bytes, weights)?;
+            let (session, device) = runtime.session(options, ModelSource::Memory(&baked, name), None, Ok)?;
+            return Self::from_session(session, device, name);
+        }
         let (session, device) =
             runtime.session(options, ModelSource::Memory(bytes, name), None, |b| with_weights(b, weights))?;
         Self::from_session(session, device, name)
@@ -131,6 +141,14 @@ impl Model {
             )),
         }
     }
+}
+
+/// Whether weights go into the model's bytes rather than through ONNX Runtime's initializer
+/// overrides: the OpenVINO plugin compiles the graph's own initializers and ignores the overrides
+/// (a fine-tuned engine would silently run the original weights; tests/finetune.rs), so on
+/// `openvino` (and `auto`, which may pick it) they are baked in.
+fn bakes_weights(device: Device) -> bool {
+    matches!(device, Device::OpenVino | Device::Auto)
 }
 
 /// Overrides the named initializers of the graph being built.

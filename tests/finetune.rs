@@ -17,17 +17,31 @@ use asfda::finetune::checkpoint;
 use asfda::finetune::sampling::{poly_lr, ramp_weight};
 use asfda::finetune::{FineTuneOptions, FineTuner};
 use asfda::rng::SplitMix64;
-use asfda::runtime::RuntimeOptions;
+use asfda::runtime::{Device, RuntimeOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::ErrorKind;
 use ndarray::s;
 
 mod common;
 use common::{crop, data_dir, root};
+#[path = "common/openvino.rs"]
+mod openvino;
 
 fn engine() -> Engine {
-    let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
-    Engine::new(&root().join("models/demo_brain_unet"), options).unwrap()
+    engine_on(Device::Cpu)
+}
+
+/// The demo engine on `device`. A representative subset of these tests runs on the CPU provider
+/// and on OpenVINO (`make ort-openvino`; tests/openvino.rs compares the two directly).
+fn engine_on(device: Device) -> Engine {
+    let runtime = match device {
+        Device::OpenVino => openvino::options(Device::OpenVino),
+        _ => RuntimeOptions { device, threads: 2, ..Default::default() },
+    };
+    let engine =
+        Engine::new(&root().join("models/demo_brain_unet"), EngineOptions { runtime, ..Default::default() }).unwrap();
+    assert_eq!(engine.device(), device);
+    engine
 }
 
 fn read(path: &Path) -> Volume {
@@ -61,7 +75,16 @@ fn weights_bits(t: &FineTuner) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn loss_decreases_with_annotations_on_the_target_site() {
-    let engine = engine();
+    loss_decreases_on(Device::Cpu);
+}
+
+#[test]
+fn loss_decreases_with_annotations_on_the_target_site_on_openvino() {
+    loss_decreases_on(Device::OpenVino);
+}
+
+fn loss_decreases_on(device: Device) {
+    let engine = engine_on(device);
     let o = FineTuneOptions { lr: Some(1e-3), ..options(32, 2, 16, 1) };
     let mut tuner = FineTuner::new(&engine, o).unwrap();
     for i in 0..2 {
@@ -78,7 +101,18 @@ fn loss_decreases_with_annotations_on_the_target_site() {
 
 #[test]
 fn a_resumed_run_continues_exactly() {
-    let engine = engine();
+    resumed_run_on(Device::Cpu);
+}
+
+/// OpenVINO too gives the same bits for the same step (its compiled graph is deterministic at a
+/// fixed thread count), so a resumed run continues exactly there as well.
+#[test]
+fn a_resumed_run_continues_exactly_on_openvino() {
+    resumed_run_on(Device::OpenVino);
+}
+
+fn resumed_run_on(device: Device) {
+    let engine = engine_on(device);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run.safetensors");
     // The pseudo-label check off, so that the resumed steps mix in pseudo-labelled patches.
@@ -264,7 +298,16 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
 
 #[test]
 fn export_and_apply_run_the_fine_tuned_weights() {
-    let engine = engine();
+    export_and_apply_on(Device::Cpu);
+}
+
+#[test]
+fn export_and_apply_run_the_fine_tuned_weights_on_openvino() {
+    export_and_apply_on(Device::OpenVino);
+}
+
+fn export_and_apply_on(device: Device) {
+    let engine = engine_on(device);
     let (image, label) = small("pd", 1);
     let mut tuner = FineTuner::new(&engine, FineTuneOptions { lr: Some(1e-3), ..options(32, 1, 4, 2) }).unwrap();
     tuner.add_labeled("l", &image, &label).unwrap();
@@ -591,7 +634,6 @@ fn pseudo_labels_are_used_only_while_their_model_segments_the_annotations_well()
 #[test]
 #[ignore = "needs a GPU: run `make test-gpu`"]
 fn gpu_fine_tuning_steps_match_cpu() {
-    use asfda::runtime::Device;
     let cuda = Engine::new(
         &root().join("models/demo_brain_unet"),
         EngineOptions {
