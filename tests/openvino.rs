@@ -118,7 +118,15 @@ fn auto_runs_on_openvino_when_there_is_no_cuda() {
     let tiny = root().join("models/tiny_conv3d/tiny_conv3d.onnx");
     let model = Model::load(&tiny, &openvino::options(Device::Auto)).unwrap();
     assert_eq!(model.device(), Device::OpenVino, "the CPU build of ONNX Runtime has no CUDA: auto must pick OpenVINO");
-    assert_eq!(engine(Device::Auto).device(), Device::OpenVino);
+    let engine = engine(Device::Auto);
+    assert_eq!(engine.device(), Device::OpenVino);
+    // The train step too (compiled for the batch shape at the first step).
+    let options = FineTuneOptions { patch_size: Some([32; 3]), batch_size: 1, total_steps: 2, ..Default::default() };
+    let mut tuner = FineTuner::new(&engine, options).unwrap();
+    let (image, label) = pool("thick", 0);
+    tuner.add_labeled("a", &image, &label).unwrap();
+    assert!(tuner.step().unwrap().loss.is_finite());
+    assert_eq!(tuner.device(), Device::OpenVino);
 }
 
 fn cli() -> &'static Path {
