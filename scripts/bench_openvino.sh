@@ -57,10 +57,15 @@ for device in cpu openvino; do
   rows+=("train|$device|$(kv "$r" median_s)|$(kv "$r" peak_rss_mib)|$before|$(load)")
   echo "train $device: $r" >&2
 done
-before=$(load)
-r=$(.venv-torch/bin/python scripts/train_step_time.py "$BUNDLE" 2 64 "${REPEATS:-2}" "$THREADS" | result)
-rows+=("train|pytorch|$(kv "$r" median_s)|$(kv "$r" peak_rss_mib)|$before|$(load)")
-echo "train pytorch: $r" >&2
+if [ -x .venv-torch/bin/python ]; then
+  before=$(load)
+  r=$(.venv-torch/bin/python scripts/train_step_time.py "$BUNDLE" 2 64 "${REPEATS:-2}" "$THREADS" | result)
+  rows+=("train|pytorch|$(kv "$r" median_s)|$(kv "$r" peak_rss_mib)|$before|$(load)")
+  echo "train pytorch: $r" >&2
+else
+  echo "PyTorch eager: not run (.venv-torch missing: \`make venv-torch\`)" >&2
+  rows+=("train|pytorch|nan|nan|-|-")
+fi
 
 echo "CPU: $cpu; $THREADS threads; OpenVINO through $via; $PROFILE build; $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
@@ -73,5 +78,8 @@ print("|---|---|---:|---:|---:|---|---|")
 for task, dev, s, rss, before, after in rows:
     name = {"score": "scoring one volume", "train": "train step (2 x 64^3)"}[task]
     var = {"cpu": "asfda, CPU provider", "openvino": "asfda, OpenVINO (f32)", "pytorch": "PyTorch eager"}[dev]
+    if s == "nan":
+        print(f"| {name} | {var} | not run (no .venv-torch) | | | | |")
+        continue
     print(f"| {name} | {var} | {float(s):.3f} | {base[task] / float(s):.2f}x faster | {float(rss):.0f} | {before} | {after} |")
 '
