@@ -201,6 +201,26 @@ fn the_plugin_as_shipped_runs_on_intel_and_is_refused_clearly_elsewhere() {
     }
 }
 
+/// A graph OpenVINO refuses and the CPU provider runs: the train step with its dynamic shapes
+/// (the trainer compiles it per batch shape instead, see above).
+#[test]
+fn a_graph_openvino_refuses_fails_clearly_on_openvino_and_runs_on_the_cpu_with_auto() {
+    use asfda::runtime::{ModelSource, Runtime};
+    let runtime = Runtime::load(None).unwrap();
+    let train_step = root().join("models/demo_brain_unet/train_step.onnx");
+    let Err(err) = runtime.session(&openvino::options(Device::OpenVino), ModelSource::File(&train_step), None, Ok)
+    else {
+        panic!("OpenVINO must refuse the train step's dynamic weight shapes");
+    };
+    assert_eq!(err.kind(), ErrorKind::Model, "{err}");
+    assert!(err.message().contains("OpenVINO could not load model"), "{err}");
+    assert!(err.message().contains("dynamic weights shape"), "{err}");
+    assert!(err.message().contains("Use device 'cpu'"), "{err}");
+    let (_, used) =
+        runtime.session(&openvino::options(Device::Auto), ModelSource::File(&train_step), None, Ok).unwrap();
+    assert_eq!(used, Device::Cpu);
+}
+
 #[test]
 fn a_model_openvino_refuses_is_a_model_error_naming_openvino() {
     // A file that is not ONNX: ONNX Runtime refuses it before OpenVINO sees it, on either device;
