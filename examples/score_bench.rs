@@ -13,7 +13,8 @@
 //! from `window::tile_grid`, `tiles_per_batch` tiles per run; copying tiles out is not timed).
 //! `dump`: writes the prepared (resampled, normalised, padded) model input [C, Z, Y, X] as .npy
 //! so the Python peers do the same network work, plus OUT.json with the valid region.
-//! Every mode prints one `RESULT {json}` line. ORT intra-op threads: 2.
+//! Every mode prints one `RESULT {json}` line. ORT intra-op threads: 2. The device is
+//! `$ASFDA_BENCH_DEVICE` (default `cpu`; e.g. `openvino`, scripts/bench_openvino.sh).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -90,7 +91,9 @@ fn main() -> asfda::Result<()> {
         std::process::exit(2);
     }
     let (mode, dir, volume_path) = (args[0].as_str(), PathBuf::from(&args[1]), PathBuf::from(&args[2]));
-    let runtime = RuntimeOptions { threads: THREADS, ..Default::default() };
+    let device =
+        std::env::var("ASFDA_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()).parse().expect("ASFDA_BENCH_DEVICE");
+    let runtime = RuntimeOptions { threads: THREADS, device, ..Default::default() };
     let window = WindowOptions::default(); // overlap 0.5, 2 tiles per batch, sigma 1/8, no mirroring
     let t_read = Instant::now();
     let volume = read_nifti(&volume_path, &ReadOptions::default())?;

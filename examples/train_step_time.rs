@@ -3,6 +3,7 @@
 //!   cargo run --release --example train_step_time -- [BUNDLE] [N] [SIZE] [REPEATS] [THREADS]
 //!
 //! Defaults: the demo bundle, batch 2, 64^3 patches, 5 timed steps after one warm-up, 2 threads.
+//! The device is `$ASFDA_BENCH_DEVICE` (default `cpu`; e.g. `openvino`, scripts/bench_openvino.sh).
 //! Prints the median step time, the peak RSS and every step's loss (the warm-up's first) on one
 //! `RESULT` line. Its PyTorch-eager peer, scripts/train_step_time.py, takes the same synthetic
 //! batch and the bundle's weights and optimiser, so the losses must agree; both are run by
@@ -40,7 +41,8 @@ fn main() -> asfda::Result<()> {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo_brain_unet")));
     let arg = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (n, size, repeats, threads) = (arg(1, 2), arg(2, 64), arg(3, 5), arg(4, 2));
-    let options = RuntimeOptions { threads, ..Default::default() };
+    let device = std::env::var("ASFDA_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()).parse()?;
+    let options = RuntimeOptions { threads, device, ..Default::default() };
     let bundle = Bundle::load(&dir, &options)?;
     let mut trainer = Trainer::new(&bundle, &options)?;
     let classes = bundle.manifest().classes.len() as i64;
@@ -62,7 +64,8 @@ fn main() -> asfda::Result<()> {
     times.sort_by(f64::total_cmp);
     let losses: Vec<String> = losses.iter().map(|l| format!("{l:.7}")).collect();
     println!(
-        "RESULT impl=asfda-ort threads={threads} n={n} size={size} repeats={repeats} median_s={:.4} peak_rss_mib={:.0} losses={}",
+        "RESULT impl=asfda-ort device={} threads={threads} n={n} size={size} repeats={repeats} median_s={:.4} peak_rss_mib={:.0} losses={}",
+        trainer.device(),
         times[times.len() / 2],
         peak_rss_mib(),
         losses.join(",")

@@ -296,7 +296,9 @@ typedef struct AsfdaRuntimeOptions {
    */
   const char *library_path;
   /**
-   * "cpu" (default when NULL), "auto", "cuda" or "cuda:N".
+   * "cpu" (default when NULL), "auto" (CUDA, else OpenVINO, else the CPU), "openvino" (the CPU
+   * through the OpenVINO plugin, found via ASFDA_OPENVINO_LIBRARY, next to the asfda library
+   * or in the user cache: `make ort-openvino`), "cuda" or "cuda:N".
    */
   const char *device;
   /**
@@ -677,7 +679,7 @@ AsfdaStatus asfda_engine_new(const struct AsfdaEngineOptions *options,
 void asfda_engine_free(struct AsfdaEngine *engine);
 
 /**
- * The device inference runs on ("cpu" or "cuda:N"), copied like asfda_runtime_info_json.
+ * The device inference runs on ("cpu", "openvino" or "cuda:N"), copied like asfda_runtime_info_json.
  */
 ASFDA_MUST_USE
 AsfdaStatus asfda_engine_device(const struct AsfdaEngine *engine,
@@ -997,11 +999,15 @@ ASFDA_MUST_USE AsfdaStatus asfda_runtime_load(const char *library_path);
 
 /**
  * Writes runtime facts as JSON (asfda and ORT versions, library path and how it was found,
- * available execution providers) into `buf` (`capacity` bytes, NUL-terminated, truncated if
+ * available execution providers, and `openvino`: whether device "openvino" can run here, the
+ * plugin's path or why not; this registers the OpenVINO plugin if found) into `buf` (`capacity` bytes, NUL-terminated, truncated if
  * short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
  * default resolution order if it is not loaded yet.
  */
-ASFDA_MUST_USE AsfdaStatus asfda_runtime_info_json(char *buf, size_t capacity, size_t *out_needed);
+ASFDA_MUST_USE
+AsfdaStatus asfda_runtime_info_json(char *buf,
+                                    size_t capacity,
+                                    size_t *out_needed);
 
 /**
  * Loads an ONNX model with one image input. `options` may be NULL (CPU, default resolution).
@@ -1017,7 +1023,7 @@ AsfdaStatus asfda_model_load(const char *model_path,
 void asfda_model_free(struct AsfdaModel *model);
 
 /**
- * Copies the device the model actually runs on ("cpu" or "cuda:N"; `auto` resolved) into
+ * Copies the device the model actually runs on ("cpu", "openvino" or "cuda:N"; `auto` resolved) into
  * `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
  */
 ASFDA_MUST_USE

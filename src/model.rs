@@ -12,7 +12,7 @@ use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::runtime::{Device, Runtime, RuntimeOptions};
+use crate::runtime::{Device, ModelSource, Runtime, RuntimeOptions};
 use crate::volume::Volume;
 
 /// An ONNX model ready to run.
@@ -32,9 +32,14 @@ impl Model {
     /// Like [`Model::load`], but replaces the named initializers (weights) of the graph with
     /// `weights`, e.g. fine-tuned parameters, without touching the file on disk.
     pub fn load_with_weights(path: &Path, options: &RuntimeOptions, weights: &[(&str, &ArrayD<f32>)]) -> Result<Model> {
+        if !weights.is_empty() && bakes_weights(options.device) {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read model '{}': {e}", path.display())))?;
+            return Self::from_memory_with_weights(&bytes, &path.display().to_string(), options, weights);
+        }
         let runtime = Runtime::load(options.library_path.as_deref())?;
         let (session, device) =
-            runtime.session_from_file_with(path, options.device, options.threads, |b| with_weights(b, weights))?;
+            runtime.session(options, ModelSource::File(path), None, |b| with_weights(b, weights))?;
         Self::from_session(session, device, &path.display().to_string())
     }
 
@@ -46,9 +51,13 @@ impl Model {
         weights: &[(&str, &ArrayD<f32>)],
     ) -> Result<Model> {
         let runtime = Runtime::load(options.library_path.as_deref())?;
+        if !weights.is_empty() && bakes_weights(options.device) {
+            let baked = crate::finetune::onnx_weights::bake_weights(bytes, weights)?;
+            let (session, device) = runtime.session(options, ModelSource::Memory(&baked, name), None, Ok)?;
+            return Self::from_session(session, device, name);
+        }
         let (session, device) =
-            runtime
-                .session_from_memory_with(bytes, name, options.device, options.threads, |b| with_weights(b, weights))?;
+            runtime.session(options, ModelSource::Memory(bytes, name), None, |b| with_weights(b, weights))?;
         Self::from_session(session, device, name)
     }
 
@@ -132,6 +141,14 @@ impl Model {
             )),
         }
     }
+}
+
+/// Whether weights go into the model's bytes rather than through ONNX Runtime's initializer
+/// overrides: the OpenVINO plugin compiles the graph's own initializers and ignores the overrides
+/// (a fine-tuned engine would silently run the original weights; tests/finetune.rs), so on
+/// `openvino` (and `auto`, which may pick it) they are baked in.
+fn bakes_weights(device: Device) -> bool {
+    matches!(device, Device::OpenVino | Device::Auto)
 }
 
 /// Overrides the named initializers of the graph being built.

@@ -17,6 +17,15 @@
 //!
 //! Nothing here depends on where asfda was built: a library or executable copied elsewhere
 //! resolves the same way.
+//!
+//! Device `openvino` runs on the CPU through the OpenVINO execution provider, a plugin library
+//! (PyPI `onnxruntime-ep-openvino`, `make ort-openvino`) registered with ONNX Runtime on first
+//! use. The plugin is found in the same order: [`RuntimeOptions::openvino_library`], then
+//! `$ASFDA_OPENVINO_LIBRARY` (both authoritative), then a
+//! `libonnxruntime_providers_openvino_plugin.so*` next to the asfda library (or in `../lib`), then
+//! `onnxruntime-ep-openvino/` in the user cache. Sessions on it run in f32 (OpenVINO's default on
+//! CPUs with AVX-512 BF16 is bf16) and use the plugin's OpenVINO CPU device (metadata
+//! `ov_device` = `CPU`). See docs/openvino.md.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::fmt;
@@ -39,7 +48,24 @@ pub const ENV_ORT_DYLIB_PATH: &str = "ORT_DYLIB_PATH";
 /// else `~/.cache/asfda`).
 pub const ENV_CACHE_DIR: &str = "ASFDA_CACHE_DIR";
 
+/// Environment variable naming the OpenVINO execution provider plugin asfda should register.
+pub const ENV_OPENVINO_LIBRARY: &str = "ASFDA_OPENVINO_LIBRARY";
+/// The folder in the user cache that `make ort-openvino` fills.
+pub const OPENVINO_CACHE_FOLDER: &str = "onnxruntime-ep-openvino";
+
 const ORT_FILE_PREFIX: &str = "libonnxruntime.so";
+const OPENVINO_PLUGIN_PREFIX: &str = "libonnxruntime_providers_openvino_plugin.so";
+/// The execution provider name of the plugin's devices (its `AUTO` meta device is
+/// `OpenVINOExecutionProvider.AUTO`, not used).
+const OPENVINO_EP: &str = "OpenVINOExecutionProvider";
+const CPU_EP: &str = "CPUExecutionProvider";
+/// The name asfda registers the plugin under (one registration per process).
+const OPENVINO_REGISTRATION: &str = "asfda-openvino";
+/// How to get the plugin, for error and log messages.
+const OPENVINO_FIX: &str =
+    "run `make ort-openvino` in the asfda source tree (puts the onnxruntime-ep-openvino wheel's \
+     plugin in the user cache, ~/.cache/asfda/onnxruntime-ep-openvino), `pip install asfda[openvino]` for the Python \
+     wheel, or set ASFDA_OPENVINO_LIBRARY to the full path of libonnxruntime_providers_openvino_plugin.so";
 const CUDA_PROVIDER_FILE: &str = "libonnxruntime_providers_cuda.so";
 
 /// Where inference runs.
@@ -49,18 +75,22 @@ pub enum Device {
     Cpu,
     /// A CUDA device by ordinal.
     Cuda(u32),
-    /// CUDA device 0 when the provider library and a GPU are present, otherwise the CPU.
+    /// The CPU through OpenVINO (the `onnxruntime-ep-openvino` plugin, `make ort-openvino`), in f32.
+    OpenVino,
+    /// CUDA device 0 when the provider library and a GPU are present, else OpenVINO when its
+    /// plugin is found and offers a CPU device, else the CPU execution provider.
     Auto,
 }
 
 impl FromStr for Device {
     type Err = Error;
-    /// Parses `cpu`, `cuda`, `cuda:<id>` or `auto`.
+    /// Parses `cpu`, `cuda`, `cuda:<id>`, `openvino` or `auto`.
     fn from_str(s: &str) -> Result<Device> {
         match s.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "auto" => Ok(Device::Auto),
             "cuda" => Ok(Device::Cuda(0)),
+            "openvino" => Ok(Device::OpenVino),
             other => {
                 other.strip_prefix("cuda:").and_then(|id| id.parse::<u32>().ok()).map(Device::Cuda).ok_or_else(|| {
                     Error::invalid_argument(format!(
@@ -77,6 +107,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(id) => write!(f, "cuda:{id}"),
+            Device::OpenVino => f.write_str("openvino"),
             Device::Auto => f.write_str("auto"),
         }
     }
@@ -88,8 +119,12 @@ pub struct RuntimeOptions {
     /// Full path of `libonnxruntime.so*`; `None` follows the resolution order in the module docs.
     pub library_path: Option<PathBuf>,
     pub device: Device,
-    /// Intra-op CPU threads; 0 lets ONNX Runtime choose (one per physical core).
+    /// Intra-op CPU threads; 0 lets ONNX Runtime choose (one per physical core). On OpenVINO,
+    /// also its `INFERENCE_NUM_THREADS` (0: OpenVINO chooses).
     pub threads: usize,
+    /// Full path of the OpenVINO plugin (`libonnxruntime_providers_openvino_plugin.so`); `None`
+    /// follows the resolution order in the module docs. Used by devices `openvino` and `auto`.
+    pub openvino_library: Option<PathBuf>,
 }
 
 /// Which step of the resolution order supplied the library.
@@ -120,6 +155,44 @@ pub struct RuntimeInfo {
 pub struct Runtime {
     info: RuntimeInfo,
     env: ort::environment::Environment,
+    /// The OpenVINO plugin, registered on first use (the first resolution wins, like the library's):
+    /// where it came from, or why it cannot be used.
+    openvino: OnceCell<std::result::Result<OpenVinoPlugin, String>>,
+}
+
+/// The registered OpenVINO plugin.
+#[derive(Clone, Debug)]
+pub struct OpenVinoPlugin {
+    pub path: PathBuf,
+    pub source: LibrarySource,
+}
+
+/// Whether device `openvino` can run here ([`Runtime::openvino_status`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpenVinoStatus {
+    /// The plugin offers an OpenVINO CPU device: `openvino` runs, `auto` picks it when there is no CUDA.
+    pub usable: bool,
+    pub plugin: Option<PathBuf>,
+    pub source: Option<LibrarySource>,
+    /// Why not, with how to fix it.
+    pub why_not: Option<String>,
+}
+
+/// Where a session's model comes from.
+#[derive(Clone, Copy)]
+pub enum ModelSource<'a> {
+    File(&'a Path),
+    /// The model's bytes and a name for errors.
+    Memory(&'a [u8], &'a str),
+}
+
+impl ModelSource<'_> {
+    fn name(&self) -> String {
+        match self {
+            ModelSource::File(p) => p.display().to_string(),
+            ModelSource::Memory(_, name) => name.to_string(),
+        }
+    }
 }
 
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
@@ -178,7 +251,7 @@ impl Runtime {
             providers,
             cuda_provider_library,
         };
-        Ok(Runtime { info, env })
+        Ok(Runtime { info, env, openvino: OnceCell::new() })
     }
 
     fn check_same_library(&self, explicit: Option<&Path>) -> Result<()> {
@@ -200,41 +273,136 @@ impl Runtime {
         }
     }
 
-    /// Starts a session builder for `device` with `threads` intra-op threads.
-    /// Returns the builder and the device actually used (`Auto` resolved).
-    pub fn session_builder(&self, device: Device, threads: usize) -> Result<(SessionBuilder, Device)> {
+    /// A session builder with `threads` intra-op threads and no provider chosen yet.
+    fn base_builder(&self, threads: usize) -> Result<SessionBuilder> {
         let mut builder = Session::builder(&self.env)?;
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(ort::Error::from)?;
         }
+        Ok(builder)
+    }
+
+    /// A session builder on ONNX Runtime's own CPU provider, selected explicitly: ort sets the
+    /// "max efficiency" automatic device policy on every builder, which (once the OpenVINO plugin
+    /// is registered) would otherwise hand a session without providers to OpenVINO.
+    fn cpu_builder(&self, threads: usize) -> Result<SessionBuilder> {
+        let cpu: Vec<_> = self.env.devices().filter(|d| d.ep().is_ok_and(|ep| ep == CPU_EP)).take(1).collect();
+        if cpu.is_empty() {
+            return Err(Error::internal("ONNX Runtime lists no CPUExecutionProvider device"));
+        }
+        Ok(self.base_builder(threads)?.with_devices(cpu, None).map_err(ort::Error::from)?)
+    }
+
+    /// Starts a session builder for `device` (CPU or CUDA; `Auto` tries CUDA) with `threads`
+    /// intra-op threads. Returns the builder and the device used. OpenVINO sessions are made by
+    /// [`Runtime::session`], which can fall back when the plugin refuses a model.
+    pub fn session_builder(&self, device: Device, threads: usize) -> Result<(SessionBuilder, Device)> {
+        let mut builder = self.base_builder(threads)?;
         let used = match device {
-            Device::Cpu => Device::Cpu,
+            Device::Cpu => return Ok((self.cpu_builder(threads)?, Device::Cpu)),
+            Device::OpenVino => {
+                return Err(Error::invalid_argument(
+                    "device 'openvino' sessions are made with Runtime::session (OpenVINO may refuse a model)",
+                ))
+            }
             Device::Cuda(id) => {
                 self.register_cuda(&mut builder, id)?;
                 Device::Cuda(id)
             }
             // A failed registration leaves the builder usable for the CPU provider.
-            Device::Auto => {
-                let why_not = if self.info.cuda_provider_library {
-                    self.start_cuda(&mut builder, 0).err()
-                } else {
-                    Some(self.no_cuda_provider())
-                };
-                match why_not {
-                    None => {
-                        log::info!("device 'auto' runs on cuda:0");
-                        Device::Cuda(0)
-                    }
-                    Some(why) => {
-                        log::info!(
-                            "device 'auto' falls back to the CPU: {why} (for CUDA, install the GPU runtime with `make ort-gpu`)"
-                        );
-                        Device::Cpu
-                    }
-                }
-            }
+            Device::Auto => match self.try_cuda(&mut builder) {
+                Ok(()) => Device::Cuda(0),
+                Err(_) => return Ok((self.cpu_builder(threads)?, Device::Cpu)),
+            },
         };
         Ok((builder, used))
+    }
+
+    /// Registers CUDA device 0 for `auto`, or says why not.
+    fn try_cuda(&self, builder: &mut SessionBuilder) -> std::result::Result<(), String> {
+        if self.info.cuda_provider_library {
+            self.start_cuda(builder, 0)
+        } else {
+            Err(self.no_cuda_provider())
+        }
+    }
+
+    /// Creates a session for `model` on `options.device`, with `configure` applied to the builder
+    /// before the model is loaded (e.g. to override initializers). `fixed_shapes` are the input
+    /// shapes OpenVINO compiles for (its `reshape_input`, e.g. `image[2,1,64,64,64],labels[2,64,64,64]`);
+    /// `None` keeps the model's own (dynamic) shapes. Returns the session and the device used.
+    ///
+    /// `auto` tries CUDA, then OpenVINO, then the CPU provider, and logs (INFO) where it runs or
+    /// why it fell back; an explicit `openvino` fails with [`ErrorKind::DeviceUnavailable`] when
+    /// the plugin is missing or offers no CPU device, and with [`ErrorKind::Model`] naming the
+    /// plugin when it refuses the model.
+    pub fn session(
+        &self,
+        options: &RuntimeOptions,
+        model: ModelSource<'_>,
+        fixed_shapes: Option<&str>,
+        configure: impl Fn(SessionBuilder) -> ort::Result<SessionBuilder>,
+    ) -> Result<(Session, Device)> {
+        if let ModelSource::File(path) = model {
+            if !path.is_file() {
+                return Err(Error::new(ErrorKind::Io, format!("model file '{}' does not exist", path.display())));
+            }
+        }
+        let commit = |builder: SessionBuilder| -> std::result::Result<Session, ort::Error> {
+            let mut builder = configure(builder)?;
+            match model {
+                ModelSource::File(path) => builder.commit_from_file(path),
+                ModelSource::Memory(bytes, _) => builder.commit_from_memory(bytes),
+            }
+        };
+        let model_error =
+            |e: ort::Error| Error::new(ErrorKind::Model, format!("cannot load model '{}': {e}", model.name()));
+        let threads = options.threads;
+        match options.device {
+            Device::Cpu | Device::Cuda(_) => {
+                let (builder, used) = self.session_builder(options.device, threads)?;
+                Ok((commit(builder).map_err(model_error)?, used))
+            }
+            Device::OpenVino => {
+                let builder = self.openvino_builder(options, fixed_shapes).map_err(|why| openvino_unavailable(&why))?;
+                let session = commit(builder).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Model,
+                        format!(
+                            "OpenVINO could not load model '{}': {e}. Use device 'cpu' (or 'auto', which falls back to it).",
+                            model.name()
+                        ),
+                    )
+                })?;
+                Ok((session, Device::OpenVino))
+            }
+            Device::Auto => {
+                let mut builder = self.base_builder(threads)?;
+                let cuda = match self.try_cuda(&mut builder) {
+                    Ok(()) => {
+                        log::info!("device 'auto' runs on cuda:0");
+                        return Ok((commit(builder).map_err(model_error)?, Device::Cuda(0)));
+                    }
+                    Err(why) => why,
+                };
+                let openvino = match self.openvino_builder(options, fixed_shapes) {
+                    Ok(ov) => match commit(ov) {
+                        Ok(session) => {
+                            log::info!("device 'auto' runs on openvino (CUDA: {cuda})");
+                            return Ok((session, Device::OpenVino));
+                        }
+                        Err(e) => format!("OpenVINO could not load model '{}' ({e})", model.name()),
+                    },
+                    Err(why) => why,
+                };
+                log::info!(
+                    "device 'auto' falls back to the CPU: CUDA: {cuda} (for CUDA, install the GPU runtime with `make ort-gpu`); \
+                     OpenVINO: {openvino}"
+                );
+                let builder = self.cpu_builder(threads)?;
+                Ok((commit(builder).map_err(model_error)?, Device::Cpu))
+            }
+        }
     }
 
     fn register_cuda(&self, builder: &mut SessionBuilder, id: u32) -> Result<()> {
@@ -266,6 +434,113 @@ impl Runtime {
             .map_err(|e| format!("the CUDA provider could not start ({e})"))
     }
 
+    /// The OpenVINO plugin as `auto` and `openvino` would find it (registering it if that has not
+    /// happened yet): where it is and whether it offers an OpenVINO CPU device here.
+    pub fn openvino_status(&self) -> OpenVinoStatus {
+        match self.openvino(None) {
+            Ok(p) => {
+                OpenVinoStatus { usable: true, plugin: Some(p.path.clone()), source: Some(p.source), why_not: None }
+            }
+            Err(why) => OpenVinoStatus { usable: false, plugin: None, source: None, why_not: Some(why) },
+        }
+    }
+
+    /// [`RuntimeInfo`] as JSON, with `openvino` ([`Runtime::openvino_status`]) added.
+    pub fn info_json(&self) -> Result<serde_json::Value> {
+        let mut json = serde_json::to_value(&self.info).map_err(|e| Error::internal(e.to_string()))?;
+        let openvino = serde_json::to_value(self.openvino_status()).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some(map) = json.as_object_mut() {
+            map.insert("openvino".into(), openvino);
+        }
+        Ok(json)
+    }
+
+    /// Whether `auto` would pick CUDA (its provider library is present; starting it may still fail).
+    pub fn cuda_available(&self) -> bool {
+        self.info.cuda_provider_library
+    }
+
+    /// The OpenVINO plugin, registered with ONNX Runtime on the first call, or why it cannot run
+    /// here (not found, not loadable, or no OpenVINO CPU device on this machine). The first
+    /// call's resolution holds for the process; a later call naming another file is refused.
+    pub fn openvino(&self, explicit: Option<&Path>) -> std::result::Result<&OpenVinoPlugin, String> {
+        let result = self.openvino.get_or_init(|| self.register_openvino(explicit));
+        let plugin = result.as_ref().map_err(Clone::clone)?;
+        if let Some(requested) = explicit {
+            let same = std::fs::canonicalize(absolute(requested)).ok() == std::fs::canonicalize(&plugin.path).ok();
+            if !same {
+                return Err(format!(
+                    "the OpenVINO plugin is already registered from '{}' in this process; cannot also use '{}'",
+                    plugin.path.display(),
+                    requested.display()
+                ));
+            }
+        }
+        Ok(plugin)
+    }
+
+    fn register_openvino(&self, explicit: Option<&Path>) -> std::result::Result<OpenVinoPlugin, String> {
+        let (path, source) = resolve_openvino(explicit)?;
+        self.env
+            .register_ep_library(OPENVINO_REGISTRATION, &path)
+            .map_err(|e| {
+                format!(
+                    "the OpenVINO plugin '{}' could not be registered ({e}). Fix: re-run `make ort-openvino` (it needs ONNX Runtime 1.23 or later)",
+                    path.display()
+                )
+            })?;
+        log::info!("registered the OpenVINO plugin '{}' (found by: {source:?})", path.display());
+        if self.openvino_cpu_devices().is_empty() {
+            let cpu = self
+                .env
+                .devices()
+                .find(|d| d.hardware_device().ty() == ort::memory::DeviceType::CPU)
+                .and_then(|d| d.hardware_device().vendor().ok().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            return Err(format!(
+                "the OpenVINO plugin '{}' offers no OpenVINO CPU device on this machine (the plugin serves Intel \
+                 devices only; this CPU's vendor is {cpu})",
+                path.display()
+            ));
+        }
+        Ok(OpenVinoPlugin { path, source })
+    }
+
+    /// The plugin's OpenVINO CPU devices (`ov_device` = `CPU`), once it is registered.
+    fn openvino_cpu_devices(&self) -> Vec<ort::device::Device<'_>> {
+        self.env
+            .devices()
+            .filter(|d| {
+                d.ep().is_ok_and(|ep| ep == OPENVINO_EP) && ep_metadata(d, "ov_device").as_deref() == Some("CPU")
+            })
+            .collect()
+    }
+
+    /// A session builder on the OpenVINO CPU device in f32, or why there is none.
+    fn openvino_builder(
+        &self,
+        options: &RuntimeOptions,
+        fixed_shapes: Option<&str>,
+    ) -> std::result::Result<SessionBuilder, String> {
+        self.openvino(options.openvino_library.as_deref())?;
+        let builder = self.base_builder(options.threads).map_err(|e| e.to_string())?;
+        let mut cpu = serde_json::Map::new();
+        // OpenVINO's CPU default is bf16 on CPUs with AVX-512 BF16 (logits off by up to 0.18,
+        // train-step updates 17% off, docs/openvino.md): asfda always asks for f32.
+        cpu.insert("INFERENCE_PRECISION_HINT".into(), "f32".into());
+        if options.threads > 0 {
+            cpu.insert("INFERENCE_NUM_THREADS".into(), options.threads.to_string().into());
+        }
+        let config = serde_json::json!({ "CPU": cpu }).to_string();
+        let mut ep_options = vec![(format!("{OPENVINO_EP}.load_config"), config)];
+        if let Some(shapes) = fixed_shapes {
+            ep_options.push((format!("{OPENVINO_EP}.reshape_input"), shapes.to_string()));
+        }
+        builder
+            .with_devices(self.openvino_cpu_devices(), Some(&ep_options))
+            .map_err(|e| format!("the OpenVINO execution provider could not be added to the session ({e})"))
+    }
+
     /// Loads an ONNX model file into a session on `device`.
     pub fn session_from_file(&self, model: &Path, device: Device, threads: usize) -> Result<(Session, Device)> {
         self.session_from_file_with(model, device, threads, Ok)
@@ -278,36 +553,36 @@ impl Runtime {
         model: &Path,
         device: Device,
         threads: usize,
-        configure: impl FnOnce(SessionBuilder) -> ort::Result<SessionBuilder>,
+        configure: impl Fn(SessionBuilder) -> ort::Result<SessionBuilder>,
     ) -> Result<(Session, Device)> {
-        if !model.is_file() {
-            return Err(Error::new(ErrorKind::Io, format!("model file '{}' does not exist", model.display())));
-        }
-        let (builder, used) = self.session_builder(device, threads)?;
-        let mut builder = configure(builder)?;
-        let session = builder
-            .commit_from_file(model)
-            .map_err(|e| Error::new(ErrorKind::Model, format!("cannot load model '{}': {e}", model.display())))?;
-        Ok((session, used))
+        let options = RuntimeOptions { device, threads, ..Default::default() };
+        self.session(&options, ModelSource::File(model), None, configure)
     }
+}
 
-    /// Like [`Runtime::session_from_file_with`], from the bytes of an ONNX model already in
-    /// memory (`name` only labels errors). Lets an engine rebuild its session with new weights
-    /// without reading the disk again.
-    pub fn session_from_memory_with(
-        &self,
-        model: &[u8],
-        name: &str,
-        device: Device,
-        threads: usize,
-        configure: impl FnOnce(SessionBuilder) -> ort::Result<SessionBuilder>,
-    ) -> Result<(Session, Device)> {
-        let (builder, used) = self.session_builder(device, threads)?;
-        let mut builder = configure(builder)?;
-        let session = builder
-            .commit_from_memory(model)
-            .map_err(|e| Error::new(ErrorKind::Model, format!("cannot load model '{name}': {e}")))?;
-        Ok((session, used))
+/// The error of an explicit `openvino` device whose plugin cannot run (`why`).
+pub(crate) fn openvino_unavailable(why: &str) -> Error {
+    Error::new(
+        ErrorKind::DeviceUnavailable,
+        format!("device 'openvino' requested but {why}. Or use device 'cpu' or 'auto' (which falls back to the CPU)."),
+    )
+}
+
+/// The value of `key` in an EP device's metadata.
+fn ep_metadata(device: &ort::device::Device<'_>, key: &str) -> Option<String> {
+    use ort::AsPointer;
+    let api = ort::api();
+    let key = CString::new(key).ok()?;
+    // SAFETY: the device pointer is valid while the environment lives (borrowed by `device`);
+    // EpDevice_EpMetadata returns a pointer owned by the device (or NULL), GetKeyValue a string
+    // owned by those pairs (or NULL); the string is copied before returning.
+    unsafe {
+        let pairs = (api.EpDevice_EpMetadata)(device.ptr());
+        if pairs.is_null() {
+            return None;
+        }
+        let value = (api.GetKeyValue)(pairs, key.as_ptr());
+        (!value.is_null()).then(|| CStr::from_ptr(value).to_string_lossy().into_owned())
     }
 }
 
@@ -364,6 +639,41 @@ fn resolve_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource)> 
     ))
 }
 
+/// Finds the OpenVINO plugin: the explicit path, `$ASFDA_OPENVINO_LIBRARY` (authoritative), then
+/// next to the asfda library (or `../lib`), then the user cache; or says where it looked.
+fn resolve_openvino(explicit: Option<&Path>) -> std::result::Result<(PathBuf, LibrarySource), String> {
+    let configured = [
+        (explicit.map(Path::to_path_buf), LibrarySource::Explicit, "the explicit OpenVINO library path"),
+        (env_path(ENV_OPENVINO_LIBRARY), LibrarySource::AsfdaEnv, ENV_OPENVINO_LIBRARY),
+    ];
+    if let Some((Some(path), source, what)) = configured.into_iter().find(|(p, _, _)| p.is_some()) {
+        let path = absolute(&path);
+        return if path.is_file() {
+            Ok((path, source))
+        } else {
+            Err(format!("the OpenVINO plugin '{}' (from {what}) does not exist. Fix: {OPENVINO_FIX}", path.display()))
+        };
+    }
+    let own = own_directory();
+    let probes = [
+        (own.clone(), LibrarySource::BesideLibrary),
+        (own.and_then(|d| d.join("../lib").canonicalize().ok()), LibrarySource::BesideLibrary),
+        (cache_dir().map(|c| c.join(OPENVINO_CACHE_FOLDER)), LibrarySource::UserCache),
+    ];
+    let mut looked = Vec::new();
+    for (dir, source) in probes {
+        let Some(dir) = dir else { continue };
+        if let Some(found) = find_prefixed_in(&dir, OPENVINO_PLUGIN_PREFIX) {
+            return Ok((found, source));
+        }
+        looked.push(dir.display().to_string());
+    }
+    Err(format!(
+        "the OpenVINO plugin was not found (${ENV_OPENVINO_LIBRARY} is unset; no {OPENVINO_PLUGIN_PREFIX}* in: {}). Fix: {OPENVINO_FIX}",
+        looked.join(", ")
+    ))
+}
+
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
@@ -379,12 +689,16 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// The core library in `dir`: prefers the versioned file (`libonnxruntime.so.1.31.1`), which is
 /// what the wheel ships; never a provider library.
 fn find_ort_in(dir: &Path) -> Option<PathBuf> {
+    find_prefixed_in(dir, ORT_FILE_PREFIX)
+}
+
+/// The file in `dir` whose name starts with `prefix`, the last in name order (the most
+/// versioned: `x.so.1.8.1` after `x.so.1` and `x.so`).
+fn find_prefixed_in(dir: &Path, prefix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ORT_FILE_PREFIX))
-        })
+        .filter(|p| p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
         .collect();
     found.sort();
     found.pop()
@@ -480,6 +794,8 @@ mod tests {
         assert_eq!("AUTO".parse::<Device>().unwrap(), Device::Auto);
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert_eq!("OpenVINO".parse::<Device>().unwrap(), Device::OpenVino);
+        assert_eq!(Device::OpenVino.to_string(), "openvino");
         for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", ""] {
             let err = bad.parse::<Device>().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");

@@ -17,17 +17,31 @@ use asfda::finetune::checkpoint;
 use asfda::finetune::sampling::{poly_lr, ramp_weight};
 use asfda::finetune::{FineTuneOptions, FineTuner};
 use asfda::rng::SplitMix64;
-use asfda::runtime::RuntimeOptions;
+use asfda::runtime::{Device, RuntimeOptions};
 use asfda::volume::{read_nifti, ReadOptions, Volume};
 use asfda::ErrorKind;
 use ndarray::s;
 
 mod common;
-use common::{data_dir, root};
+use common::{crop, data_dir, root};
+#[path = "common/openvino.rs"]
+mod openvino;
 
 fn engine() -> Engine {
-    let options = EngineOptions { runtime: RuntimeOptions { threads: 2, ..Default::default() }, ..Default::default() };
-    Engine::new(&root().join("models/demo_brain_unet"), options).unwrap()
+    engine_on(Device::Cpu)
+}
+
+/// The demo engine on `device`. A representative subset of these tests runs on the CPU provider
+/// and on OpenVINO (`make ort-openvino`; tests/openvino.rs compares the two directly).
+fn engine_on(device: Device) -> Engine {
+    let runtime = match device {
+        Device::OpenVino => openvino::options(Device::OpenVino),
+        _ => RuntimeOptions { device, threads: 2, ..Default::default() },
+    };
+    let engine =
+        Engine::new(&root().join("models/demo_brain_unet"), EngineOptions { runtime, ..Default::default() }).unwrap();
+    assert_eq!(engine.device(), device);
+    engine
 }
 
 fn read(path: &Path) -> Volume {
@@ -41,26 +55,6 @@ fn pool(site: &str, i: usize) -> (Volume, Volume) {
         read(&dir.join(format!("pool/{site}_pool_{i:03}_image.nii.gz"))),
         read(&dir.join(format!("pool_labels/{site}_pool_{i:03}_label.nii.gz"))),
     )
-}
-
-/// The block of `v` starting at voxel `origin` (x, y, z) with `size` voxels, its affine moved so
-/// world positions stay put.
-fn crop(v: &Volume, origin: [usize; 3], size: [usize; 3]) -> Volume {
-    let [nx, ny, _] = v.dims();
-    let src = v.data();
-    let mut data = Vec::with_capacity(size.iter().product());
-    for k in 0..size[2] {
-        for j in 0..size[1] {
-            let row = origin[0] + nx * ((origin[1] + j) + ny * (origin[2] + k));
-            data.extend_from_slice(&src[row..row + size[0]]);
-        }
-    }
-    let mut a = v.affine();
-    for (r, row) in a.iter_mut().enumerate().take(3) {
-        let col: Vec<f64> = (0..3).map(|c| v.affine()[r][c]).collect();
-        row[3] += (0..3).map(|c| col[c] * origin[c] as f64).sum::<f64>();
-    }
-    Volume::new(data, size, 1, a).unwrap()
 }
 
 /// A central block of pool volume `i`: smaller than one 64^3 tile along two axes (so
@@ -81,7 +75,16 @@ fn weights_bits(t: &FineTuner) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn loss_decreases_with_annotations_on_the_target_site() {
-    let engine = engine();
+    loss_decreases_on(Device::Cpu);
+}
+
+#[test]
+fn loss_decreases_with_annotations_on_the_target_site_on_openvino() {
+    loss_decreases_on(Device::OpenVino);
+}
+
+fn loss_decreases_on(device: Device) {
+    let engine = engine_on(device);
     let o = FineTuneOptions { lr: Some(1e-3), ..options(32, 2, 16, 1) };
     let mut tuner = FineTuner::new(&engine, o).unwrap();
     for i in 0..2 {
@@ -98,7 +101,18 @@ fn loss_decreases_with_annotations_on_the_target_site() {
 
 #[test]
 fn a_resumed_run_continues_exactly() {
-    let engine = engine();
+    resumed_run_on(Device::Cpu);
+}
+
+/// OpenVINO too gives the same bits for the same step (its compiled graph is deterministic at a
+/// fixed thread count), so a resumed run continues exactly there as well.
+#[test]
+fn a_resumed_run_continues_exactly_on_openvino() {
+    resumed_run_on(Device::OpenVino);
+}
+
+fn resumed_run_on(device: Device) {
+    let engine = engine_on(device);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run.safetensors");
     // The pseudo-label check off, so that the resumed steps mix in pseudo-labelled patches.
@@ -284,7 +298,16 @@ fn pseudo_labels_schedules_and_sampling_follow_the_options() {
 
 #[test]
 fn export_and_apply_run_the_fine_tuned_weights() {
-    let engine = engine();
+    export_and_apply_on(Device::Cpu);
+}
+
+#[test]
+fn export_and_apply_run_the_fine_tuned_weights_on_openvino() {
+    export_and_apply_on(Device::OpenVino);
+}
+
+fn export_and_apply_on(device: Device) {
+    let engine = engine_on(device);
     let (image, label) = small("pd", 1);
     let mut tuner = FineTuner::new(&engine, FineTuneOptions { lr: Some(1e-3), ..options(32, 1, 4, 2) }).unwrap();
     tuner.add_labeled("l", &image, &label).unwrap();
@@ -611,7 +634,6 @@ fn pseudo_labels_are_used_only_while_their_model_segments_the_annotations_well()
 #[test]
 #[ignore = "needs a GPU: run `make test-gpu`"]
 fn gpu_fine_tuning_steps_match_cpu() {
-    use asfda::runtime::Device;
     let cuda = Engine::new(
         &root().join("models/demo_brain_unet"),
         EngineOptions {

@@ -47,6 +47,12 @@ fn device_auto_reports_where_it_runs_and_runtime_load_reports_the_library() {
             assert!(message.contains("libonnxruntime_providers_cuda.so"), "{message}");
         }
         Device::Cuda(0) => assert!(message.contains("runs on cuda:0"), "{message}"),
+        // Where the OpenVINO plugin offers a device (`make ort-openvino`, an Intel CPU): the
+        // choice, and why not CUDA.
+        Device::OpenVino => {
+            assert!(message.contains("runs on openvino"), "{message}");
+            assert!(message.contains("libonnxruntime_providers_cuda.so"), "{message}");
+        }
         other => panic!("auto resolved to {other}"),
     }
     let loaded = about("loaded ONNX Runtime");

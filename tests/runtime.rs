@@ -186,8 +186,11 @@ fn devices_cuda_fails_clearly_on_a_cpu_build_and_auto_falls_back() {
     let err = Model::load(&tiny_model(), &cuda).err().expect("CUDA must fail without the CUDA provider");
     assert_eq!(err.kind(), ErrorKind::DeviceUnavailable);
     assert!(err.message().contains("make ort-gpu"), "{err}");
+    // Without CUDA, auto runs on OpenVINO where its plugin offers a device (tests/openvino.rs),
+    // else on the CPU provider.
     let auto = RuntimeOptions { device: Device::Auto, ..Default::default() };
-    assert_eq!(Model::load(&tiny_model(), &auto).unwrap().device(), Device::Cpu);
+    let expected = if Runtime::load(None).unwrap().openvino_status().usable { Device::OpenVino } else { Device::Cpu };
+    assert_eq!(Model::load(&tiny_model(), &auto).unwrap().device(), expected);
 }
 
 #[test]

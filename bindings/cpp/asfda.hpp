@@ -309,7 +309,7 @@ public:
 /// Where to find ONNX Runtime and where to run a Model. Empty strings mean "default".
 struct RuntimeOptions {
     std::string library_path;  // full path of libonnxruntime.so; empty: resolution order
-    std::string device;        // "cpu" (empty), "auto", "cuda", "cuda:<id>"
+    std::string device;        // "cpu" (empty), "openvino", "auto", "cuda", "cuda:<id>"
     std::uint32_t threads;     // 0: ONNX Runtime chooses
 
     RuntimeOptions() : threads(asfda_runtime_options_default().threads) {}
@@ -334,7 +334,7 @@ public:
         detail::check(asfda_model_load(path.c_str(), &c, &out));
         return Model(out);
     }
-    /// "cpu" or "cuda:<id>".
+    /// "cpu", "openvino" or "cuda:<id>".
     std::string device() const {
         return detail::read_string(
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_model_device(get(), b, c, n); });
@@ -477,7 +477,7 @@ public:
     explicit Engine(AsfdaEngine *adopt) noexcept : Owned(adopt) {}
     explicit Engine(const EngineOptions &options) : Owned(create(options)) {}
 
-    /// "cpu" or "cuda:<id>".
+    /// "cpu", "openvino" or "cuda:<id>".
     std::string device() const {
         return detail::read_string(
             [this](char *b, std::size_t c, std::size_t *n) { return asfda_engine_device(get(), b, c, n); });

@@ -410,7 +410,7 @@ static void test_engine_and_scores(const char *image, const char *bundle) {
     char device[32];
     size_t needed = 0;
     CHECK(asfda_engine_device(engine, device, sizeof device, &needed) == ASFDA_STATUS_OK);
-    CHECK(strcmp(device, "cpu") == 0 || strncmp(device, "cuda:", 5) == 0);
+    CHECK(strcmp(device, "cpu") == 0 || strcmp(device, "openvino") == 0 || strncmp(device, "cuda:", 5) == 0);
     /* The classes as the demo manifest describes them: names, colours, SNOMED CT codes. */
     size_t classes = 0;
     CHECK(asfda_engine_class_count(engine, &classes) == ASFDA_STATUS_OK && classes == 4);

@@ -161,7 +161,7 @@ pub extern "C" fn asfda_engine_free(engine: *mut AsfdaEngine) {
     free_handle(engine);
 }
 
-/// The device inference runs on ("cpu" or "cuda:N"), copied like asfda_runtime_info_json.
+/// The device inference runs on ("cpu", "openvino" or "cuda:N"), copied like asfda_runtime_info_json.
 #[no_mangle]
 #[must_use]
 pub extern "C" fn asfda_engine_device(

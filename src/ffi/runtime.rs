@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 
 use super::{c_path, c_str, check_out, free_handle, guard, non_null, string_out, write_out, AsfdaStatus};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Model;
 use crate::runtime::{Device, Runtime, RuntimeOptions};
 use crate::volume::Volume;
@@ -15,7 +15,9 @@ pub struct AsfdaRuntimeOptions {
     /// Full path of libonnxruntime.so; NULL follows the resolution order (ASFDA_ORT_LIBRARY,
     /// ORT_DYLIB_PATH, next to the asfda library, the user cache).
     pub library_path: *const c_char,
-    /// "cpu" (default when NULL), "auto", "cuda" or "cuda:N".
+    /// "cpu" (default when NULL), "auto" (CUDA, else OpenVINO, else the CPU), "openvino" (the CPU
+    /// through the OpenVINO plugin, found via ASFDA_OPENVINO_LIBRARY, next to the asfda library
+    /// or in the user cache: `make ort-openvino`), "cuda" or "cuda:N".
     pub device: *const c_char,
     /// Intra-op CPU threads; 0 lets ONNX Runtime choose.
     pub threads: u32,
@@ -44,7 +46,7 @@ pub(crate) fn runtime_options_from(o: &AsfdaRuntimeOptions, name: &str) -> Resul
     let library_path =
         if o.library_path.is_null() { None } else { Some(c_path(o.library_path, &format!("{name}->library_path"))?) };
     let device = if o.device.is_null() { Device::Cpu } else { c_str(o.device, &format!("{name}->device"))?.parse()? };
-    Ok(RuntimeOptions { library_path, device, threads: o.threads as usize })
+    Ok(RuntimeOptions { library_path, device, threads: o.threads as usize, openvino_library: None })
 }
 
 /// Loads ONNX Runtime once for this process. `library_path` may be NULL (resolution order).
@@ -59,7 +61,8 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 }
 
 /// Writes runtime facts as JSON (asfda and ORT versions, library path and how it was found,
-/// available execution providers) into `buf` (`capacity` bytes, NUL-terminated, truncated if
+/// available execution providers, and `openvino`: whether device "openvino" can run here, the
+/// plugin's path or why not; this registers the OpenVINO plugin if found) into `buf` (`capacity` bytes, NUL-terminated, truncated if
 /// short) and the size needed including the NUL into `*out_needed`. Loads ONNX Runtime with the
 /// default resolution order if it is not loaded yet.
 #[no_mangle]
@@ -67,7 +70,7 @@ pub extern "C" fn asfda_runtime_load(library_path: *const c_char) -> AsfdaStatus
 pub extern "C" fn asfda_runtime_info_json(buf: *mut c_char, capacity: usize, out_needed: *mut usize) -> AsfdaStatus {
     guard(|| {
         let runtime = Runtime::load(None)?;
-        let json = serde_json::to_string(runtime.info()).map_err(|e| Error::internal(e.to_string()))?;
+        let json = runtime.info_json()?.to_string();
         string_out(&json, buf, capacity, out_needed)
     })
 }
@@ -95,7 +98,7 @@ pub extern "C" fn asfda_model_free(model: *mut AsfdaModel) {
     free_handle(model);
 }
 
-/// Copies the device the model actually runs on ("cpu" or "cuda:N"; `auto` resolved) into
+/// Copies the device the model actually runs on ("cpu", "openvino" or "cuda:N"; `auto` resolved) into
 /// `buf` and the size needed into `*out_needed`, like asfda_runtime_info_json.
 #[no_mangle]
 #[must_use]

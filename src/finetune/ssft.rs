@@ -309,6 +309,11 @@ impl FineTuner {
         self.patch
     }
 
+    /// The device the train step runs on (`auto` resolved: CUDA, else OpenVINO, else the CPU).
+    pub fn device(&self) -> crate::runtime::Device {
+        self.trainer.device()
+    }
+
     /// Steps taken in this fine-tuning run (resumed steps included).
     pub fn steps_done(&self) -> u64 {
         (self.trainer.steps_taken() - self.base_step) as u64

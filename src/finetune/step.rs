@@ -4,6 +4,7 @@
 //! is a graph. Batches, schedules and data live one level up ([`super::FineTuner`]).
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 
 use ndarray::{ArrayD, ArrayViewD};
 use ort::session::{Session, SessionInputValue};
@@ -11,7 +12,7 @@ use ort::value::TensorRef;
 
 use crate::bundle::{Bundle, TrainingSpec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::runtime::{Device, Runtime, RuntimeOptions};
+use crate::runtime::{openvino_unavailable, Device, ModelSource, Runtime, RuntimeOptions};
 use crate::tensors::TensorFile;
 
 /// One training batch: images [N, C, Z, Y, X], labels [N, Z, Y, X] (class indices, or the
@@ -41,9 +42,26 @@ struct StateTensor {
     value: ArrayD<f32>,
 }
 
+/// How many train-step shapes keep a compiled OpenVINO session (a fine-tuning run uses one:
+/// its patch size and batch size are fixed).
+const OPENVINO_SHAPES_KEPT: usize = 4;
+
+/// The train-step sessions.
+enum Sessions {
+    /// One session whose shapes follow the inputs (CPU and CUDA providers).
+    Dynamic(Session),
+    /// OpenVINO compiles the train step only for fixed input shapes (its weight-gradient
+    /// convolutions refuse dynamic weight shapes): one session per batch shape, made on first
+    /// use. With `auto`, a shape OpenVINO refuses switches the trainer to the CPU provider.
+    PerShape { sessions: Vec<(Vec<usize>, Session)>, auto: bool },
+}
+
 /// Parameters, AdamW moments and step count, driven through the train-step graph.
 pub struct Trainer {
-    session: Session,
+    sessions: Sessions,
+    runtime: &'static Runtime,
+    train_step: PathBuf,
+    options: RuntimeOptions,
     spec: TrainingSpec,
     classes: usize,
     state: Vec<StateTensor>,
@@ -53,17 +71,100 @@ pub struct Trainer {
 
 impl Trainer {
     /// Loads the train-step graph and the bundle's checkpoint.
+    ///
+    /// On OpenVINO (device `openvino`, or `auto` without CUDA when the OpenVINO plugin is usable)
+    /// the graph is compiled at the first step of each batch shape; an explicit `openvino`
+    /// without a usable plugin fails here.
     pub fn new(bundle: &Bundle, options: &RuntimeOptions) -> Result<Trainer> {
         let spec = bundle.training()?.clone();
         let runtime = Runtime::load(options.library_path.as_deref())?;
-        let (session, device) =
-            runtime.session_from_file(&bundle.path(&spec.train_step), options.device, options.threads)?;
+        let train_step = bundle.path(&spec.train_step);
+        let openvino = options.openvino_library.as_deref();
+        let per_shape = match options.device {
+            Device::OpenVino => {
+                runtime.openvino(openvino).map_err(|why| openvino_unavailable(&why))?;
+                Some(false)
+            }
+            Device::Auto if !runtime.cuda_available() && runtime.openvino(openvino).is_ok() => Some(true),
+            _ => None,
+        };
+        let (sessions, device) = match per_shape {
+            Some(auto) => {
+                if !train_step.is_file() {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("model file '{}' does not exist", train_step.display()),
+                    ));
+                }
+                if auto {
+                    log::info!("device 'auto' runs the train step on openvino (no CUDA provider)");
+                }
+                (Sessions::PerShape { sessions: Vec::new(), auto }, Device::OpenVino)
+            }
+            None => {
+                let (session, device) = runtime.session(options, ModelSource::File(&train_step), None, Ok)?;
+                (Sessions::Dynamic(session), device)
+            }
+        };
         let checkpoint = TensorFile::open(&bundle.path(&spec.checkpoint))?;
         let state = load_state(&spec, &checkpoint)?;
         let step = checkpoint.i64(&spec.io.step_checkpoint_key)?.first().copied().unwrap_or(0);
-        Ok(Trainer { session, spec, classes: bundle.manifest().classes.len(), state, step, device })
+        Ok(Trainer {
+            sessions,
+            runtime,
+            train_step,
+            options: options.clone(),
+            spec,
+            classes: bundle.manifest().classes.len(),
+            state,
+            step,
+            device,
+        })
     }
 
+    /// Makes sure a session for `batch`'s shapes exists: the one dynamic session, or on OpenVINO
+    /// the one compiled for these shapes (compiled now if new).
+    fn prepare_session(&mut self, batch: &Batch<'_>) -> Result<()> {
+        let Sessions::PerShape { sessions, auto } = &mut self.sessions else { return Ok(()) };
+        let key = shape_key(batch);
+        if sessions.iter().any(|(k, _)| *k == key) {
+            return Ok(());
+        }
+        let io = &self.spec.io;
+        let dims = |d: &[usize]| d.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let shapes = format!(
+            "{}[{}],{}[{}],{}[{}]",
+            io.image,
+            dims(batch.image.shape()),
+            io.labels,
+            dims(batch.labels.shape()),
+            io.loss_weight,
+            batch.loss_weight.len()
+        );
+        let openvino = RuntimeOptions { device: Device::OpenVino, ..self.options.clone() };
+        match self.runtime.session(&openvino, ModelSource::File(&self.train_step), Some(&shapes), Ok) {
+            Ok((session, _)) => {
+                log::debug!("compiled the train step on OpenVINO for {shapes}");
+                if sessions.len() >= OPENVINO_SHAPES_KEPT {
+                    sessions.remove(0);
+                }
+                sessions.push((key, session));
+                Ok(())
+            }
+            Err(e) if *auto => {
+                log::info!("device 'auto' falls back to the CPU for the train step: {e}");
+                let cpu = RuntimeOptions { device: Device::Cpu, ..self.options.clone() };
+                let (session, device) = self.runtime.session(&cpu, ModelSource::File(&self.train_step), None, Ok)?;
+                self.sessions = Sessions::Dynamic(session);
+                self.device = device;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The device the train step runs on (`auto` resolved; with `auto`, OpenVINO refusing a
+    /// batch shape at its first step turns this into the CPU).
     pub fn device(&self) -> Device {
         self.device
     }
@@ -128,6 +229,15 @@ impl Trainer {
     /// One AdamW step on `batch` with learning rate `lr` and decoupled weight decay.
     pub fn step(&mut self, batch: &Batch<'_>, lr: f32, weight_decay: f32) -> Result<StepLoss> {
         self.check_batch(batch)?;
+        self.prepare_session(batch)?;
+        let session = match &mut self.sessions {
+            Sessions::Dynamic(session) => session,
+            Sessions::PerShape { sessions, .. } => {
+                let key = shape_key(batch);
+                let found = sessions.iter_mut().find(|(k, _)| *k == key);
+                &mut found.ok_or_else(|| Error::internal("no OpenVINO session for this batch shape"))?.1
+            }
+        };
         let io = &self.spec.io;
         let step_number = self.step + 1;
         let scalars = [(lr, &io.lr), (step_number as f32, &io.step), (weight_decay, &io.weight_decay)];
@@ -146,7 +256,7 @@ impl Trainer {
         for s in &self.state {
             inputs.push((s.input.as_str().into(), TensorRef::from_array_view(s.value.view())?.into()));
         }
-        let outputs = self.session.run(inputs)?;
+        let outputs = session.run(inputs)?;
         let scalar = |name: &str| -> Result<f32> {
             Ok(*outputs[name]
                 .try_extract_array::<f32>()?
@@ -197,6 +307,11 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// A batch's shapes: image, labels, number of loss weights.
+fn shape_key(batch: &Batch<'_>) -> Vec<usize> {
+    batch.image.shape().iter().chain(batch.labels.shape()).copied().chain([batch.loss_weight.len()]).collect()
 }
 
 fn load_state(spec: &TrainingSpec, checkpoint: &TensorFile) -> Result<Vec<StateTensor>> {

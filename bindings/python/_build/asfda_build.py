@@ -70,6 +70,12 @@ def _metadata(native: bool = False) -> str:
     if native:
         # The bundled library loads the onnxruntime package's libonnxruntime (asfda._lib).
         lines.append(f"Requires-Dist: onnxruntime=={_ort_version()}")
+        # Device "openvino": `pip install asfda[openvino]` brings the OpenVINO EP plugin, which
+        # asfda._lib hands to the library (scripts/requirements-openvino.txt pins it).
+        openvino = _openvino_requirement()
+        if openvino:
+            lines.append("Provides-Extra: openvino")
+            lines.append(f'Requires-Dist: {openvino}; extra == "openvino"')
     # `pip install "asfda[demo]"`: what `asfda demo` needs to generate its synthetic data.
     lines.append("Provides-Extra: demo")
     lines += [f'Requires-Dist: {name}=={_pin(name)}; extra == "demo"' for name in DEMO_EXTRA]
@@ -117,6 +123,16 @@ def _demo_tool_files() -> list[tuple[str, bytes]]:
         readme = tools / "synthetic_README.md"
     files.append(("asfda_tools/synthetic_README.md", readme.read_bytes()))
     return files
+
+
+def _openvino_requirement() -> str:
+    """The pinned OpenVINO EP plugin (scripts/requirements-openvino.txt; in an sdist, PKG-INFO's
+    extra), or "" when neither says."""
+    pinned = HERE.parents[1] / "scripts" / "requirements-openvino.txt"
+    text = pinned.read_text(encoding="utf-8") if pinned.is_file() else (
+        (HERE / "PKG-INFO").read_text(encoding="utf-8") if (HERE / "PKG-INFO").is_file() else "")
+    m = re.search(r"onnxruntime-ep-openvino==([0-9][^\s;]*)", text)
+    return f"onnxruntime-ep-openvino=={m.group(1)}" if m else ""
 
 
 def _package_files() -> list[tuple[str, bytes]]:

@@ -26,6 +26,9 @@ def main() -> None:
     ort = _lib.default_ort_library()
     if ort is not None:
         env["ASFDA_ORT_LIBRARY"] = ort
+    openvino = _lib.default_openvino_plugin()
+    if openvino is not None:
+        env["ASFDA_OPENVINO_LIBRARY"] = openvino
     os.execve(exe, [exe, *args], env)
 
 

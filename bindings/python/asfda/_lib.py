@@ -87,6 +87,28 @@ def default_ort_library():
     return os.fspath(libs[-1]) if libs else None
 
 
+def default_openvino_plugin():
+    """The OpenVINO plugin for an installed wheel with the ``openvino`` extra
+    (``pip install asfda[openvino]``): the ``onnxruntime_ep_openvino`` package's
+    ``libonnxruntime_providers_openvino_plugin.so``, unless the library came from elsewhere or
+    ``$ASFDA_OPENVINO_LIBRARY`` names one. None leaves the choice to the library's own resolution
+    order (beside it, the user cache of ``make ort-openvino``)."""
+    if not FROM_WHEEL or os.environ.get("ASFDA_OPENVINO_LIBRARY"):
+        return None
+    import importlib.util
+    spec = importlib.util.find_spec("onnxruntime_ep_openvino")  # found without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    plugin = Path(list(spec.submodule_search_locations)[0]) / "libonnxruntime_providers_openvino_plugin.so"
+    return os.fspath(plugin) if plugin.is_file() else None
+
+
+# The library reads $ASFDA_OPENVINO_LIBRARY when device "openvino" or "auto" first needs the plugin.
+_openvino = default_openvino_plugin()
+if _openvino is not None:
+    os.environ["ASFDA_OPENVINO_LIBRARY"] = _openvino
+
+
 def ort_library_option(library_path):
     """The runtime options' library_path: the caller's, else :func:`default_ort_library`."""
     if library_path is None:

@@ -28,7 +28,8 @@ class EngineOptions:
 
     #: Full path of libonnxruntime.so; None follows the library's resolution order.
     library_path: Optional[str] = None
-    #: "cpu", "auto", "cuda" or "cuda:<id>".
+    #: "cpu", "openvino" (the CPU through OpenVINO), "auto" (CUDA, else OpenVINO, else the CPU),
+    #: "cuda" or "cuda:<id>".
     device: str = "cpu"
     #: Intra-op CPU threads; 0 lets ONNX Runtime choose.
     threads: int = 0
@@ -169,7 +170,7 @@ class Engine:
 
     @property
     def device(self) -> str:
-        """The device inference runs on ("cpu" or "cuda:<id>")."""
+        """The device inference runs on ("cpu", "openvino" or "cuda:<id>")."""
         return _lib.read_string(_lib.engine_device, self._h)
 
     @property

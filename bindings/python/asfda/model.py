@@ -27,7 +27,7 @@ class Model:
 
     @property
     def device(self) -> str:
-        """The device the model actually runs on ("cpu" or "cuda:<id>")."""
+        """The device the model actually runs on ("cpu", "openvino" or "cuda:<id>")."""
         return _lib.read_string(_lib.model_device, self._h)
 
     def run_volume(self, volume: Volume) -> Volume:

@@ -76,7 +76,7 @@ pub fn library<T: FromStr<Err = Error>>(s: &str) -> Result<T> {
 /// `--device --threads --ort`: where and how ONNX Runtime runs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RuntimeFlags {
-    /// cpu (default) | auto | cuda | cuda:N
+    /// cpu (default) | openvino | auto (CUDA, else OpenVINO, else cpu) | cuda | cuda:N
     #[arg(long, value_name = "D", value_parser = library::<Device>)]
     pub device: Option<Device>,
     /// ONNX Runtime intra-op threads (0 = its default)
@@ -85,6 +85,10 @@ pub struct RuntimeFlags {
     /// ONNX Runtime library to load
     #[arg(long, value_name = "PATH")]
     pub ort: Option<PathBuf>,
+    /// OpenVINO plugin library for --device openvino/auto (default: $ASFDA_OPENVINO_LIBRARY,
+    /// beside the asfda library, the user cache of `make ort-openvino`)
+    #[arg(long, value_name = "PATH")]
+    pub openvino: Option<PathBuf>,
 }
 
 impl RuntimeFlags {
@@ -93,6 +97,7 @@ impl RuntimeFlags {
             library_path: self.ort.clone(),
             device: self.device.unwrap_or_default(),
             threads: self.threads.unwrap_or(0),
+            openvino_library: self.openvino.clone(),
         }
     }
 }

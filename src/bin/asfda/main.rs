@@ -151,7 +151,10 @@ fn info(flags: &Info) -> Result<()> {
     let runtime = Runtime::load(flags.ort.as_deref())?;
     let info = runtime.info();
     if flags.json {
-        println!("{}", serde_json::to_string_pretty(info).map_err(|e| Error::internal(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&runtime.info_json()?).map_err(|e| Error::internal(e.to_string()))?
+        );
     } else {
         println!("asfda          {}", info.asfda_version);
         println!("ONNX Runtime   {}", info.ort_version);
@@ -161,6 +164,16 @@ fn info(flags: &Info) -> Result<()> {
             "CUDA provider  {}",
             if info.cuda_provider_library { "present" } else { "absent (run `make ort-gpu`)" }
         );
+        let openvino = runtime.openvino_status();
+        match (&openvino.plugin, &openvino.why_not) {
+            (Some(p), _) => println!(
+                "OpenVINO       {} (found via {:?})",
+                p.display(),
+                openvino.source.unwrap_or(info.library_source)
+            ),
+            (None, Some(why)) => println!("OpenVINO       unavailable: {why}"),
+            (None, None) => println!("OpenVINO       unavailable"),
+        }
     }
     Ok(())
 }
