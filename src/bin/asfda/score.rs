@@ -41,10 +41,11 @@ pub struct ScoreArgs {
     /// Print the summary as JSON on stdout
     #[arg(long)]
     pub json: bool,
-    /// Read and prepare each volume only after the previous one is scored (by default the next
-    /// volume is read while the model runs, which holds one more volume in memory)
+    /// Read and prepare the next volume while the model runs on the current one (holds one more
+    /// volume in memory; on a 2-core machine it was slower than the default one-at-a-time order,
+    /// scripts/bench_pool.sh)
     #[arg(long)]
-    pub no_overlap: bool,
+    pub overlap: bool,
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
@@ -69,7 +70,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         let cancel = CancelToken::new()?;
         let items: Vec<(String, PathBuf)> = todo.iter().map(|(path, id)| (id.clone(), path.clone())).collect();
         let read = |path: &PathBuf| crate::files::read_volume(path, &read_options);
-        let order = if args.no_overlap { PoolOrder::Sequential } else { PoolOrder::Overlapped };
+        let order = if args.overlap { PoolOrder::Overlapped } else { PoolOrder::Sequential };
         let progress = RefCell::new((Progress::new(items.len(), "scoring"), None::<usize>));
         let mut on_progress = |index: usize, f: f64| {
             let (progress, current) = &mut *progress.borrow_mut();
