@@ -32,6 +32,16 @@ TILES_PER_BATCH = 2
 ICBM = ROOT / ".venv/lib/python3.11/site-packages/nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 
+def load_weights(path: Path) -> dict:
+    """PyTorch weights for UNet3D: a bundle's checkpoint.safetensors (its ``param.*`` tensors; the
+    ``m.*``/``v.*`` optimizer moments and ``step`` are skipped), or a ``torch.save``d state dict."""
+    import torch
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return {k[len("param."):]: v for k, v in load_file(str(path)).items() if k.startswith("param.")}
+    return torch.load(path)
+
+
 def peak_rss_mib(key: str = "VmHWM:") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key):
@@ -163,7 +173,7 @@ def cmd_run(args):
         torch.set_num_threads(THREADS)
         levels, base, maxc = args.arch
         model = UNet3D(1, len(manifest["classes"]), base_channels=base, levels=levels, max_channels=maxc)
-        model.load_state_dict(torch.load(args.weights))
+        model.load_state_dict(load_weights(args.weights))
         model.eval()
         x = torch.from_numpy(image)[None]
 

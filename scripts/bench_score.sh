@@ -31,7 +31,7 @@ result() { grep '^RESULT ' | tail -1 | sed 's/^RESULT //'; }
 for case in $CASES; do
   if [ "$case" = brain ]; then
     bundle=models/demo_brain_unet; vol="$BENCH_DIR/brain_1mm.nii.gz"
-    torch_args=(--weights .cache/demo_brain_unet.pt --arch 4 16 64)
+    torch_args=(--weights models/demo_brain_unet/checkpoint.safetensors --arch 4 16 64)
   else
     bundle="$BENCH_DIR/ct_unet"; vol="$BENCH_DIR/ct.nii"
     torch_args=(--weights "$BENCH_DIR/ct_unet_weights.pt" --arch "$CT_LEVELS" 32 320)
