@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pool-scoring throughput (issue 18, item 5): `asfda score` over N volumes with reading and
-# preprocessing of the next volume overlapped with inference on the current one (`--overlap`)
+# preprocessing of the next volume overlapped with inference on the current one (`--prefetch`)
 # against one volume at a time (the default), runs interleaved so load drifts hit both.
 # Prints one markdown table: wall seconds per run, per volume, peak RSS, and the ratio.
 #
@@ -29,7 +29,7 @@ declare -A total rss
 for mode in overlap sequential; do total[$mode]=0; rss[$mode]=0; done
 for round in $(seq 1 "$ROUNDS"); do
   for mode in overlap sequential; do
-    flag=(); [ "$mode" = overlap ] && flag=(--overlap)
+    flag=(); [ "$mode" = overlap ] && flag=(--prefetch)
     rm -f "$work/scores.jsonl"
     start=$(date +%s.%N)
     /usr/bin/time -f "%M" -o "$work/rss" "$CLI" score --bundle models/demo_brain_unet --folder "$work/pool" \

@@ -43,9 +43,9 @@ pub struct ScoreArgs {
     pub json: bool,
     /// Read and prepare the next volume while the model runs on the current one (holds one more
     /// volume in memory; on a 2-core machine it was slower than the default one-at-a-time order,
-    /// scripts/bench_pool.sh)
+    /// docs/bench-pool.md)
     #[arg(long)]
-    pub overlap: bool,
+    pub prefetch: bool,
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
@@ -70,7 +70,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         let cancel = CancelToken::new()?;
         let items: Vec<(String, PathBuf)> = todo.iter().map(|(path, id)| (id.clone(), path.clone())).collect();
         let read = |path: &PathBuf| crate::files::read_volume(path, &read_options);
-        let order = if args.overlap { PoolOrder::Overlapped } else { PoolOrder::Sequential };
+        let order = if args.prefetch { PoolOrder::Overlapped } else { PoolOrder::Sequential };
         let progress = RefCell::new((Progress::new(items.len(), "scoring"), None::<usize>));
         let mut on_progress = |index: usize, f: f64| {
             let (progress, current) = &mut *progress.borrow_mut();
