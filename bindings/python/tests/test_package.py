@@ -57,8 +57,11 @@ def test_installed_copy_imports_and_works_outside_the_repo(installed, tmp_path):
     assert res.returncode == 0, res.stderr
     file, version, total = res.stdout.split()
     assert file.startswith(str(installed)) and version == cargo_version() and float(total) == 60.0
-    # Only the bindings are installed, not the repository's tools, and no native library.
-    assert sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")) == ["asfda"]
+    # The bindings, and of the repository's tools only the demo's data generator (`asfda demo`
+    # from a wheel; asfda_build.DEMO_TOOLS), and no native library.
+    assert sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")) == ["asfda", "asfda_tools"]
+    tools = sorted(p.name for p in (installed / "asfda_tools").iterdir() if p.name != "__pycache__")
+    assert tools == ["__init__.py", "anatomy.py", "make_data.py", "synth.py", "synthetic_README.md"]
     assert not (installed / "asfda" / "libasfda.so").exists()
 
 
