@@ -124,6 +124,11 @@ static void test_engine_and_score(const char *bundle, const AsfdaVolume *vol) {
     EXPECT(asfda_engine_class_info(NULL, 0, &info), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
     CHECK(count == 77 && info.color[0] == 0xab); /* nothing written on failure */
 
+    const char *sources[] = {"/nonexistent/series"};
+    EXPECT(asfda_volume_write_dicom_seg(NULL, engine, sources, 1, "seg.dcm"), ASFDA_STATUS_INVALID_ARGUMENT, "'labels'");
+    EXPECT(asfda_volume_write_dicom_seg(vol, NULL, sources, 1, "seg.dcm"), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
+    EXPECT(asfda_volume_write_dicom_seg(vol, engine, NULL, 0, "seg.dcm"), ASFDA_STATUS_INVALID_ARGUMENT, "'sources'");
+
     AsfdaVolume *sentinel = (AsfdaVolume *)&failures, *labels = sentinel;
     EXPECT(asfda_segment_volume(NULL, vol, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'engine'");
     EXPECT(asfda_segment_volume(engine, NULL, NULL, NULL, NULL, &labels, NULL, NULL), ASFDA_STATUS_INVALID_ARGUMENT, "'volume'");
